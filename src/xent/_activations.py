@@ -1,0 +1,275 @@
+"""softmax, log_softmax, logsumexp, sigmoid, log_sigmoid, and their vector-Jacobian products.
+
+Each derivative sits next to the function it differentiates. The max shift that makes softmax
+stable is a constant for the gradient: softmax(x) = softmax(x - max(x)) exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _dispatch
+from ._backend_numpy import _QUIET, _sigmoid_neg
+from ._validation import as_float, as_float_like, check_same_shape, normalize_axis
+
+
+def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
+    """Run a row kernel (softmax / log_softmax) along ``axis`` of ``x``."""
+    arr, rdt = as_float(x, "x")
+    if arr.ndim == 0:  # a scalar is a 1-element distribution, as in torch
+        return _rowwise(op, arr.reshape(1), 0).reshape(()).astype(rdt, copy=False)
+    ax = normalize_axis(axis, arr.ndim)
+    moved = np.moveaxis(arr, ax, -1)
+    C = moved.shape[-1]
+    rows = np.ascontiguousarray(moved).reshape(-1, C) if moved.size else moved.reshape(-1, C)
+    out = np.empty_like(rows)
+    if rows.size:
+        backend = _dispatch.backend_for(op, rows.shape[0], C, rows.dtype)
+        getattr(backend, op)(rows, out)
+    out = np.moveaxis(out.reshape(moved.shape), -1, ax)
+    return np.ascontiguousarray(out).astype(rdt, copy=False)
+
+
+def softmax(x: Any, axis: int = -1) -> np.ndarray:
+    r"""Softmax along ``axis``: probabilities that sum to 1.
+
+    .. math:: \mathrm{softmax}(x)_i = \frac{e^{x_i - m}}{\sum_j e^{x_j - m}},\quad m = \max_j x_j
+
+    Args:
+        x: array-like of any shape ``(..., C, ...)``; integers are promoted to float64.
+        axis: the axis that is normalised (``dim`` in PyTorch).
+
+    Returns:
+        An array of ``x``'s shape and float dtype (float16 is computed in float32).
+
+    Edge cases: never overflows for finite input; a row that is all ``-inf`` or holds ``+inf``
+    gives nan, as ``torch.softmax`` does; an empty array gives an empty array.
+
+    Example:
+        >>> import xent
+        >>> print(xent.softmax([2.0, 1.0, 0.1]).round(4))
+        [0.659  0.2424 0.0986]
+        >>> print(xent.softmax([1000.0, 1.0]))  # the naive formula gives [nan, 0.]
+        [1. 0.]
+
+    Reference: ``torch.softmax``; ``scipy.special.softmax``.
+    """
+    return _rowwise("softmax", x, axis)
+
+
+def softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.ndarray:
+    r"""Vector-Jacobian product of :func:`softmax`, from its output ``y``.
+
+    .. math:: \frac{\partial L}{\partial x} = y \odot (g - \langle g, y\rangle_{axis})
+
+    Args:
+        grad_output: ``g``, dL/dy, the shape of ``output``.
+        output: ``y = softmax(x, axis)``.
+        axis: the axis softmax normalised.
+
+    Returns:
+        dL/dx, the shape and dtype of ``output``.
+
+    Example:
+        >>> import xent
+        >>> y = xent.softmax([2.0, 1.0, 0.1])
+        >>> print(xent.softmax_backward([1.0, 0.0, 0.0], y).round(4))
+        [ 0.2247 -0.1598 -0.065 ]
+    """
+    y, rdt = as_float(output, "output")
+    g = as_float_like(grad_output, y.dtype, "grad_output")
+    check_same_shape(y, g, "output", "grad_output")
+    if y.ndim == 0:
+        return np.zeros((), rdt)
+    ax = normalize_axis(axis, y.ndim)
+    with np.errstate(**_QUIET):
+        out = y * (g - (g * y).sum(axis=ax, keepdims=True))
+    return out.astype(rdt, copy=False)
+
+
+def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
+    r"""Log of the softmax along ``axis``, computed without forming the softmax.
+
+    .. math:: \mathrm{log\_softmax}(x)_i = x_i - m - \log \sum_j e^{x_j - m}
+
+    Args:
+        x: array-like of any shape; integers are promoted to float64.
+        axis: the axis that is normalised.
+
+    Returns:
+        An array of ``x``'s shape and float dtype.
+
+    Edge cases: finite wherever the result is finite (``np.log(softmax(x))`` is ``-inf`` as soon
+    as a probability underflows); all ``-inf`` or any ``+inf`` in a row gives nan, as in torch.
+
+    Example:
+        >>> import xent
+        >>> print(xent.log_softmax([1000.0, 1.0]))
+        [   0. -999.]
+
+    Reference: ``torch.log_softmax``; ``scipy.special.log_softmax``.
+    """
+    return _rowwise("log_softmax", x, axis)
+
+
+def log_softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.ndarray:
+    r"""Vector-Jacobian product of :func:`log_softmax`, from its output ``z``.
+
+    .. math:: \frac{\partial L}{\partial x} = g - e^{z} \sum_{axis} g
+
+    Args:
+        grad_output: ``g``, dL/dz, the shape of ``output``.
+        output: ``z = log_softmax(x, axis)``.
+        axis: the axis log_softmax normalised.
+
+    Returns:
+        dL/dx, the shape and dtype of ``output``.
+
+    Example:
+        >>> import numpy as np, xent
+        >>> z = xent.log_softmax([2.0, 1.0, 0.1])
+        >>> print(xent.log_softmax_backward([-1.0, 0.0, 0.0], z).round(4))  # softmax - onehot
+        [-0.341   0.2424  0.0986]
+    """
+    z, rdt = as_float(output, "output")
+    g = as_float_like(grad_output, z.dtype, "grad_output")
+    check_same_shape(z, g, "output", "grad_output")
+    if z.ndim == 0:
+        return np.zeros((), rdt)
+    ax = normalize_axis(axis, z.ndim)
+    with np.errstate(**_QUIET):
+        out = g - np.exp(z) * g.sum(axis=ax, keepdims=True)
+    return out.astype(rdt, copy=False)
+
+
+def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    r"""``log(sum(exp(x)))`` along ``axis`` without overflow or underflow.
+
+    .. math:: \mathrm{lse}(x) = m + \log \sum_j e^{x_j - m},\quad m = \max_j x_j
+
+    Args:
+        x: array-like of any shape; integers are promoted to float64.
+        axis: the reduced axis.
+        keepdims: keep the reduced axis with length 1.
+
+    Returns:
+        ``x``'s shape without ``axis`` (or with it as 1), ``x``'s float dtype.
+
+    Edge cases: as ``torch.logsumexp``, an infinite maximum is not subtracted, so a row of
+    ``-inf`` gives ``-inf`` and a row holding ``+inf`` gives ``+inf``; an empty axis gives
+    ``-inf`` (the log of an empty sum).
+
+    Example:
+        >>> import xent
+        >>> print(xent.logsumexp([1000.0, 1000.0]).round(4))
+        1000.6931
+
+    Reference: ``torch.logsumexp``; ``scipy.special.logsumexp``.
+    """
+    arr, rdt = as_float(x, "x")
+    if arr.ndim == 0:
+        return arr.copy().astype(rdt, copy=False)
+    ax = normalize_axis(axis, arr.ndim)
+    with np.errstate(**_QUIET):
+        if arr.shape[ax] == 0:
+            shape = list(arr.shape)
+            shape[ax] = 1
+            out = np.full(shape, -np.inf, arr.dtype)
+        else:
+            m = arr.max(axis=ax, keepdims=True)
+            m[~np.isfinite(m)] = 0  # torch: an infinite max is not subtracted
+            out = np.log(np.exp(arr - m).sum(axis=ax, keepdims=True)) + m
+        if not keepdims:
+            out = out.squeeze(axis=ax)
+    return np.asarray(out).astype(rdt, copy=False)
+
+
+def sigmoid(x: Any) -> np.ndarray:
+    r"""The logistic function, elementwise, without overflow.
+
+    .. math:: \sigma(x) = \frac{1}{1 + e^{-x}} = \frac{e^{x}}{1 + e^{x}}
+
+    The first form is used for ``x >= 0`` and the second for ``x < 0``, so ``exp`` only ever
+    sees non-positive arguments: tiny results are exact (``sigmoid(-100)`` in float32 is
+    3.7e-44, where ``1 / (1 + exp(100))`` is 0).
+
+    Args:
+        x: array-like of any shape; integers are promoted to float64.
+
+    Returns:
+        ``x``'s shape and float dtype, values in [0, 1].
+
+    Example:
+        >>> import xent
+        >>> print(xent.sigmoid([2.0, 1.0, 0.1]).round(4))
+        [0.8808 0.7311 0.525 ]
+        >>> print(xent.sigmoid([-1000.0, 1000.0]))
+        [0. 1.]
+
+    Reference: ``torch.sigmoid``; ``scipy.special.expit``.
+    """
+    arr, rdt = as_float(x, "x")
+    with np.errstate(**_QUIET):
+        out = _sigmoid_neg(-arr)
+    return np.asarray(out).astype(rdt, copy=False)
+
+
+def sigmoid_backward(grad_output: Any, output: Any) -> np.ndarray:
+    r"""Vector-Jacobian product of :func:`sigmoid`, from its output ``y``.
+
+    .. math:: \frac{\partial L}{\partial x} = g \odot y \odot (1 - y)
+
+    Example:
+        >>> import xent
+        >>> y = xent.sigmoid([0.0, 2.0])
+        >>> print(xent.sigmoid_backward([1.0, 1.0], y).round(4))
+        [0.25  0.105]
+    """
+    y, rdt = as_float(output, "output")
+    g = as_float_like(grad_output, y.dtype, "grad_output")
+    check_same_shape(y, g, "output", "grad_output")
+    return np.asarray(g * y * (1 - y)).astype(rdt, copy=False)
+
+
+def log_sigmoid(x: Any) -> np.ndarray:
+    r"""``log(sigmoid(x))``, elementwise, without overflow or log(0).
+
+    .. math:: \log\sigma(x) = -\mathrm{softplus}(-x) = \min(x, 0) - \log(1 + e^{-|x|})
+
+    Args:
+        x: array-like of any shape; integers are promoted to float64.
+
+    Returns:
+        ``x``'s shape and float dtype, values ≤ 0.
+
+    Example:
+        >>> import xent
+        >>> print(xent.log_sigmoid([-1000.0, 0.0, 1000.0]).round(4).tolist())
+        [-1000.0, -0.6931, 0.0]
+
+    Reference: ``torch.nn.functional.logsigmoid``; ``scipy.special.log_expit``.
+    """
+    arr, rdt = as_float(x, "x")
+    with np.errstate(**_QUIET):
+        out = np.minimum(arr, 0) - np.log1p(np.exp(-np.abs(arr)))
+    return np.asarray(out).astype(rdt, copy=False)
+
+
+def log_sigmoid_backward(grad_output: Any, x: Any) -> np.ndarray:
+    r"""Vector-Jacobian product of :func:`log_sigmoid`, from its *input* ``x``.
+
+    .. math:: \frac{\partial L}{\partial x} = g \odot (1 - \sigma(x)) = g \odot \sigma(-x)
+
+    Example:
+        >>> import xent
+        >>> print(xent.log_sigmoid_backward([1.0, 1.0], [0.0, -1000.0]).round(4))
+        [0.5 1. ]
+    """
+    arr, rdt = as_float(x, "x")
+    g = as_float_like(grad_output, arr.dtype, "grad_output")
+    check_same_shape(arr, g, "x", "grad_output")
+    with np.errstate(**_QUIET):
+        out = g * _sigmoid_neg(arr)
+    return np.asarray(out).astype(rdt, copy=False)

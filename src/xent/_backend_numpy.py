@@ -1,0 +1,169 @@
+"""The NumPy implementation of the row kernels (always available).
+
+Functions here never validate: the public functions in ``_cross_entropy.py``, ``_binary.py`` and
+``_activations.py`` have already checked shapes, dtypes and target ranges. The contract (names,
+shapes, meaning of ``row_scale`` and ``grad_out``) is in ``docs/ARCHITECTURE.md``; the Numba kernels
+in ``xent._kernels`` implement the same signatures.
+
+Every function here follows PyTorch's arithmetic on non-finite input: the row maximum is
+subtracted as is, so a row whose maximum is +inf or whose entries are all -inf gives nan, as
+``torch.log_softmax`` does. IEEE warnings for those inputs are silenced locally (``np.errstate``):
+the nan/inf *values* are the documented result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
+
+
+def _lse_and_exp(x: np.ndarray, out: np.ndarray | None):
+    """Row-wise ``e = exp(x - max)`` (written to ``out`` if given), ``s = Σ e`` and ``lse``.
+
+    ``x``: (M, C). Returns lse (M,), e (M, C) and s (M,); ``out`` may be ``x`` itself.
+    """
+    m = x.max(axis=1, keepdims=True)
+    e = np.subtract(x, m, out=out)
+    np.exp(e, out=e)
+    s = e.sum(axis=1)
+    lse = np.log(s) + m[:, 0]
+    return lse, e, s
+
+
+def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = x - max - log Σ exp(x - max)`` row-wise; ``out`` may be ``x``."""
+    with np.errstate(**_QUIET):
+        if x.shape[1] == 0:
+            return out
+        m = x.max(axis=1, keepdims=True)
+        tmp = np.exp(x - m)
+        lse = np.log(tmp.sum(axis=1, keepdims=True))
+        lse += m
+        np.subtract(x, lse, out=out)
+    return out
+
+
+def softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = exp(x - max) / Σ exp(x - max)`` row-wise; ``out`` may be ``x``."""
+    with np.errstate(**_QUIET):
+        if x.shape[1] == 0:
+            return out
+        m = x.max(axis=1, keepdims=True)
+        np.subtract(x, m, out=out)
+        np.exp(out, out=out)
+        out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_out):
+    """Cross-entropy with class-index targets, per row, with its gradient written to ``grad_out``.
+
+    loss_i = (1-ε)·w[t_i]·(lse_i - x[i, t_i]) + (ε/C)·Σ_c w_c·(lse_i - x[i, c]); 0 if ignored.
+    grad_i = s_i·[(1-ε)·w[t_i]·(p_i - e_{t_i}) + (ε/C)·(W·p_i - w)], W = Σ_c w_c.
+    """
+    M, C = x.shape
+    dt = x.dtype
+    keep = target != ignore_index
+    t = np.where(keep, target, 0)
+    rows = np.arange(M)
+    eps = label_smoothing
+    with np.errstate(**_QUIET):
+        if C == 0:
+            if grad_out is not None:
+                grad_out[...] = 0
+            return np.zeros(M, dt)
+        x_t = x[rows, t]
+        if eps > 0:
+            # Σ_c w_c·x_ic, read before x may be overwritten in place.
+            wx = x.sum(axis=1) if weight is None else x @ weight
+        lse, e, sum_e = _lse_and_exp(x, grad_out)
+        w_t = np.ones(M, dt) if weight is None else weight[t]
+        loss = w_t * (lse - x_t)
+        if eps > 0:
+            W = dt.type(C) if weight is None else weight.sum(dtype=dt)
+            smooth = W * lse - wx
+            loss = (1 - eps) * loss + (eps / C) * smooth
+        loss = np.where(keep, loss, dt.type(0)).astype(dt, copy=False)
+        if grad_out is None:
+            return loss
+        # e = exp(x - m); p = e / Σe. Fold the normaliser and the row's scale into one factor.
+        s = np.where(keep, row_scale, dt.type(0)).astype(dt, copy=False)
+        a = (1 - eps) * w_t * s  # coefficient of (p - onehot)
+        if eps > 0:
+            b = (eps / C) * s  # coefficient of (W·p - w)
+            coef = a + b * W
+        else:
+            coef = a
+        # p·coef: multiply e by coef/Σe in place.
+        e *= (coef / sum_e)[:, None]
+        grad_out[rows, t] -= a
+        if eps > 0:
+            if weight is None:
+                grad_out -= b[:, None]
+            else:
+                grad_out -= b[:, None] * weight[None, :]
+        # Ignored rows: coef is 0 so p·0 = 0, unless p is nan (non-finite row); force 0.
+        if not keep.all():
+            grad_out[~keep] = 0
+    return loss
+
+
+def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
+    """Cross-entropy with class-probability targets, per row.
+
+    y' = (1-ε)·y + ε/C;  loss_i = -Σ_c w_c·y'_ic·logp_ic;  grad_i = s_i·(p_i·Σ_c w_c y'_ic - w∘y'_i).
+    """
+    M, C = x.shape
+    dt = x.dtype
+    eps = label_smoothing
+    with np.errstate(**_QUIET):
+        if C == 0:
+            if grad_out is not None:
+                grad_out[...] = 0
+            return np.zeros(M, dt)
+        yy = y * dt.type(1 - eps) + dt.type(eps / C) if eps > 0 else y
+        wy = yy if weight is None else yy * weight
+        logp = log_softmax(x, np.empty_like(x))
+        loss = -(wy * logp).sum(axis=1)
+        if grad_out is None:
+            return loss.astype(dt, copy=False)
+        total = wy.sum(axis=1, keepdims=True)
+        np.exp(logp, out=grad_out)
+        grad_out *= total
+        grad_out -= wy
+        grad_out *= row_scale[:, None]
+    return loss.astype(dt, copy=False)
+
+
+def _sigmoid_neg(x: np.ndarray) -> np.ndarray:
+    """sigmoid(-x) without overflow: e^{-x}/(1+e^{-x}) for x ≥ 0, 1/(1+e^{x}) for x < 0."""
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, z / (1 + z), 1 / (1 + z))
+
+
+def bce_logits(x, y, weight, pos_weight, scale, grad_out):
+    """Binary cross-entropy on logits, elementwise.
+
+    loss = w·[(1-y)·x + lw·softplus(-x)],  lw = 1 + (pos_weight-1)·y;
+    grad = scale·w·[(1-y) - lw·sigmoid(-x)].
+    softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) never overflows.
+    """
+    dt = x.dtype
+    with np.errstate(**_QUIET):
+        softplus_neg = np.maximum(-x, 0) + np.log1p(np.exp(-np.abs(x)))
+        one_m_y = 1 - y
+        if pos_weight is None:
+            loss = one_m_y * x + softplus_neg
+        else:
+            lw = 1 + (pos_weight - 1) * y
+            loss = one_m_y * x + lw * softplus_neg
+        if weight is not None:
+            loss *= weight
+        if grad_out is not None:
+            sn = _sigmoid_neg(x)
+            g = one_m_y - (sn if pos_weight is None else lw * sn)
+            if weight is not None:
+                g *= weight
+            np.multiply(g, scale, out=grad_out)
+    return loss.astype(dt, copy=False)

@@ -1,0 +1,97 @@
+"""The one place that decides which backend runs a call: NumPy or the Numba kernels.
+
+Users force a backend with the environment variable ``XENT_BACKEND`` (``auto``, ``numpy`` or
+``numba``, read at import), with :func:`set_backend`, or for a block of code with
+:func:`use_backend`::
+
+    >>> import xent
+    >>> with xent.use_backend("numpy"):
+    ...     print(xent.get_backend())
+    numpy
+
+``auto`` (the default) uses a kernel when Numba is installed and the call is large enough for the
+kernel to win (thresholds below, from ``benchmarks/bench_kernels.py``); ``numba`` uses a kernel
+for every call that has one, whatever its size; ``numpy`` never imports Numba.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+from collections.abc import Iterator
+from types import ModuleType
+
+import numpy as np
+
+from . import _backend_numpy
+
+BACKENDS = ("auto", "numpy", "numba")
+
+# Below this many logits a NumPy call is cheaper than entering a compiled kernel.
+AUTO_MIN_ELEMENTS = 4096
+
+
+def _check(name: object) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name  # type: ignore[return-value]
+
+
+_current: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "xent_backend", default=_check(os.environ.get("XENT_BACKEND", "auto") or "auto")
+)
+_kernels: ModuleType | None = None
+_kernels_error: BaseException | None = None
+
+
+def set_backend(name: str) -> None:
+    """Choose the backend for every later call in this context: 'auto', 'numpy' or 'numba'."""
+    _current.set(_check(name))
+
+
+def get_backend() -> str:
+    """The backend now in force: 'auto', 'numpy' or 'numba'."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run a block with another backend, restoring the previous one afterwards."""
+    token = _current.set(_check(name))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def _load_kernels() -> ModuleType | None:
+    """Import ``xent._kernels`` (and so Numba) on first need; None if it cannot be imported."""
+    global _kernels, _kernels_error
+    if _kernels is None and _kernels_error is None:
+        try:
+            _kernels = importlib.import_module("xent._kernels")
+        except ImportError as exc:  # Numba missing: the NumPy path is always correct
+            _kernels_error = exc
+    return _kernels
+
+
+def backend_for(op: str, rows: int, cols: int, dtype: np.dtype) -> ModuleType:
+    """The module whose ``op`` function runs a call on ``rows × cols`` values of ``dtype``."""
+    name = _current.get()
+    if name == "numpy" or dtype not in (np.float32, np.float64):
+        return _backend_numpy
+    if name == "auto" and rows * cols < AUTO_MIN_ELEMENTS:
+        return _backend_numpy
+    kernels = _load_kernels()
+    if kernels is None:
+        if name == "numba":
+            raise ImportError(
+                "backend 'numba' was requested but the kernels cannot be imported "
+                f"({_kernels_error}); install the 'fast' extra: pip install 'xent[fast]'"
+            )
+        return _backend_numpy
+    if not hasattr(kernels, op):
+        return _backend_numpy
+    return kernels

@@ -1,0 +1,127 @@
+"""Argument checking and normalisation shared by every public function.
+
+Everything here raises *before* any computation, with a message that names the argument, what was
+expected and what arrived. Nothing here uses ``assert`` (Python drops asserts under ``-O``).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+from numpy.exceptions import AxisError
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_reduction(reduction: Any) -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} must be one of {REDUCTIONS}")
+    return reduction
+
+
+def check_label_smoothing(label_smoothing: Any) -> float:
+    try:
+        eps = float(label_smoothing)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"label_smoothing must be a float in [0, 1], got {type(label_smoothing).__name__}"
+        ) from None
+    # `not (0 <= eps <= 1)` also rejects nan. PyTorch silently treats negative values as 0.
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    return eps
+
+
+def check_ignore_index(ignore_index: Any) -> int:
+    try:
+        return operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(
+            f"ignore_index must be an integer, got {type(ignore_index).__name__} {ignore_index!r}"
+        ) from None
+
+
+def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= axis < ndim:
+        raise AxisError(
+            f"{name}={axis} is out of bounds for an array of dimension {ndim} "
+            f"(valid: {-ndim}..{ndim - 1})"
+        )
+    return axis % ndim
+
+
+def compute_dtype(dtype: np.dtype, name: str) -> tuple[np.dtype, np.dtype]:
+    """Return ``(compute_dtype, result_dtype)`` for an input of ``dtype``.
+
+    float32 and float64 compute in themselves; float16 computes in float32 and is returned as
+    float16 (as PyTorch's CPU kernels do); integers and bools are promoted to float64, as SciPy
+    does; anything else (complex, strings, objects) is a TypeError.
+    """
+    if dtype == np.float32 or dtype == np.float64:
+        return dtype, dtype
+    if dtype == np.float16:
+        return np.dtype(np.float32), dtype
+    if dtype.kind in "iub":
+        return np.dtype(np.float64), np.dtype(np.float64)
+    if dtype.kind == "f":  # longdouble and other exotic floats: float64 is what we compute in
+        return np.dtype(np.float64), np.dtype(np.float64)
+    raise TypeError(f"{name} must hold real numbers (float or integer), got dtype {dtype}")
+
+
+def as_float(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
+    """``x`` as an ndarray of its compute dtype, and the dtype the result must have."""
+    arr = np.asarray(x)
+    cdt, rdt = compute_dtype(arr.dtype, name)
+    if arr.dtype != cdt:
+        arr = arr.astype(cdt)
+    return arr, rdt
+
+
+def as_float_like(x: Any, dtype: np.dtype, name: str) -> np.ndarray:
+    """A second float operand (target, weight, grad) in the compute dtype of the first."""
+    arr = np.asarray(x)
+    compute_dtype(arr.dtype, name)  # rejects complex / strings / objects
+    return arr.astype(dtype, copy=False)
+
+
+def check_same_shape(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{b_name} must have the shape of {a_name} {a.shape}, got {b.shape}"
+        )
+
+
+def broadcastable_to(arr: np.ndarray, shape: tuple[int, ...], name: str, to: str) -> np.ndarray:
+    """``np.broadcast_to`` with an error that names the argument."""
+    try:
+        return np.broadcast_to(arr, shape)
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {arr.shape} cannot be broadcast to the shape of {to} {shape}"
+        ) from None
+
+
+def grad_output_for(
+    grad_output: Any, loss_shape: tuple[int, ...], reduction: str, dtype: np.dtype
+) -> np.ndarray:
+    """The upstream gradient as an array of the loss's shape (1 by default)."""
+    if grad_output is None:
+        return np.ones(loss_shape, dtype=dtype) if reduction == "none" else np.asarray(1, dtype)
+    g = as_float_like(grad_output, dtype, "grad_output")
+    if reduction != "none":
+        if g.size != 1:
+            raise ValueError(
+                f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}"
+            )
+        return g.reshape(())
+    if g.shape != loss_shape:
+        raise ValueError(
+            f"grad_output must have the unreduced loss's shape {loss_shape}, got {g.shape}"
+        )
+    return g
