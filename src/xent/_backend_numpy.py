@@ -18,19 +18,6 @@ import numpy as np
 _QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
-def _lse_and_exp(x: np.ndarray, out: np.ndarray | None):
-    """Row-wise ``e = exp(x - max)`` (written to ``out`` if given), ``s = Σ e`` and ``lse``.
-
-    ``x``: (M, C). Returns lse (M,), e (M, C) and s (M,); ``out`` may be ``x`` itself.
-    """
-    m = x.max(axis=1, keepdims=True)
-    e = np.subtract(x, m, out=out)
-    np.exp(e, out=e)
-    s = e.sum(axis=1)
-    lse = np.log(s) + m[:, 0]
-    return lse, e, s
-
-
 def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = x - max - log Σ exp(x - max)`` row-wise; ``out`` may be ``x``."""
     with np.errstate(**_QUIET):
@@ -73,21 +60,28 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_o
             if grad_out is not None:
                 grad_out[...] = 0
             return np.zeros(M, dt)
-        x_t = x[rows, t]
+        # Work in coordinates shifted by the row max m: d = x - m, lse - m = log Σ exp(d).
+        # Every term then stays small, so (lse - x_t) and Σ_c w_c (lse - x_c) lose nothing to
+        # cancellation even when all logits sit near 1e4. d goes into grad_out (in place).
+        m = x.max(axis=1, keepdims=True)
+        d = np.subtract(x, m, out=grad_out)
+        d_t = d[rows, t]
         if eps > 0:
-            # Σ_c w_c·x_ic, read before x may be overwritten in place.
-            wx = x.sum(axis=1) if weight is None else x @ weight
-        lse, e, sum_e = _lse_and_exp(x, grad_out)
+            wd = d.sum(axis=1) if weight is None else d @ weight  # Σ_c w_c·d_c
+        np.exp(d, out=d)
+        sum_e = d.sum(axis=1)
+        lse_d = np.log(sum_e)  # lse - m
         w_t = np.ones(M, dt) if weight is None else weight[t]
-        loss = w_t * (lse - x_t)
+        loss = w_t * (lse_d - d_t)
         if eps > 0:
             W = dt.type(C) if weight is None else weight.sum(dtype=dt)
-            smooth = W * lse - wx
+            smooth = W * lse_d - wd
             loss = (1 - eps) * loss + (eps / C) * smooth
         loss = np.where(keep, loss, dt.type(0)).astype(dt, copy=False)
         if grad_out is None:
             return loss
-        # e = exp(x - m); p = e / Σe. Fold the normaliser and the row's scale into one factor.
+        # d now holds e = exp(x - m), p = e / Σe. Fold the normaliser and the row's scale
+        # into one factor per row.
         s = np.where(keep, row_scale, dt.type(0)).astype(dt, copy=False)
         a = (1 - eps) * w_t * s  # coefficient of (p - onehot)
         if eps > 0:
@@ -95,8 +89,7 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_o
             coef = a + b * W
         else:
             coef = a
-        # p·coef: multiply e by coef/Σe in place.
-        e *= (coef / sum_e)[:, None]
+        d *= (coef / sum_e)[:, None]
         grad_out[rows, t] -= a
         if eps > 0:
             if weight is None:
