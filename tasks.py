@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One entry point that sets itself up: ``python3 tasks.py {train,test,bench,examples,shell} [args]``.
+"""One self-installing entry point: ``python3 tasks.py {train,test,bench,examples} [args]``.
 
 On first use (and whenever ``pyproject.toml`` or ``requirements/constraints.txt`` change) it
 creates ``.venv`` beside this file and installs the package with the extras the task needs,
@@ -54,7 +54,8 @@ def ensure_env(extras: str) -> Path:
     if not _python().exists():
         print(f"[tasks] creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print(f"[tasks] installing xent[{extras}] (pinned by {CONSTRAINTS.relative_to(ROOT)})", flush=True)
+    pins = CONSTRAINTS.relative_to(ROOT)
+    print(f"[tasks] installing xent[{extras}] (pinned by {pins})", flush=True)
     cmd = [str(_python()), "-m", "pip", "install", "--disable-pip-version-check", "-q",
            "-c", str(CONSTRAINTS), "-e", f"{ROOT}[{extras}]"]
     subprocess.run(cmd, check=True)

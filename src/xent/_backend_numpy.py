@@ -105,7 +105,8 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_o
 def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
     """Cross-entropy with class-probability targets, per row.
 
-    y' = (1-ε)·y + ε/C;  loss_i = -Σ_c w_c·y'_ic·logp_ic;  grad_i = s_i·(p_i·Σ_c w_c y'_ic - w∘y'_i).
+    y' = (1-ε)·y + ε/C;  loss_i = -Σ_c w_c·y'_ic·logp_ic;
+    grad_i = s_i·(p_i·Σ_c w_c y'_ic - w∘y'_i).
     """
     M, C = x.shape
     dt = x.dtype

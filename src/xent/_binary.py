@@ -146,7 +146,8 @@ def binary_cross_entropy_with_logits(
 
     .. math::
         \ell = w \left[ (1 - y)\, x + (1 + (p - 1) y)\, \mathrm{softplus}(-x) \right],
-        \qquad \frac{\partial \ell}{\partial x} = w \left[ (1 - y) - (1 + (p - 1) y)\, \sigma(-x) \right]
+        \qquad \frac{\partial \ell}{\partial x}
+            = w \left[ (1 - y) - (1 + (p - 1) y)\, \sigma(-x) \right]
 
     which is :math:`-w [p\, y \log\sigma(x) + (1 - y) \log(1 - \sigma(x))]` with
     :math:`\log(1-\sigma(x)) = \log\sigma(-x)`, the latter stable; :math:`p` = ``pos_weight``.

@@ -204,7 +204,9 @@ def cross_entropy(
     g = grad_output_for(grad_output, loss_shape, reduction, dt) if return_grad else None
     if inplace:
         if not return_grad:
-            raise ValueError("inplace=True writes the gradient into input: it needs return_grad=True")
+            raise ValueError(
+                "inplace=True writes the gradient into input: it needs return_grad=True"
+            )
         if not (
             isinstance(input, np.ndarray) and input.dtype == dt and input.ndim <= 2
             and input.flags.c_contiguous and input.flags.writeable
@@ -280,7 +282,8 @@ def nll_loss(
 ) -> Array | tuple[Array, Array]:
     r"""Negative log-likelihood of class indices under log-probabilities.
 
-    .. math:: \ell_n = -w_{t_n}\, x_{n, t_n}, \qquad \ell_n = 0 \text{ where } t_n = \text{ignore\_index}
+    .. math::
+        \ell_n = -w_{t_n}\, x_{n, t_n}, \qquad \ell_n = 0 \text{ where } t_n = \text{ignore\_index}
 
     ``mean`` divides the sum by :math:`\sum_n w_{t_n}` over the positions not ignored.
 

@@ -40,7 +40,7 @@ def _check(name: object) -> str:
 
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "xent_backend", default=_check(os.environ.get("XENT_BACKEND", "auto") or "auto")
+    "xent_backend", default=_check(os.environ.get("XENT_BACKEND", "auto") or "auto")  # noqa: B039
 )
 _kernels: ModuleType | None = None
 _kernels_error: BaseException | None = None
