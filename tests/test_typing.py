@@ -1,0 +1,28 @@
+"""The losses are typed with overloads: return_grad=True gives a tuple, otherwise an array."""
+
+import typing
+
+import numpy as np
+import pytest
+
+import xent
+
+LOSSES = [
+    xent.cross_entropy,
+    xent.nll_loss,
+    xent.binary_cross_entropy,
+    xent.binary_cross_entropy_with_logits,
+]
+
+
+@pytest.mark.parametrize("fn", LOSSES, ids=lambda f: f.__name__)
+def test_overloads_pin_the_return_type_to_return_grad(fn):
+    overloads = typing.get_overloads(fn)
+    assert len(overloads) == 2
+    by_flag = {}
+    for ov in overloads:
+        hints = typing.get_type_hints(ov)
+        flag = typing.get_args(hints["return_grad"])
+        by_flag[flag] = hints["return"]
+    assert by_flag[(False,)] is np.ndarray
+    assert by_flag[(True,)] == tuple[np.ndarray, np.ndarray]
