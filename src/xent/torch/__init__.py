@@ -1,0 +1,24 @@
+"""xent.torch: PyTorch drop-ins on xent's fused CPU kernels, chunked linear cross-entropy for
+large vocabularies, and vocabulary-parallel cross-entropy over `torch.distributed`.
+
+See ``docs/torch.md``.
+"""
+
+from ._functional import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    nll_loss,
+)
+from ._modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss
+
+__all__ = [
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "NLLLoss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "nll_loss",
+]

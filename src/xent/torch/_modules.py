@@ -1,0 +1,100 @@
+"""`torch.nn` loss modules on xent's kernels: subclasses of PyTorch's own modules, so that the
+constructor signatures, the legacy ``size_average``/``reduce`` handling, the registered
+``weight``/``pos_weight`` buffers, ``state_dict`` and ``repr`` are PyTorch's, and
+``isinstance(m, torch.nn.CrossEntropyLoss)`` holds. Only ``forward`` differs: one call into
+`xent.torch`'s functional form, which falls back to PyTorch where xent's kernels do not apply.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _functional
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    r"""`torch.nn.CrossEntropyLoss` computed by `xent.torch.cross_entropy`.
+
+    ``CrossEntropyLoss(weight=None, size_average=None, ignore_index=-100, reduce=None,
+    reduction='mean', label_smoothing=0.0)``: the same arguments, meanings and defaults as
+    PyTorch's module; ``forward(input, target)`` takes logits ``(C,)``, ``(N, C)`` or
+    ``(N, C, d1, ..., dK)`` and class indices or probabilities, exactly as PyTorch's does.
+    Unreduced loss of row ``i`` with index target ``t``:
+    ``(1-eps)·w_t·(lse_i - x_{i,t}) + (eps/C)·Σ_c w_c·(lse_i - x_{i,c})``.
+
+    Example:
+        >>> import torch
+        >>> from xent.torch import CrossEntropyLoss
+        >>> loss_fn = CrossEntropyLoss(label_smoothing=0.1)
+        >>> x = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]], requires_grad=True)
+        >>> round(loss_fn(x, torch.tensor([0, 2])).item(), 4)
+        0.3455
+        >>> isinstance(loss_fn, torch.nn.CrossEntropyLoss)
+        True
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _functional.cross_entropy(
+            input, target, weight=self.weight, ignore_index=self.ignore_index,
+            reduction=self.reduction, label_smoothing=self.label_smoothing,
+        )
+
+
+class NLLLoss(torch.nn.NLLLoss):
+    r"""`torch.nn.NLLLoss` computed by `xent.torch.nll_loss`.
+
+    ``NLLLoss(weight=None, size_average=None, ignore_index=-100, reduce=None, reduction='mean')``
+    as in PyTorch; unreduced ``loss_i = -w_{t_i}·input[i, t_i]`` (0 for ignored targets).
+
+    Example:
+        >>> import torch
+        >>> from xent.torch import NLLLoss
+        >>> logp = torch.log_softmax(torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]]), 1)
+        >>> round(NLLLoss(reduction="sum")(logp, torch.tensor([0, 2])).item(), 4)
+        0.3509
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _functional.nll_loss(input, target, weight=self.weight,
+                                    ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+class BCELoss(torch.nn.BCELoss):
+    r"""`torch.nn.BCELoss` computed by `xent.torch.binary_cross_entropy`.
+
+    ``BCELoss(weight=None, size_average=None, reduce=None, reduction='mean')`` as in PyTorch;
+    unreduced ``loss = -w·(y·log p + (1-y)·log(1-p))``, logs clamped at -100.
+
+    Example:
+        >>> import torch
+        >>> from xent.torch import BCELoss
+        >>> p, y = torch.tensor([0.9, 0.2, 0.6]), torch.tensor([1.0, 0.0, 1.0])
+        >>> round(BCELoss()(p, y).item(), 4)
+        0.2798
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _functional.binary_cross_entropy(input, target, weight=self.weight,
+                                                reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
+    r"""`torch.nn.BCEWithLogitsLoss` computed by `xent.torch.binary_cross_entropy_with_logits`.
+
+    ``BCEWithLogitsLoss(weight=None, size_average=None, reduce=None, reduction='mean',
+    pos_weight=None)`` as in PyTorch; unreduced
+    ``loss = w·[(1-y)·x + (1 + (pw-1)·y)·softplus(-x)]``.
+
+    Example:
+        >>> import torch
+        >>> from xent.torch import BCEWithLogitsLoss
+        >>> x, y = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 1.0])
+        >>> round(BCEWithLogitsLoss()(x, y).item(), 4)
+        0.3048
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _functional.binary_cross_entropy_with_logits(
+            input, target, weight=self.weight, reduction=self.reduction,
+            pos_weight=self.pos_weight,
+        )

@@ -1,0 +1,397 @@
+"""xent.torch's drop-ins against torch.nn.functional (the reference): values, gradients,
+float64 gradcheck for every option, the fallbacks, and the modules' constructor semantics."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xent
+import xent.torch as xt
+from xent.torch import _functional
+
+TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _loss_and_grad(fn, x, *args, grad_output=None, **kwargs):
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x, *args, **kwargs)
+    loss = out[0] if isinstance(out, tuple) else out
+    g = torch.ones_like(loss) if grad_output is None else grad_output
+    loss.backward(g)
+    return loss.detach(), x.grad
+
+
+def _check_same(ours, ref, dtype, context="", **tol):
+    for a, b, what in zip(ours, ref, ("loss", "grad"), strict=True):
+        assert a.dtype == b.dtype, f"{context} {what}: dtype {a.dtype} vs {b.dtype}"
+        assert a.shape == b.shape, f"{context} {what}: shape {a.shape} vs {b.shape}"
+        torch.testing.assert_close(a, b, equal_nan=True, **(tol or TOL[dtype]),
+                                   msg=lambda m, w=what: f"{context} {w}: {m}")
+
+
+@pytest.fixture
+def count_core(monkeypatch):
+    """Count the calls that reach xent's core (proves the fast path was taken)."""
+    calls = []
+    for name in ("cross_entropy", "nll_loss", "binary_cross_entropy",
+                 "binary_cross_entropy_with_logits"):
+        real = getattr(xent, name)
+
+        def wrapper(*a, _real=real, _name=name, **k):
+            calls.append(_name)
+            return _real(*a, **k)
+
+        monkeypatch.setattr(xent, name, wrapper)
+    return calls
+
+
+SHAPES = [(7, 5), (3, 4, 2, 3), (6,), (0, 4)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_cross_entropy_index_matches_torch(dtype, shape, reduction, weighted, eps, count_core):
+    g = _gen(0)
+    C = shape[1] if len(shape) >= 2 else shape[0]
+    x = torch.randn(shape, generator=g, dtype=dtype) * 3
+    tshape = shape[:1] + shape[2:] if len(shape) >= 2 else ()
+    t = torch.randint(0, C, tshape, generator=g)
+    if t.numel() > 1:
+        t.view(-1)[1] = -100
+    w = torch.rand(C, generator=g, dtype=dtype) + 0.5 if weighted else None
+    go = torch.rand(tshape, generator=g, dtype=dtype) if reduction == "none" else None
+    kw = dict(weight=w, reduction=reduction, label_smoothing=eps)
+    ours = _loss_and_grad(xt.cross_entropy, x, t, grad_output=go, **kw)
+    ref = _loss_and_grad(F.cross_entropy, x, t, grad_output=go, **kw)
+    _check_same(ours, ref, dtype, f"{shape} {reduction} w={weighted} eps={eps}")
+    assert "cross_entropy" in count_core
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5, 4), (2, 3, 4)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_probabilities_match_torch(dtype, shape, reduction):
+    g = _gen(1)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    y = torch.softmax(torch.randn(shape, generator=g, dtype=dtype), 1)
+    w = torch.rand(shape[1], generator=g, dtype=dtype) + 0.5
+    for kw in (dict(), dict(weight=w, label_smoothing=0.1)):
+        ours = _loss_and_grad(xt.cross_entropy, x, y, reduction=reduction, **kw)
+        ref = _loss_and_grad(F.cross_entropy, x, y, reduction=reduction, **kw)
+        _check_same(ours, ref, dtype, f"{shape} {reduction} {kw.keys()}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss_matches_torch(dtype, reduction, count_core):
+    g = _gen(2)
+    x = torch.log_softmax(torch.randn(6, 5, 3, generator=g, dtype=dtype), 1)
+    t = torch.randint(0, 5, (6, 3), generator=g)
+    t[0, 0] = 4
+    w = torch.rand(5, generator=g, dtype=dtype)
+    for ii, kw in ((-100, dict()), (-1, dict(weight=w, ignore_index=-1))):
+        t[1, 1] = ii
+        ours = _loss_and_grad(xt.nll_loss, x, t, reduction=reduction, **kw)
+        ref = _loss_and_grad(F.nll_loss, x, t, reduction=reduction, **kw)
+        _check_same(ours, ref, dtype, f"{reduction} {kw.keys()}")
+    assert "nll_loss" in count_core
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_binary_losses_match_torch(dtype, reduction, count_core):
+    g = _gen(3)
+    x = torch.randn(4, 3, 5, generator=g, dtype=dtype) * 4
+    y = torch.rand(4, 3, 5, generator=g, dtype=dtype)
+    w = torch.rand(3, 1, generator=g, dtype=dtype)
+    pw = torch.rand(5, generator=g, dtype=dtype) * 3
+    go = torch.rand(4, 3, 5, generator=g, dtype=dtype) if reduction == "none" else None
+    for kw in (dict(), dict(weight=w), dict(weight=w, pos_weight=pw)):
+        ours = _loss_and_grad(xt.binary_cross_entropy_with_logits, x, y, reduction=reduction,
+                              grad_output=go, **kw)
+        ref = _loss_and_grad(F.binary_cross_entropy_with_logits, x, y, reduction=reduction,
+                             grad_output=go, **kw)
+        _check_same(ours, ref, dtype, f"logits {reduction} {kw.keys()}")
+    p = torch.sigmoid(x)
+    p.view(-1)[:2] = torch.tensor([0.0, 1.0], dtype=dtype)  # PyTorch's log clamp at -100
+    for kw in (dict(), dict(weight=w)):
+        ours = _loss_and_grad(xt.binary_cross_entropy, p, y, reduction=reduction,
+                              grad_output=go, **kw)
+        ref = _loss_and_grad(F.binary_cross_entropy, p, y, reduction=reduction, grad_output=go,
+                             **kw)
+        # the clamped entries' gradients are ~1e10: rounding order shows at 1e-9 relative
+        _check_same(ours, ref, dtype, f"probs {reduction} {kw.keys()}",
+                    rtol=max(TOL[dtype]["rtol"], 1e-8), atol=TOL[dtype]["atol"])
+    assert {"binary_cross_entropy", "binary_cross_entropy_with_logits"} <= set(count_core)
+
+
+def test_everything_ignored_is_nan_with_zero_grad():
+    x = torch.randn(3, 4)
+    t = torch.full((3,), -100)
+    loss, grad = _loss_and_grad(xt.cross_entropy, x, t)
+    assert torch.isnan(loss)
+    assert torch.equal(grad, torch.zeros(3, 4))
+
+
+# --- gradcheck in float64 for every option ------------------------------------------------------
+
+def _gradcheck(fn, x, *args, **kwargs):
+    x = x.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a: fn(a, *args, **kwargs), (x,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "reduction,weighted,eps,ignore",
+    list(itertools.product(["mean", "sum", "none"], [False, True], [0.0, 0.3], [False, True])),
+)
+def test_gradcheck_cross_entropy(reduction, weighted, eps, ignore):
+    g = _gen(4)
+    x = torch.randn(4, 5, 2, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 5, (4, 2), generator=g)
+    if ignore:
+        t[0, 1] = -100
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.1 if weighted else None
+    _gradcheck(xt.cross_entropy, x, t, weight=w, reduction=reduction, label_smoothing=eps)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradcheck_other_losses(reduction):
+    g = _gen(5)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    y = torch.rand(3, 4, generator=g, dtype=torch.float64)
+    w = torch.rand(4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 3, -100])
+    _gradcheck(xt.cross_entropy, x, torch.softmax(y, 1), weight=w, reduction=reduction,
+               label_smoothing=0.1)
+    _gradcheck(xt.nll_loss, x, t, weight=w, reduction=reduction)
+    _gradcheck(xt.binary_cross_entropy_with_logits, x, y, weight=w, pos_weight=w + 0.5,
+               reduction=reduction)
+    p = torch.sigmoid(x).detach()
+    _gradcheck(xt.binary_cross_entropy, p, y, weight=w, reduction=reduction)
+
+
+# --- z-loss, soft-capping, log-sum-exp ----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("prob", [False, True])
+def test_options_match_torch_composite(dtype, reduction, prob):
+    g = _gen(6)
+    x = torch.randn(6, 7, 2, generator=g, dtype=dtype) * 5
+    if prob:
+        t = torch.softmax(torch.randn(6, 7, 2, generator=g, dtype=dtype), 1)
+    else:
+        t = torch.randint(0, 7, (6, 2), generator=g)
+        t[2, 1] = -100
+    w = torch.rand(7, generator=g, dtype=dtype) + 0.5
+    kw = dict(weight=w, reduction=reduction, label_smoothing=0.1, lse_square_scale=1e-2,
+              softcap=3.0, return_lse=True)
+    ours = _loss_and_grad(xt.cross_entropy, x, t, **kw)
+    ref = _loss_and_grad(
+        lambda *a, **k: _functional._cross_entropy_options_torch(
+            a[0], a[1], k["weight"], -100, k["reduction"], k["label_smoothing"],
+            k["lse_square_scale"], k["softcap"], True),
+        x, t, **kw)
+    _check_same(ours, ref, dtype, f"{reduction} prob={prob}")
+    loss, lse = xt.cross_entropy(x, t, **kw)
+    ref_lse = torch.logsumexp(3.0 * torch.tanh(x / 3.0), 1)
+    torch.testing.assert_close(lse, ref_lse, **TOL[dtype])
+
+
+def test_zloss_by_hand():
+    """z-loss adds s·lse² per non-ignored row; the mean divides it by the non-ignored count."""
+    x = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5], [4.0, 0.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([2, -100, 0])
+    w = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    lse = torch.logsumexp(x, 1)
+    ce = F.cross_entropy(x, t, w)
+    expect = ce + 0.1 * (lse[0] ** 2 + lse[2] ** 2) / 2
+    got = xt.cross_entropy(x, t, w, lse_square_scale=0.1)
+    torch.testing.assert_close(got, expect)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("prob", [False, True])
+def test_gradcheck_options(reduction, prob):
+    g = _gen(7)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64) * 3
+    if prob:
+        t = torch.softmax(torch.randn(4, 5, generator=g, dtype=torch.float64), 1)
+    else:
+        t = torch.tensor([1, -100, 4, 0])
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.1
+    _gradcheck(xt.cross_entropy, x, t, weight=w, reduction=reduction, label_smoothing=0.2,
+               lse_square_scale=0.05, softcap=2.0)
+
+
+def test_options_validation():
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="softcap"):
+        xt.cross_entropy(x, torch.tensor([0, 1, 2]), softcap=0.0)
+    with pytest.raises(IndexError, match="out of bounds for 4 classes"):
+        xt.cross_entropy(x, torch.tensor([0, 1, 4]), lse_square_scale=1e-4)
+    with pytest.raises(ValueError, match="reduction"):
+        xt.cross_entropy(x, torch.tensor([0, 1, 2]), reduction="avg")
+
+
+# --- fallbacks ---------------------------------------------------------------------------------
+
+def test_bfloat16_and_float16_fall_back_to_torch(count_core):
+    g = _gen(8)
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(5, 6, generator=g).to(dtype)
+        t = torch.randint(0, 6, (5,), generator=g)
+        ours = _loss_and_grad(xt.cross_entropy, x, t)
+        ref = _loss_and_grad(F.cross_entropy, x, t)
+        assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+        loss, lse = xt.cross_entropy(x, t, lse_square_scale=1e-3, return_lse=True)
+        assert loss.dtype == dtype and lse.dtype == dtype
+    assert count_core == []
+
+
+def test_target_and_weight_requiring_grad_fall_back(count_core):
+    g = _gen(9)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    xt.binary_cross_entropy_with_logits(x, y).backward()
+    gy = y.grad.clone()
+    y.grad = None
+    F.binary_cross_entropy_with_logits(x, y).backward()
+    torch.testing.assert_close(gy, y.grad)
+    p = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
+    xt.cross_entropy(x, p, label_smoothing=0.1).backward()
+    gp = p.grad.clone()
+    p.grad = None
+    F.cross_entropy(x, p, label_smoothing=0.1).backward()
+    torch.testing.assert_close(gp, p.grad)
+    assert count_core == []
+
+
+def test_no_grad_and_inference_take_the_fast_path(count_core):
+    x = torch.randn(4, 3, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        a = xt.cross_entropy(x, t)
+    with torch.inference_mode():
+        b = xt.cross_entropy(x.detach(), t)
+    assert a.grad_fn is None and torch.equal(a, b)
+    torch.testing.assert_close(a, F.cross_entropy(x, t).detach())
+    assert count_core == ["cross_entropy", "cross_entropy"]
+
+
+def test_non_contiguous_and_parameter_inputs():
+    g = _gen(10)
+    base = torch.randn(5, 8, generator=g)
+    x = torch.nn.Parameter(base[:, ::2].clone())
+    xs = base[:, ::2]
+    t = torch.randint(0, 4, (5,), generator=g)
+    ours = _loss_and_grad(xt.cross_entropy, xs, t)
+    ref = _loss_and_grad(F.cross_entropy, xs, t)
+    _check_same(ours, ref, torch.float32)
+    xt.cross_entropy(x, t).backward()
+    torch.testing.assert_close(x.grad, ref[1])
+
+
+def test_retain_graph_and_double_backward_accumulate():
+    x = torch.randn(4, 3, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 0])
+    loss = xt.cross_entropy(x, t)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    F.cross_entropy(x2, t).backward()
+    torch.testing.assert_close(x.grad, 2 * x2.grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_falls_back_to_torch():
+    x = torch.randn(4, 3, device="cuda", requires_grad=True)
+    t = torch.tensor([0, 1, 2, 0], device="cuda")
+    loss = xt.cross_entropy(x, t, lse_square_scale=1e-4, softcap=5.0)
+    loss.backward()
+    assert loss.device.type == "cuda" and x.grad.device.type == "cuda"
+
+
+# --- modules ----------------------------------------------------------------------------------
+
+MODULES = [
+    (xt.CrossEntropyLoss, torch.nn.CrossEntropyLoss),
+    (xt.NLLLoss, torch.nn.NLLLoss),
+    (xt.BCELoss, torch.nn.BCELoss),
+    (xt.BCEWithLogitsLoss, torch.nn.BCEWithLogitsLoss),
+]
+
+
+@pytest.mark.parametrize("ours,theirs", MODULES)
+def test_module_signatures_are_torchs(ours, theirs):
+    assert inspect.signature(ours) == inspect.signature(theirs)
+    assert isinstance(ours(), theirs)
+
+
+@pytest.mark.parametrize("size_average,reduce", [(None, None), (False, None), (True, False),
+                                                 (None, False), (False, True)])
+def test_modules_honour_legacy_arguments(size_average, reduce):
+    g = _gen(11)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 4, (5,), generator=g)
+    y = torch.rand(5, 4, generator=g, dtype=torch.float64)
+    w = torch.rand(4, generator=g, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pairs = [
+            (xt.CrossEntropyLoss(w, size_average, reduce=reduce, label_smoothing=0.1),
+             torch.nn.CrossEntropyLoss(w, size_average, reduce=reduce, label_smoothing=0.1),
+             x, t),
+            (xt.NLLLoss(w, size_average, ignore_index=1, reduce=reduce),
+             torch.nn.NLLLoss(w, size_average, ignore_index=1, reduce=reduce),
+             torch.log_softmax(x, 1), t),
+            (xt.BCELoss(w, size_average, reduce), torch.nn.BCELoss(w, size_average, reduce),
+             torch.sigmoid(x), y),
+            (xt.BCEWithLogitsLoss(w, size_average, reduce, pos_weight=w + 1),
+             torch.nn.BCEWithLogitsLoss(w, size_average, reduce, pos_weight=w + 1), x, y),
+        ]
+    for ours, theirs, a, b in pairs:
+        assert ours.reduction == theirs.reduction
+        _check_same(_loss_and_grad(ours, a, b), _loss_and_grad(theirs, a, b), torch.float64,
+                    type(ours).__name__)
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+
+
+def test_functional_legacy_arguments_warn_like_torch():
+    x = torch.randn(3, 4)
+    t = torch.tensor([0, 1, 2])
+    with pytest.warns(UserWarning, match="size_average and reduce"):
+        ours = xt.cross_entropy(x, t, size_average=False)
+    torch.testing.assert_close(ours, F.cross_entropy(x, t, reduction="sum"))
+
+
+def test_module_in_a_training_step_matches_torch():
+    torch.manual_seed(12)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    ref_model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(),
+                                    torch.nn.Linear(16, 5))
+    ref_model.load_state_dict(model.state_dict())
+    x = torch.randn(32, 10)
+    t = torch.randint(0, 5, (32,))
+    for m, loss_fn in ((model, xt.CrossEntropyLoss(label_smoothing=0.05)),
+                       (ref_model, torch.nn.CrossEntropyLoss(label_smoothing=0.05))):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            loss_fn(m(x), t).backward()
+            opt.step()
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
