@@ -1,0 +1,61 @@
+"""Shared fixtures: the ``backend`` fixture that runs a conformance test on every backend, and the
+Hypothesis profiles.
+
+Hypothesis profiles: ``ci`` (the default: few examples, no deadline, so the suite stays fast and
+does not flake on a slow machine or a Numba compile) and ``thorough`` (for a local deep run:
+``HYPOTHESIS_PROFILE=thorough pytest``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import xent
+
+# The reference computations are tiny: with more than one intra-op thread, PyTorch spends tens of
+# times longer synchronising its thread pool than computing (about 2 ms against 0.05 ms for a
+# (5, 4) cross-entropy and its backward on a 2-core machine).
+torch.set_num_threads(1)
+
+# The `backend` fixture is function-scoped but constant over a test's examples, so Hypothesis'
+# warning about function-scoped fixtures does not apply to it.
+_SUPPRESSED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile("ci", max_examples=30, deadline=None, suppress_health_check=_SUPPRESSED)
+settings.register_profile(
+    "thorough", max_examples=1000, deadline=None, suppress_health_check=_SUPPRESSED
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+BACKENDS = ["numpy", "numba"]
+
+
+def _numba_unavailable_reason() -> str | None:
+    """Why the Numba backend cannot run here, or None when it can."""
+    if importlib.util.find_spec("numba") is None:
+        return "numba is not installed"
+    try:
+        kernels = importlib.import_module("xent._kernels")
+    except ImportError as exc:  # the kernels are not written yet, or fail to import
+        return f"xent._kernels cannot be imported: {exc}"
+    if getattr(kernels, "__file__", None) is None:
+        # An empty src/xent/_kernels/ directory imports as a namespace package: no kernels yet.
+        return "xent._kernels has no __init__.py yet"
+    return None
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Run the test inside ``xent.use_backend(name)`` for each backend; skip the missing ones."""
+    name = request.param
+    if name == "numba":
+        reason = _numba_unavailable_reason()
+        if reason is not None:
+            pytest.skip(reason)
+    with xent.use_backend(name):
+        yield name
