@@ -19,15 +19,18 @@ _QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "i
 
 
 def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out = x - max - log Σ exp(x - max)`` row-wise; ``out`` may be ``x``."""
+    """``out = (x - max) - log Σ exp(x - max)`` row-wise; ``out`` may be ``x``.
+
+    The max is subtracted first, as torch does: forming ``max + log Σ`` first would round the
+    log-sum away when the logits are large (float32 ``log_softmax([1e8, 1e8])`` would be 0, not
+    -log 2).
+    """
     with np.errstate(**_QUIET):
         if x.shape[1] == 0:
             return out
         m = x.max(axis=1, keepdims=True)
-        tmp = np.exp(x - m)
-        lse = np.log(tmp.sum(axis=1, keepdims=True))
-        lse += m
-        np.subtract(x, lse, out=out)
+        d = np.subtract(x, m, out=out)
+        d -= np.log(np.exp(d).sum(axis=1, keepdims=True))
     return out
 
 
