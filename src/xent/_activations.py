@@ -23,7 +23,8 @@ def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
     ax = normalize_axis(axis, arr.ndim)
     moved = np.moveaxis(arr, ax, -1)
     C = moved.shape[-1]
-    rows = np.ascontiguousarray(moved).reshape(-1, C) if moved.size else moved.reshape(-1, C)
+    M = int(np.prod(moved.shape[:-1]))  # not reshape(-1, C): -1 is ambiguous when C == 0
+    rows = np.ascontiguousarray(moved).reshape(M, C)
     out = np.empty_like(rows)
     if rows.size:
         backend = _dispatch.backend_for(op, rows.shape[0], C, rows.dtype)
