@@ -1,0 +1,305 @@
+"""softmax, log_softmax, logsumexp, sigmoid, log_sigmoid and their vector-Jacobian products,
+against PyTorch (the reference): every axis, every dtype, extreme and non-finite values, empty
+arrays. Runs on every backend."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_close, compute_dtype, result_dtype, to_numpy
+
+import xent
+
+SHAPES = [(5,), (3, 4), (2, 3, 4), (2, 1, 3, 2, 2)]
+DTYPES = [np.float64, np.float32, np.float16, np.int64]
+AXIS_FUNCS = ["softmax", "log_softmax", "logsumexp"]
+
+
+def _random(shape, dtype, seed=0, scale=3.0):
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind in "iu":
+        return rng.integers(-5, 6, size=shape).astype(dtype)
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def _torch_in(x):
+    return torch.from_numpy(np.array(x, dtype=compute_dtype(np.asarray(x).dtype), copy=True))
+
+
+def torch_activation(name, x, axis=-1, keepdims=False):
+    """The reference value, computed by torch in xent's compute dtype, cast to xent's dtype."""
+    t = _torch_in(x)
+    if name == "softmax":
+        r = torch.softmax(t, dim=axis)
+    elif name == "log_softmax":
+        r = torch.log_softmax(t, dim=axis)
+    elif name == "logsumexp":
+        r = torch.logsumexp(t, dim=axis, keepdim=keepdims)
+    elif name == "sigmoid":
+        r = torch.sigmoid(t)
+    elif name == "log_sigmoid":
+        r = F.logsigmoid(t)
+    else:
+        raise ValueError(name)
+    return to_numpy(r).astype(result_dtype(np.asarray(x).dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward values
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", AXIS_FUNCS)
+def test_axis_functions_match_torch_on_every_axis(backend, name, shape, dtype):
+    x = _random(shape, dtype)
+    for axis in range(-len(shape), len(shape)):
+        got = getattr(xent, name)(x, axis=axis)
+        assert_close(got, torch_activation(name, x, axis), context=f"{name} axis={axis}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", AXIS_FUNCS)
+def test_default_axis_is_last(backend, name, dtype):
+    x = _random((3, 4, 5), dtype, seed=1)
+    assert_close(getattr(xent, name)(x), torch_activation(name, x, -1))
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_logsumexp_keepdims_matches_torch(backend, axis, keepdims):
+    x = _random((3, 4, 5), np.float64, seed=2)
+    got = xent.logsumexp(x, axis=axis, keepdims=keepdims)
+    assert_close(got, torch_activation("logsumexp", x, axis, keepdims=keepdims))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(), (7,), (3, 4), (2, 3, 2, 2)], ids=str)
+@pytest.mark.parametrize("name", ["sigmoid", "log_sigmoid"])
+def test_elementwise_functions_match_torch(backend, name, shape, dtype):
+    x = _random(shape, dtype, seed=3, scale=10.0)
+    got = np.asarray(getattr(xent, name)(x))
+    assert_close(got, torch_activation(name, x), context=name)
+
+
+def test_lists_in_arrays_out(backend):
+    for name in AXIS_FUNCS + ["sigmoid", "log_sigmoid"]:
+        got = getattr(xent, name)([[2.0, 1.0, 0.1], [0.0, -1.0, 3.0]])
+        assert isinstance(got, np.ndarray), name
+        assert got.dtype == np.float64, name
+        x = np.array([[2.0, 1.0, 0.1], [0.0, -1.0, 3.0]])
+        assert_close(got, torch_activation(name, x), context=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stability: finite wherever the mathematical result is finite, exact at the extremes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_softmax_of_1000_and_1_is_one_hot_not_nan(backend, dtype):
+    x = np.array([1000.0, 1.0], dtype=dtype)
+    np.testing.assert_array_equal(xent.softmax(x), np.array([1.0, 0.0], dtype=dtype))
+    np.testing.assert_array_equal(xent.log_softmax(x), np.array([0.0, -999.0], dtype=dtype))
+    assert xent.logsumexp(x) == dtype(1000.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_sigmoid_and_log_sigmoid_exact_at_plus_minus_1000(backend, dtype):
+    x = np.array([1000.0, -1000.0], dtype=dtype)
+    np.testing.assert_array_equal(xent.sigmoid(x), np.array([1.0, 0.0], dtype=dtype))
+    np.testing.assert_array_equal(xent.log_sigmoid(x), np.array([0.0, -1000.0], dtype=dtype))
+    # Far enough out to need care, not so far that the answer underflows: log_sigmoid(-x) = -x - e^-x.
+    y = np.array([-30.0, 30.0, -80.0], dtype=np.float64)
+    expect = np.array([-30.0 - np.log1p(np.exp(-30.0)), -np.log1p(np.exp(-30.0)), -80.0])
+    assert_close(xent.log_sigmoid(y), expect)
+    assert_close(xent.sigmoid(y), 1.0 / (1.0 + np.exp(-y)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_extreme_finite_inputs_give_finite_results_without_warnings(backend, dtype):
+    big = np.finfo(dtype).max
+    x = np.array([[big, -big, 0.0], [-big, -big, -big], [big, big, big]], dtype=dtype)
+    with np.errstate(all="raise"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            p = xent.softmax(x)
+            lse = xent.logsumexp(x)
+            logp = xent.log_softmax(x)
+            s = xent.sigmoid(x)
+            ls = xent.log_sigmoid(x)
+    np.testing.assert_array_equal(p[0], np.array([1.0, 0.0, 0.0], dtype=dtype))
+    assert_close(p[1:], np.full((2, 3), 1 / 3, dtype=dtype))
+    assert np.isfinite(lse).all()
+    assert lse[0] == big and lse[1] == -big + np.log(dtype(3)) and lse[2] == big
+    # log_softmax: 0 for the maximum; -big - big is -2*big, not representable: -inf is right.
+    assert logp[0, 0] == 0 and logp[0, 2] == -big
+    assert_close(logp[1:], np.full((2, 3), -np.log(3), dtype=dtype))
+    nonzero = x != 0
+    np.testing.assert_array_equal(s[nonzero], (x[nonzero] > 0).astype(dtype))
+    assert np.isfinite(ls).all()
+    np.testing.assert_array_equal(ls[nonzero], np.minimum(x, 0)[nonzero])
+    for name, got in [("softmax", p), ("log_softmax", logp), ("logsumexp", lse)]:
+        assert_close(got, torch_activation(name, x), context=name)
+
+
+def test_naive_tutorial_formula_fails_where_xent_does_not():
+    x = np.array([1000.0, 1.0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        naive = np.exp(x) / np.sum(np.exp(x), axis=0)
+    assert np.isnan(naive[0])  # the tutorials' formula: inf / inf
+    np.testing.assert_array_equal(xent.softmax(x), [1.0, 0.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite inputs: the same nan/inf as PyTorch
+
+
+NONFINITE_ROWS = [
+    [np.inf, 1.0, 2.0],
+    [-np.inf, 1.0, 2.0],
+    [-np.inf, -np.inf, -np.inf],
+    [np.inf, np.inf, 0.0],
+    [np.nan, 1.0, 2.0],
+    [np.inf, -np.inf, 0.0],
+    [0.0, 1.0, 2.0],
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", AXIS_FUNCS + ["sigmoid", "log_sigmoid"])
+def test_nonfinite_inputs_follow_torch(backend, name, dtype):
+    x = np.array(NONFINITE_ROWS, dtype=dtype)
+    with np.errstate(all="ignore"):
+        got = getattr(xent, name)(x)
+    assert_close(got, torch_activation(name, x), equal_nan=True, context=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Empty arrays
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (3, 0), (2, 0, 4)], ids=str)
+@pytest.mark.parametrize("name", AXIS_FUNCS + ["sigmoid", "log_sigmoid"])
+def test_empty_arrays_match_torch(backend, name, shape):
+    x = np.zeros(shape)
+    got = getattr(xent, name)(x)
+    assert_close(got, torch_activation(name, x), context=f"{name}{shape}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Vector-Jacobian products
+
+
+def torch_vjp(name, grad_output, arg, axis=-1):
+    """The reference VJP, from the ATen backward functions themselves (which take the forward's
+    output, or for log_sigmoid its input, as xent's do)."""
+    g, a = _torch_in(grad_output), _torch_in(arg)
+    if name == "softmax_backward":
+        r = torch._softmax_backward_data(g, a, axis, a.dtype)
+    elif name == "log_softmax_backward":
+        r = torch._log_softmax_backward_data(g, a, axis, a.dtype)
+    elif name == "sigmoid_backward":
+        r = torch.ops.aten.sigmoid_backward(g, a)
+    elif name == "log_sigmoid_backward":
+        _, buffer = torch.ops.aten.log_sigmoid_forward(a)
+        r = torch.ops.aten.log_sigmoid_backward(g, a, buffer)
+    else:
+        raise ValueError(name)
+    return to_numpy(r).astype(result_dtype(np.asarray(arg).dtype))
+
+
+def torch_autograd(name, x, grad_output, axis=-1):
+    """d/dx of the forward function, contracted with grad_output, by torch autograd."""
+    t = _torch_in(x).requires_grad_(True)
+    fwd = {
+        "softmax_backward": lambda t: torch.softmax(t, axis),
+        "log_softmax_backward": lambda t: torch.log_softmax(t, axis),
+        "sigmoid_backward": torch.sigmoid,
+        "log_sigmoid_backward": F.logsigmoid,
+    }[name]
+    fwd(t).backward(_torch_in(grad_output))
+    return to_numpy(t.grad).astype(result_dtype(np.asarray(x).dtype))
+
+
+_FORWARD = {
+    "softmax_backward": "softmax",
+    "log_softmax_backward": "log_softmax",
+    "sigmoid_backward": "sigmoid",
+    "log_sigmoid_backward": None,  # takes x itself
+}
+VJPS = list(_FORWARD)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", VJPS)
+def test_backward_functions_match_torch_autograd(backend, name, shape, dtype):
+    x = _random(shape, dtype, seed=4)
+    g = _random(shape, dtype, seed=5, scale=1.0)
+    axes = range(-len(shape), len(shape)) if "softmax" in name else [None]
+    for axis in axes:
+        kw = {} if axis is None else {"axis": axis}
+        fwd = _FORWARD[name]
+        arg = x if fwd is None else getattr(xent, fwd)(x, **kw)
+        got = getattr(xent, name)(g, arg, **kw)
+        ax = -1 if axis is None else axis
+        # The backward from the forward's (xent) output against autograd through torch's forward.
+        if dtype == np.float16:
+            # Torch's fp32 forward output and xent's fp16 output differ by a rounding: compare the
+            # VJP of xent's own output instead, which is what the function is given.
+            assert_close(got, torch_vjp(name, g, arg, ax), context=f"{name} axis={axis}")
+        else:
+            assert_close(got, torch_autograd(name, x, g, ax), context=f"{name} axis={axis}")
+
+
+@pytest.mark.parametrize("name", VJPS)
+def test_backward_functions_match_aten_on_arbitrary_arguments(backend, name):
+    """The VJPs are the formulas PyTorch's backward kernels apply, for any `output` given."""
+    rng = np.random.default_rng(6)
+    g = rng.standard_normal((4, 5))
+    arg = rng.random((4, 5)) if name != "log_sigmoid_backward" else 5 * rng.standard_normal((4, 5))
+    if name == "log_softmax_backward":
+        arg = np.log(arg)
+    axes = [0, 1, -1] if "softmax" in name else [None]
+    for axis in axes:
+        kw = {} if axis is None else {"axis": axis}
+        got = getattr(xent, name)(g, arg, **kw)
+        assert_close(got, torch_vjp(name, g, arg, -1 if axis is None else axis), context=str(axis))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: d.__name__)
+def test_log_sigmoid_backward_at_extremes(backend, dtype):
+    x = np.array([-1e4, -1000.0, -30.0, 0.0, 30.0, 1000.0, 1e4], dtype=dtype)
+    g = np.ones_like(x)
+    got = xent.log_sigmoid_backward(g, x)
+    assert np.isfinite(got).all()
+    assert_close(got, torch_autograd("log_sigmoid_backward", x, g))
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (3, 0)], ids=str)
+@pytest.mark.parametrize("name", VJPS)
+def test_backward_functions_on_empty_arrays(backend, name, shape):
+    g = np.zeros(shape)
+    got = getattr(xent, name)(g, np.zeros(shape))
+    assert isinstance(got, np.ndarray) and got.shape == shape and got.dtype == np.float64
+
+
+# ---------------------------------------------------------------------------------------------
+# Axis errors
+
+
+@pytest.mark.parametrize("axis", [2, -3, 5])
+@pytest.mark.parametrize("name", AXIS_FUNCS)
+def test_axis_out_of_range_raises_axis_error(name, axis):
+    with pytest.raises(np.exceptions.AxisError, match="axis"):
+        getattr(xent, name)(np.zeros((3, 4)), axis=axis)
+
+
+@pytest.mark.parametrize("name", ["softmax_backward", "log_softmax_backward"])
+def test_backward_axis_out_of_range_raises_axis_error(name):
+    with pytest.raises(np.exceptions.AxisError, match="axis"):
+        getattr(xent, name)(np.zeros((3, 4)), np.zeros((3, 4)), axis=2)
