@@ -10,15 +10,19 @@ from ._functional import (
     cross_entropy,
     nll_loss,
 )
+from ._linear import DEFAULT_CHUNK_BYTES, default_chunk_size, linear_cross_entropy
 from ._modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss
 
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "DEFAULT_CHUNK_BYTES",
     "NLLLoss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "default_chunk_size",
+    "linear_cross_entropy",
     "nll_loss",
 ]

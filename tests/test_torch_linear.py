@@ -1,0 +1,197 @@
+"""xent.torch.linear_cross_entropy against cross_entropy(input @ W.T + b) in PyTorch: values and
+the gradients of input, linear_weight and linear_bias, for every option and chunking."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xent.torch as xt
+from xent.torch import _functional
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def _problem(seed, n=23, h=8, v=37, dtype=torch.float64, prob=False, bias=True, weighted=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, h, generator=g, dtype=dtype)
+    W = torch.randn(v, h, generator=g, dtype=dtype)
+    b = torch.randn(v, generator=g, dtype=dtype) if bias else None
+    if prob:
+        t = torch.softmax(torch.randn(n, v, generator=g, dtype=dtype), 1)
+    else:
+        t = torch.randint(0, v, (n,), generator=g)
+        t[::5] = -100
+    w = torch.rand(v, generator=g, dtype=dtype) + 0.5 if weighted else None
+    return x, W, b, t, w
+
+
+def _grads(fn, x, W, b, grad_output=None):
+    leaves = [p.detach().clone().requires_grad_(True) if p is not None else None
+              for p in (x, W, b)]
+    out = fn(*leaves)
+    loss = out[0] if isinstance(out, tuple) else out
+    loss.backward(torch.ones_like(loss) if grad_output is None else grad_output)
+    return [loss.detach()] + [p.grad if p is not None else None for p in leaves]
+
+
+def _reference(t, w, reduction, eps, zscale=0.0, cap=None):
+    def fn(x, W, b):
+        logits = F.linear(x, W, b)
+        if not zscale and cap is None:
+            return F.cross_entropy(logits, t, w, reduction=reduction, label_smoothing=eps)
+        return _functional._cross_entropy_options_torch(logits, t, w, -100, reduction, eps,
+                                                        zscale, cap, False)
+    return fn
+
+
+def _compare(ours, ref, dtype, context):
+    for a, e, name in zip(ours, ref, ("loss", "grad_input", "grad_weight", "grad_bias"),
+                          strict=True):
+        if e is None:
+            assert a is None, f"{context}: {name} should be None"
+            continue
+        torch.testing.assert_close(a, e, **TOL[dtype], msg=lambda m, n=name: f"{context} {n}: {m}")
+
+
+@pytest.mark.parametrize(
+    "reduction,eps,weighted,bias,chunk",
+    list(itertools.product(["mean", "sum", "none"], [0.0, 0.1], [False, True], [False, True],
+                           [1, 5, 23, 1000])),
+)
+def test_matches_torch_float64(reduction, eps, weighted, bias, chunk):
+    x, W, b, t, w = _problem(0, bias=bias, weighted=weighted)
+    go = torch.rand(x.shape[0], dtype=x.dtype) if reduction == "none" else None
+    ours = _grads(lambda a, B, c: xt.linear_cross_entropy(
+        a, B, t, linear_bias=c, weight=w, reduction=reduction, label_smoothing=eps,
+        chunk_size=chunk), x, W, b, go)
+    ref = _grads(_reference(t, w, reduction, eps), x, W, b, go)
+    _compare(ours, ref, torch.float64, f"{reduction} eps={eps} w={weighted} b={bias} c={chunk}")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("prob", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_options_match_torch(reduction, prob, dtype):
+    x, W, b, t, w = _problem(1, dtype=dtype, prob=prob)
+    kw = dict(weight=w, reduction=reduction, label_smoothing=0.1)
+    for zscale, cap in ((1e-2, None), (0.0, 4.0), (1e-2, 4.0), (0.0, None)):
+        ours = _grads(lambda a, B, c, zs=zscale, cp=cap: xt.linear_cross_entropy(
+            a, B, t, linear_bias=c, chunk_size=6, lse_square_scale=zs, softcap=cp, **kw),
+            x, W, b)
+        ref = _grads(_reference(t, w, reduction, 0.1, zscale, cap), x, W, b)
+        _compare(ours, ref, dtype, f"{reduction} prob={prob} z={zscale} cap={cap}")
+
+
+def test_return_lse():
+    x, W, b, t, w = _problem(2, dtype=torch.float32)
+    loss, lse = xt.linear_cross_entropy(x, W, t, linear_bias=b, return_lse=True, chunk_size=7)
+    torch.testing.assert_close(lse, torch.logsumexp(x @ W.T + b, 1))
+    loss2, lse2 = xt.linear_cross_entropy(x, W, t, linear_bias=b, return_lse=True, softcap=2.0)
+    torch.testing.assert_close(lse2, torch.logsumexp(2.0 * torch.tanh((x @ W.T + b) / 2.0), 1))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradcheck(reduction):
+    x, W, b, t, w = _problem(3, n=6, h=3, v=5)
+
+    def fn(a, B, c):
+        return xt.linear_cross_entropy(a, B, t, linear_bias=c, weight=w, reduction=reduction,
+                                       label_smoothing=0.2, lse_square_scale=0.05, softcap=3.0,
+                                       chunk_size=4, allow_retain_graph=True)
+
+    for leaves in ((x, W, b),):
+        args = tuple(p.detach().clone().requires_grad_(True) for p in leaves)
+        assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7)
+    args = tuple(p.detach().clone().requires_grad_(True) for p in (x, W, b))
+    assert torch.autograd.gradcheck(
+        lambda a, B, c: xt.linear_cross_entropy(a, B, t, linear_bias=c, weight=w,
+                                                reduction=reduction, chunk_size=4,
+                                                allow_retain_graph=True),
+        args, eps=1e-6, atol=1e-7)
+
+
+def test_signature_extends_torchs():
+    ours = inspect.signature(xt.linear_cross_entropy).parameters
+    theirs = inspect.signature(F.linear_cross_entropy).parameters
+    for name, p in theirs.items():
+        assert name in ours and ours[name].kind == p.kind and ours[name].default == p.default
+
+
+def test_only_the_needed_gradients_and_single_row():
+    x, W, b, t, w = _problem(4, dtype=torch.float32)
+    Wl = W.clone().requires_grad_(True)
+    xt.linear_cross_entropy(x, Wl, t).backward()
+    ref = W.clone().requires_grad_(True)
+    F.cross_entropy(x @ ref.T, t).backward()
+    torch.testing.assert_close(Wl.grad, ref.grad, **TOL[torch.float32])
+    x1 = x[0].clone().requires_grad_(True)
+    loss = xt.linear_cross_entropy(x1, W, t[1], reduction="none")
+    assert loss.shape == ()
+    loss.backward()
+    x1r = x[0].clone().requires_grad_(True)
+    F.cross_entropy(x1r @ W.T, t[1], reduction="none").backward()
+    torch.testing.assert_close(x1.grad, x1r.grad, **TOL[torch.float32])
+
+
+def test_second_backward_raises_unless_allowed():
+    x, W, b, t, w = _problem(5, dtype=torch.float32)
+    xr = x.clone().requires_grad_(True)
+    loss = xt.linear_cross_entropy(xr, W, t)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="allow_retain_graph"):
+        loss.backward()
+    xr.grad = None
+    loss = xt.linear_cross_entropy(xr, W, t, allow_retain_graph=True)
+    (loss * 2).backward(retain_graph=True)
+    loss.backward()
+    ref = x.clone().requires_grad_(True)
+    (3 * F.cross_entropy(ref @ W.T, t)).backward()
+    torch.testing.assert_close(xr.grad, ref.grad, **TOL[torch.float32])
+
+
+def test_no_grad_forward_only():
+    x, W, b, t, w = _problem(6, dtype=torch.float32)
+    with torch.no_grad():
+        loss = xt.linear_cross_entropy(x.requires_grad_(True), W, t, linear_bias=b, chunk_size=3)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, F.cross_entropy(x @ W.T + b, t), **TOL[torch.float32])
+
+
+def test_everything_ignored():
+    x, W, b, t, w = _problem(7, dtype=torch.float32)
+    t = torch.full_like(t, -100)
+    out = _grads(lambda a, B, c: xt.linear_cross_entropy(a, B, t, linear_bias=c), x, W, b)
+    assert torch.isnan(out[0])
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in out[1:])
+
+
+def test_bfloat16_falls_back_to_torch():
+    x, W, b, t, w = _problem(8, dtype=torch.bfloat16)
+    ours = xt.linear_cross_entropy(x, W, t, linear_bias=b)
+    ref = F.linear_cross_entropy(x, W, t, linear_bias=b)
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, ref)
+
+
+def test_errors_say_what_was_expected():
+    x, W, b, t, w = _problem(9, dtype=torch.float32)
+    with pytest.raises(ValueError, match="expected \\(V, 8\\)"):
+        xt.linear_cross_entropy(x, W[:, :5], t)
+    with pytest.raises(IndexError, match="out of bounds for 37 classes"):
+        xt.linear_cross_entropy(x, W, torch.full_like(t, 40))
+    with pytest.raises(ValueError, match="chunk_size"):
+        xt.linear_cross_entropy(x, W, t, chunk_size=0)
+
+
+def test_weight_gradient_is_handed_over_without_a_copy():
+    x, W, b, t, w = _problem(10, n=64, h=16, v=128, dtype=torch.float32)
+    Wl = W.clone().requires_grad_(True)
+    loss = xt.linear_cross_entropy(x, Wl, t)
+    precomputed = loss.grad_fn.grads[1].data_ptr()
+    loss.backward()
+    assert Wl.grad.data_ptr() == precomputed
