@@ -253,7 +253,7 @@ def cross_entropy(
 
 def _reduce(loss_rows: np.ndarray, reduction: str, denom: Any, shape: tuple[int, ...]) -> Array:
     if reduction == "none":
-        return loss_rows.reshape(shape)
+        return np.asarray(loss_rows).reshape(shape)  # a 0-d input's loss is a scalar: wrap it
     total = loss_rows.sum(dtype=loss_rows.dtype)
     if reduction == "sum":
         return np.asarray(total)
