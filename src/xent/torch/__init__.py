@@ -12,6 +12,7 @@ from ._functional import (
 )
 from ._linear import DEFAULT_CHUNK_BYTES, default_chunk_size, linear_cross_entropy
 from ._modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss
+from ._parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 
 __all__ = [
     "BCELoss",
@@ -25,4 +26,6 @@ __all__ = [
     "default_chunk_size",
     "linear_cross_entropy",
     "nll_loss",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
 ]
