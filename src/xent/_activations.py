@@ -12,14 +12,14 @@ import numpy as np
 
 from . import _dispatch
 from ._backend_numpy import _QUIET, _sigmoid_neg
-from ._validation import as_float, as_float_like, check_same_shape, normalize_axis
+from ._validation import as_float, as_float_like, as_result, check_same_shape, normalize_axis
 
 
 def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
     """Run a row kernel (softmax / log_softmax) along ``axis`` of ``x``."""
     arr, rdt = as_float(x, "x")
     if arr.ndim == 0:  # a scalar is a 1-element distribution, as in torch
-        return _rowwise(op, arr.reshape(1), 0).reshape(()).astype(rdt, copy=False)
+        return as_result(_rowwise(op, arr.reshape(1), 0).reshape(()), rdt)
     ax = normalize_axis(axis, arr.ndim)
     moved = np.moveaxis(arr, ax, -1)
     C = moved.shape[-1]
@@ -30,7 +30,7 @@ def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
         backend = _dispatch.backend_for(op, rows.shape[0], C, rows.dtype)
         getattr(backend, op)(rows, out)
     out = np.moveaxis(out.reshape(moved.shape), -1, ax)
-    return np.ascontiguousarray(out).astype(rdt, copy=False)
+    return as_result(np.ascontiguousarray(out), rdt)
 
 
 def softmax(x: Any, axis: int = -1) -> np.ndarray:
@@ -87,7 +87,7 @@ def softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.ndarra
     ax = normalize_axis(axis, y.ndim)
     with np.errstate(**_QUIET):
         out = y * (g - (g * y).sum(axis=ax, keepdims=True))
-    return out.astype(rdt, copy=False)
+    return as_result(out, rdt)
 
 
 def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
@@ -142,7 +142,7 @@ def log_softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.nd
     ax = normalize_axis(axis, z.ndim)
     with np.errstate(**_QUIET):
         out = g - np.exp(z) * g.sum(axis=ax, keepdims=True)
-    return out.astype(rdt, copy=False)
+    return as_result(out, rdt)
 
 
 def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> np.ndarray:
@@ -171,7 +171,7 @@ def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> np.ndarray:
     """
     arr, rdt = as_float(x, "x")
     if arr.ndim == 0:
-        return arr.copy().astype(rdt, copy=False)
+        return as_result(arr.copy(), rdt)
     ax = normalize_axis(axis, arr.ndim)
     with np.errstate(**_QUIET):
         if arr.shape[ax] == 0:
@@ -184,7 +184,7 @@ def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> np.ndarray:
             out = np.log(np.exp(arr - m).sum(axis=ax, keepdims=True)) + m
         if not keepdims:
             out = out.squeeze(axis=ax)
-    return np.asarray(out).astype(rdt, copy=False)
+    return as_result(np.asarray(out), rdt)
 
 
 def sigmoid(x: Any) -> np.ndarray:
@@ -214,7 +214,7 @@ def sigmoid(x: Any) -> np.ndarray:
     arr, rdt = as_float(x, "x")
     with np.errstate(**_QUIET):
         out = _sigmoid_neg(-arr)
-    return np.asarray(out).astype(rdt, copy=False)
+    return as_result(np.asarray(out), rdt)
 
 
 def sigmoid_backward(grad_output: Any, output: Any) -> np.ndarray:
@@ -231,7 +231,7 @@ def sigmoid_backward(grad_output: Any, output: Any) -> np.ndarray:
     y, rdt = as_float(output, "output")
     g = as_float_like(grad_output, y.dtype, "grad_output")
     check_same_shape(y, g, "output", "grad_output")
-    return np.asarray(g * y * (1 - y)).astype(rdt, copy=False)
+    return as_result(np.asarray(g * y * (1 - y)), rdt)
 
 
 def log_sigmoid(x: Any) -> np.ndarray:
@@ -255,7 +255,7 @@ def log_sigmoid(x: Any) -> np.ndarray:
     arr, rdt = as_float(x, "x")
     with np.errstate(**_QUIET):
         out = np.minimum(arr, 0) - np.log1p(np.exp(-np.abs(arr)))
-    return np.asarray(out).astype(rdt, copy=False)
+    return as_result(np.asarray(out), rdt)
 
 
 def log_sigmoid_backward(grad_output: Any, x: Any) -> np.ndarray:
@@ -273,4 +273,4 @@ def log_sigmoid_backward(grad_output: Any, x: Any) -> np.ndarray:
     check_same_shape(arr, g, "x", "grad_output")
     with np.errstate(**_QUIET):
         out = g * _sigmoid_neg(arr)
-    return np.asarray(out).astype(rdt, copy=False)
+    return as_result(np.asarray(out), rdt)

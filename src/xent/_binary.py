@@ -15,6 +15,7 @@ from ._cross_entropy import _reduce
 from ._validation import (
     as_float,
     as_float_like,
+    as_result,
     broadcastable_to,
     check_reduction,
     grad_output_for,
@@ -112,14 +113,14 @@ def binary_cross_entropy(
         if w is not None:
             loss = loss * w
         loss = _reduce(loss.astype(dt, copy=False), reduction, dt.type(x.size), x.shape)
-        loss = loss.astype(rdt, copy=False)
+        loss = as_result(loss, rdt)
         if not return_grad:
             return loss
         s = g / dt.type(x.size) if reduction == "mean" else g
         grad = (x - y) / np.maximum((1 - x) * x, dt.type(_EPSILON)) * s
         if w is not None:
             grad = grad * w
-    return loss, np.asarray(grad).astype(rdt, copy=False)
+    return loss, as_result(np.asarray(grad), rdt)
 
 
 @overload
@@ -212,7 +213,7 @@ def binary_cross_entropy_with_logits(
             flat(scale), grad,
         )
         loss = _reduce(loss.reshape(x.shape), reduction, dt.type(x.size), x.shape)
-    loss = loss.astype(rdt, copy=False)
+    loss = as_result(loss, rdt)
     if not return_grad:
         return loss
-    return loss, grad.reshape(x.shape).astype(rdt, copy=False)
+    return loss, as_result(grad.reshape(x.shape), rdt)

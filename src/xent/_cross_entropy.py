@@ -16,6 +16,7 @@ from ._backend_numpy import _QUIET
 from ._validation import (
     as_float,
     as_float_like,
+    as_result,
     check_ignore_index,
     check_label_smoothing,
     check_reduction,
@@ -242,13 +243,13 @@ def cross_entropy(
         else:
             loss_rows = backend.ce_index(rows, t, w, ignore_index, eps, row_scale, grad)
         loss = _reduce(loss_rows, reduction, denom, loss_shape)
-    loss = loss.astype(rdt, copy=False)
+    loss = as_result(loss, rdt)
     if not return_grad:
         return loss
     if inplace:
         return loss, input
     grad = grad.reshape(x.shape) if x.ndim <= 2 else _unrows(grad, x.shape, class_axis)
-    return loss, grad.astype(rdt, copy=False)
+    return loss, as_result(grad, rdt)
 
 
 def _reduce(loss_rows: np.ndarray, reduction: str, denom: Any, shape: tuple[int, ...]) -> Array:
@@ -338,7 +339,7 @@ def nll_loss(
         x_t = rows[ar, ts] if C else np.zeros(M, dt)
         loss_rows = np.where(keep, -w_t * x_t, dt.type(0)).astype(dt, copy=False)
         denom = w_t.sum(dtype=dt)
-        loss = _reduce(loss_rows, reduction, denom, loss_shape).astype(rdt, copy=False)
+        loss = as_result(_reduce(loss_rows, reduction, denom, loss_shape), rdt)
         if not return_grad:
             return loss
         if reduction == "none":
@@ -349,4 +350,4 @@ def nll_loss(
         if C:
             grad[ar, ts] = np.where(keep, -w_t * s, dt.type(0))
     grad = grad.reshape(x.shape) if x.ndim <= 2 else _unrows(grad, x.shape, class_axis)
-    return loss, grad.astype(rdt, copy=False)
+    return loss, as_result(grad, rdt)

@@ -83,6 +83,16 @@ def as_float(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
     return arr, rdt
 
 
+def as_result(a: Any, rdt: np.dtype) -> np.ndarray:
+    """``a`` as an ndarray of the result dtype ``rdt``.
+
+    Only float16 results are cast (from float32): a value beyond float16's range becomes ±inf,
+    which is the answer in that dtype, so the cast's overflow warning is silenced here.
+    """
+    with np.errstate(over="ignore"):
+        return np.asarray(a).astype(rdt, copy=False)
+
+
 def as_float_like(x: Any, dtype: np.dtype, name: str) -> np.ndarray:
     """A second float operand (target, weight, grad) in the compute dtype of the first."""
     arr = np.asarray(x)
