@@ -52,7 +52,8 @@ def _describe_nonfinite(actual: np.ndarray, expected: np.ndarray, limit: int = 8
         if differ.any():
             idx = np.argwhere(differ)[:limit]
             pairs = ", ".join(
-                f"{tuple(int(i) for i in ix)}: xent={actual[tuple(ix)]!r} ref={expected[tuple(ix)]!r}"
+                f"{tuple(int(i) for i in ix)}: "
+                f"xent={actual[tuple(ix)]!r} ref={expected[tuple(ix)]!r}"
                 for ix in idx
             )
             lines.append(f"{int(differ.sum())} {name} mismatch(es), first at {pairs}")

@@ -10,9 +10,9 @@ import inspect
 import numpy as np
 import pytest
 import torch.nn.functional as F
-from helpers import assert_close, result_dtype, torch_loss_and_grad
 
 import xent
+from helpers import assert_close, result_dtype, torch_loss_and_grad
 
 SHAPES = [(), (6,), (4, 3), (2, 3, 4), (0, 3)]
 REDUCTIONS = ["none", "mean", "sum"]

@@ -11,9 +11,9 @@ import inspect
 import numpy as np
 import pytest
 import torch.nn.functional as F
-from helpers import assert_close, result_dtype, torch_loss_and_grad
 
 import xent
+from helpers import assert_close, result_dtype, torch_loss_and_grad
 
 SHAPES = [(4,), (5, 4), (2, 3, 4), (2, 3, 2, 2, 2), (0, 3), (5, 1)]
 REDUCTIONS = ["none", "mean", "sum"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, compute_dtype, result_dtype, to_numpy
 
 import xent
+from helpers import assert_close, compute_dtype, result_dtype, to_numpy
 
 SHAPES = [(5,), (3, 4), (2, 3, 4), (2, 1, 3, 2, 2)]
 DTYPES = [np.float64, np.float32, np.float16, np.int64]
@@ -112,7 +112,8 @@ def test_sigmoid_and_log_sigmoid_exact_at_plus_minus_1000(backend, dtype):
     x = np.array([1000.0, -1000.0], dtype=dtype)
     np.testing.assert_array_equal(xent.sigmoid(x), np.array([1.0, 0.0], dtype=dtype))
     np.testing.assert_array_equal(xent.log_sigmoid(x), np.array([0.0, -1000.0], dtype=dtype))
-    # Far enough out to need care, not so far that the answer underflows: log_sigmoid(-x) = -x - e^-x.
+    # Far enough out to need care, not so far that the answer underflows:
+    # log_sigmoid(-x) = -x - log1p(e^-x).
     y = np.array([-30.0, 30.0, -80.0], dtype=np.float64)
     expect = np.array([-30.0 - np.log1p(np.exp(-30.0)), -np.log1p(np.exp(-30.0)), -80.0])
     assert_close(xent.log_sigmoid(y), expect)
