@@ -1,0 +1,222 @@
+"""Fused Numba CPU kernels with the signatures of ``xent._backend_numpy`` (the backend contract).
+
+Imported only by ``xent._dispatch`` on first need, so ``import xent`` never imports Numba. The
+functions here are thin host wrappers (as Liger-Kernel's host functions are): they never
+validate, they only normalise what the contract leaves open (``weight=None``, a broadcast
+``row_scale``, ``grad_out`` being ``x`` itself, a non-contiguous buffer) into the few argument
+types each compiled kernel is specialised for, pick the parallel or the serial driver, and call it.
+
+Contract (``docs/ARCHITECTURE.md``): ``x`` is ``(M, C)`` in the compute dtype (float32 or
+float64); ``row_scale`` is ``(M,)``; ``grad_out`` is an ``(M, C)`` buffer, possibly ``x`` itself,
+or None for the forward pass only. Each returns the unreduced per-row (per-element for
+``bce_logits``) loss.
+
+Compiled code is cached on disk (``cache=True``; the directory is Numba's ``__pycache__`` beside
+these files or ``NUMBA_CACHE_DIR``), so only the first call on a machine pays for compilation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _bce, _rows
+from ._exp import vexp_array
+
+__all__ = ["bce_logits", "ce_index", "ce_prob", "log_softmax", "softmax", "vexp_array"]
+
+# Below this many elements (or with a single row) the serial driver runs: entering Numba's
+# parallel region costs more than the work. Measured by benchmarks/bench_kernels.py.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def _parallel(M: int, C: int) -> bool:
+    return M > 1 and M * C >= PARALLEL_MIN_ELEMENTS
+
+
+def _contiguous(a, dt):
+    return np.ascontiguousarray(a, dtype=dt)
+
+
+def _row_vector(a, M: int, dt) -> np.ndarray:
+    """``a`` (None, a scalar, or broadcastable to (M,)) as a C-contiguous (M,) array."""
+    if a is None:
+        return np.zeros(M, dt)
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=dt), (M,)))
+
+
+def _same_buffer(a, b) -> bool:
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.dtype == b.dtype
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
+def _prepare(x, grad_out):
+    """Return (xc, g, mode, copy_back): the kernel's x, gradient buffer and mode.
+
+    mode 0: forward only; 1: gradient into ``g``; 2: gradient over ``xc`` itself. ``copy_back``
+    is the caller's buffer to copy ``g`` into afterwards when it could not be written directly
+    (not C-contiguous, another dtype, or overlapping ``x`` without being ``x``).
+    """
+    dt = x.dtype
+    inplace = grad_out is not None and _same_buffer(x, grad_out)
+    xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    if grad_out is None:
+        return xc, np.empty((1, 1), dt), 0, None
+    if inplace and xc is x:
+        return xc, xc, 2, None
+    if inplace:  # x was not contiguous: compute in place in the copy, copy back at the end
+        return xc, xc, 2, grad_out
+    if (
+        grad_out.flags.c_contiguous
+        and grad_out.dtype == dt
+        and not np.may_share_memory(grad_out, xc)
+    ):
+        return xc, grad_out, 1, None
+    return xc, np.empty(xc.shape, dt), 1, grad_out
+
+
+def _finish(g, copy_back):
+    if copy_back is not None:
+        copy_back[...] = g
+
+
+def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_out):
+    """Cross-entropy with class-index targets, per row, with the gradient fused into the call.
+
+    loss_i = (1-ε)·w[t_i]·(lse_i - x[i,t_i]) + (ε/C)·Σ_c w_c·(lse_i - x[i,c]);  0 if t_i is ignored.
+    grad_i = s_i·[(1-ε)·w[t_i]·(p_i - e_{t_i}) + (ε/C)·(W·p_i - w)],  W = Σ_c w_c.
+
+    ``x`` (M, C), ``target`` int (M,), ``weight`` (C,) or None, ``row_scale`` (M,) = s_i,
+    ``grad_out`` (M, C) or ``x`` (in place) or None. Returns the loss (M,) in x's dtype.
+    A row with NaN or +inf, or all -inf, gets NaN loss and gradient (as PyTorch); an ignored row
+    gets 0 for both.
+    """
+    M, C = x.shape
+    dt = x.dtype
+    if M == 0 or C == 0:
+        if grad_out is not None:
+            grad_out[...] = 0
+        return np.zeros(M, dt)
+    xc, g, mode, copy_back = _prepare(x, grad_out)
+    tgt = _contiguous(target, np.int64)
+    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
+    wsum = float(C) if weight is None else float(w.sum(dtype=np.float64))
+    info = np.iinfo(np.int64)
+    ign = int(ignore_index) if ignore_index is not None else info.min
+    ign = ign if info.min <= ign <= info.max else info.min  # no int64 target can equal it
+    rs = _row_vector(row_scale, M, dt)
+    loss = np.empty(M, dt)
+    run = _rows.ce_index_par if _parallel(M, C) else _rows.ce_index_ser
+    run(xc, tgt, w, wsum, np.int64(ign), float(label_smoothing), rs, g, mode, loss)
+    _finish(g, copy_back)
+    return loss
+
+
+def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
+    """Cross-entropy with class-probability targets, per row, gradient fused.
+
+    y' = (1-ε)·y + ε/C;  loss_i = -Σ_c w_c·y'_ic·logp_ic;
+    grad_i = s_i·(p_i·Σ_c w_c·y'_ic - w∘y'_i).
+    ``x``, ``y`` (M, C); ``weight`` (C,) or None; ``row_scale`` (M,); ``grad_out`` as ``ce_index``.
+    """
+    M, C = x.shape
+    dt = x.dtype
+    if M == 0 or C == 0:
+        if grad_out is not None:
+            grad_out[...] = 0
+        return np.zeros(M, dt)
+    xc, g, mode, copy_back = _prepare(x, grad_out)
+    yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
+    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
+    eps = float(label_smoothing)
+    a1 = dt.type(1.0 - eps)
+    a0 = dt.type(eps / C)
+    rs = _row_vector(row_scale, M, dt)
+    loss = np.empty(M, dt)
+    run = _rows.ce_prob_par if _parallel(M, C) else _rows.ce_prob_ser
+    run(xc, yc, w, a1, a0, rs, g, mode, loss)
+    _finish(g, copy_back)
+    return loss
+
+
+def _rowwise(par, ser, x, out):
+    M, C = x.shape
+    if M == 0 or C == 0:
+        return out
+    xc, g, mode, copy_back = _prepare(x, out)
+    run = par if _parallel(M, C) else ser
+    run(xc, g, mode == 2)
+    _finish(g, copy_back)
+    return out
+
+
+def log_softmax(x, out):
+    """``out = (x - max) - log Σ exp(x - max)`` row-wise over (M, C); ``out`` may be ``x``."""
+    return _rowwise(_rows.log_softmax_par, _rows.log_softmax_ser, x, out)
+
+
+def softmax(x, out):
+    """``out = exp(x - max) / Σ exp(x - max)`` row-wise over (M, C); ``out`` may be ``x``."""
+    return _rowwise(_rows.softmax_par, _rows.softmax_ser, x, out)
+
+
+def _compact(a, M: int, K: int, dt) -> np.ndarray:
+    """``a`` broadcastable to (M, K) as a C-contiguous (1 or M, 1 or K) array, no broadcast copy."""
+    b = np.broadcast_to(np.asarray(a, dtype=dt), (M, K))
+    if M > 1 and b.strides[0] == 0:
+        b = b[:1]
+    if K > 1 and b.strides[1] == 0:
+        b = b[:, :1]
+    return np.ascontiguousarray(b)
+
+
+def bce_logits(x, y, weight, pos_weight, scale, grad_out):
+    """Binary cross-entropy on logits, elementwise, gradient fused.
+
+    loss = w·[(1-y)·x + lw·softplus(-x)], lw = 1 + (pos_weight-1)·y;
+    grad = scale·w·[(1-y) - lw·sigmoid(-x)].
+    ``x``, ``y`` (M, K) (any other shape is viewed as rows of its last axis); ``weight`` None or
+    broadcastable to x; ``pos_weight`` None or broadcastable to x (per class: (K,));
+    ``scale`` broadcastable to x;
+    ``grad_out`` like x, or None. Returns the elementwise loss, shaped like x.
+    """
+    dt = x.dtype
+    shape = x.shape
+    K = shape[-1] if x.ndim >= 1 else 1
+    M = int(np.prod(shape[:-1])) if x.ndim >= 1 else 1
+    if x.ndim != 2:  # view as rows of the last axis; broadcast operands follow
+        if weight is not None:
+            weight = np.broadcast_to(np.asarray(weight, dt), shape).reshape(M, K)
+        if pos_weight is not None:
+            pos_weight = np.broadcast_to(np.asarray(pos_weight, dt), shape).reshape(M, K)
+        if scale is not None:
+            scale = np.broadcast_to(np.asarray(scale, dt), shape).reshape(M, K)
+        y = np.broadcast_to(np.asarray(y, dt), shape).reshape(M, K)
+        out2 = None if grad_out is None else np.empty((M, K), dt)
+        loss = bce_logits(x.reshape(M, K), y, weight, pos_weight, scale, out2)
+        if grad_out is not None:
+            grad_out[...] = out2.reshape(shape)
+        return loss.reshape(shape)
+    if M == 0 or K == 0:
+        return np.zeros(shape, dt)
+    xc = _contiguous(x, dt)
+    yc = _contiguous(np.broadcast_to(np.asarray(y, dt), (M, K)), dt)
+    w = _compact(1 if weight is None else weight, M, K, dt)
+    has_pw = pos_weight is not None
+    pw = _compact(pos_weight if has_pw else 1, M, K, dt)
+    has_g = grad_out is not None
+    sc = _compact(0 if scale is None else scale, M, K, dt)
+    if has_g and grad_out.flags.c_contiguous and grad_out.dtype == dt:
+        g, copy_back = grad_out, None  # elementwise: writing over x (in place) is safe
+    elif has_g:
+        g, copy_back = np.empty((M, K), dt), grad_out
+    else:
+        g, copy_back = np.empty((1, 1), dt), None
+    loss = np.empty((M, K), dt)
+    run = _bce.bce_par if _parallel(M, K) else _bce.bce_ser
+    run(xc, yc, w, pw, has_pw, sc, g, has_g, loss)
+    _finish(g, copy_back)
+    return loss

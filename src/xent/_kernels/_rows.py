@@ -1,0 +1,449 @@
+"""Numba row kernels: cross-entropy (index and probability targets), log_softmax and softmax.
+
+Every function works on rows of a C-contiguous ``(M, C)`` array, one row at a time, so each row
+(128 KiB for C = 32768 in float32) is read from memory once and then re-read from the core's L2
+cache. A row takes three simple loops, each vectorised by LLVM (AVX2/AVX-512):
+
+1. ``m = max_c x_c``                     (``llvm.maxnum``: vectorises without fast-math)
+2. ``e_c = exp(x_c - m)``, ``s = Σ e_c``   (:func:`vexp`; ``e`` is stored in the gradient row)
+3. ``g_c = e_c·(coef/s) - ...``           (the gradient, written once)
+
+so loss plus gradient reads the logits from memory once and writes the gradient once.
+
+Non-finite rows. The fast loops use the fast-math flags ``reassoc``/``contract``/``nsz`` only
+(summation order and fused multiply-add), never ``nnan``/``ninf``, so a NaN or an infinity in a
+row still reaches ``s``: a row containing NaN or +inf, or whose entries are all -inf, has a
+non-finite ``m`` or ``s``. That check is made outside any fast-math code, and such a row gets the
+result PyTorch (and ``xent._backend_numpy``) gives: NaN loss, NaN gradient, NaN log_softmax and
+softmax. -inf entries in a row with a finite maximum are ordinary: exp(-inf) = 0, so their
+log-probability is -inf and their probability 0.
+
+Safety. A target outside ``[0, C)`` that is not ``ignore_index`` cannot happen after validation,
+but the kernels check it anyway (one comparison per row) and give that row a NaN loss and a NaN
+gradient instead of reading or writing out of bounds.
+
+The ``mode`` argument: 0 forward only (``g`` is a dummy), 1 gradient into ``g``, 2 gradient
+written over ``x`` itself (in place; ``g`` is ``x``). Mode 2 has its own loops: a loop whose load
+and store go through one pointer vectorises, while two pointers that happen to be equal would
+fail LLVM's run-time overlap check and run the scalar fallback.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._exp import fmaximum, vexp
+
+# Reassociation (vectorised sums), FMA contraction, no signed zeros. Never nnan/ninf: the
+# non-finite checks below rely on NaN and inf keeping their IEEE meaning.
+_FAST = {"reassoc", "contract", "nsz"}
+_jit = numba.njit(cache=True)
+_jit_fast = numba.njit(fastmath=_FAST, cache=True)
+# Loops that reduce nothing vectorise without reassociation; keeping it off keeps the order of
+# operations written, e.g. (x - m) - log_s is not rewritten as x - (m + log_s).
+_jit_vec = numba.njit(fastmath={"contract"}, cache=True)
+_jit_par = numba.njit(parallel=True, cache=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loops over one row (each vectorised).
+# ---------------------------------------------------------------------------------------------
+# Block length for the online max / sum-of-exp pass: 2048 float32 = 8 KiB stays in L1 between
+# the block's max loop and its exp loop.
+_BLOCK = 2048
+
+
+# The loops below run over range(n) of a (sliced) array, never range(lo, hi): with a start of
+# unknown sign Numba's negative-index wraparound stays in the loop and LLVM does not vectorise it.
+@_jit
+def _max(r):
+    """max_c r_c (len >= 1), NaN if any entry is NaN (``llvm.maximum``)."""
+    m = r[0]
+    for j in range(1, r.shape[0]):
+        m = fmaximum(m, r[j])
+    return m
+
+
+@_jit_fast
+def _sum_exp(r, m):
+    """Σ_c exp(r_c - m)."""
+    s = r.dtype.type(0)
+    for j in range(r.shape[0]):
+        s += vexp(r[j] - m)
+    return s
+
+
+@_jit
+def _max_sum_exp(r):
+    """One read of the row: (m, s) with m = max_c r_c and s = Σ_c exp(r_c - m).
+
+    Online over blocks of ``_BLOCK`` (as in "online normaliser calculation for softmax",
+    Milakov and Gimelshein 2018): each block's max, then its exps against the running max, the
+    running sum rescaled by exp(m_old - m_new) when the max grows. The block is re-read from L1,
+    so the row crosses memory once and its exps overlap the memory traffic.
+
+    Non-finite rows: returns s = NaN when the row has a NaN or a +inf, or is all -inf (the rows
+    for which PyTorch's log_softmax is NaN). A block that is all -inf adds exactly 0.
+    """
+    C = r.shape[0]
+    dt = r.dtype.type
+    m = dt(-np.inf)
+    s = dt(0)
+    for lo in range(0, C, _BLOCK):
+        blk = r[lo : min(lo + _BLOCK, C)]
+        mb = _max(blk)
+        if mb != mb or mb == np.inf:
+            return mb, dt(np.nan)
+        if mb == -np.inf:
+            continue
+        if mb > m:
+            s = s * dt(math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
+            m = mb
+        s += _sum_exp(blk, m)
+    if m == -np.inf:
+        return m, dt(np.nan)
+    return m, s
+
+
+@_jit_fast
+def _exp_store(r, out, m):
+    """out_c = exp(r_c - m); returns Σ_c out_c."""
+    s = r.dtype.type(0)
+    for j in range(r.shape[0]):
+        e = vexp(r[j] - m)
+        out[j] = e
+        s += e
+    return s
+
+
+@_jit_fast
+def _exp_inplace(r, m):
+    """r_c ← exp(r_c - m); returns Σ_c r_c."""
+    s = r.dtype.type(0)
+    for j in range(r.shape[0]):
+        e = vexp(r[j] - m)
+        r[j] = e
+        s += e
+    return s
+
+
+@_jit_vec
+def _scale(g, c):
+    """g_c ← g_c·c."""
+    for j in range(g.shape[0]):
+        g[j] = g[j] * c
+
+
+@_jit_vec
+def _scale_sub(g, c, b, w):
+    """g_c ← g_c·c - b·w_c."""
+    for j in range(g.shape[0]):
+        g[j] = g[j] * c - b * w[j]
+
+
+@_jit
+def _max_sum_exp_store(r, out, inplace, mblk):
+    """:func:`_max_sum_exp` that also stores each block's exps: out[block] = exp(r - m_b).
+
+    m_b, the running max when the block was exponentiated, is saved in ``mblk``; the final
+    e_c = exp(r_c - m) is out_c·exp(m_b - m), which :func:`_finish_blocks` folds into its scale,
+    so every exp is computed once. ``inplace``: out is r itself.
+    """
+    C = r.shape[0]
+    dt = r.dtype.type
+    m = dt(-np.inf)
+    s = dt(0)
+    for k in range(mblk.shape[0]):
+        lo = k * _BLOCK
+        blk = r[lo : min(lo + _BLOCK, C)]
+        ob = blk if inplace else out[lo : min(lo + _BLOCK, C)]
+        mb = _max(blk)
+        if mb != mb or mb == np.inf:
+            return mb, dt(np.nan)
+        if mb == -np.inf:  # exp(-inf) = 0 whatever the shift
+            _fill(ob, dt(0))
+            mblk[k] = -np.inf
+            continue
+        if mb > m:
+            s = s * dt(math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
+            m = mb
+        if inplace:
+            s += _exp_inplace(blk, m)
+        else:
+            s += _exp_store(blk, ob, m)
+        mblk[k] = m
+    if m == -np.inf:
+        return m, dt(np.nan)
+    return m, s
+
+
+@_jit
+def _finish_blocks(g, m, mblk, c, b, w, smooth):
+    """g_c ← g_c·c·exp(m_b - m) (- b·w_c if smooth), block by block (see _max_sum_exp_store)."""
+    C = g.shape[0]
+    dt = g.dtype.type
+    mf = np.float64(m)
+    for k in range(mblk.shape[0]):
+        lo = k * _BLOCK
+        hi = min(lo + _BLOCK, C)
+        f = dt(c * math.exp(mblk[k] - mf))
+        if smooth:
+            _scale_sub(g[lo:hi], f, dt(b), w[lo:hi])
+        else:
+            _scale(g[lo:hi], f)
+
+
+@_jit_fast
+def _dot(r, w):
+    """Σ_c r_c·w_c."""
+    s = r.dtype.type(0)
+    for j in range(r.shape[0]):
+        s += r[j] * w[j]
+    return s
+
+
+@_jit_fast
+def _dot_shift(r, w, m):
+    """Σ_c w_c·(r_c - m)."""
+    s = r.dtype.type(0)
+    for j in range(r.shape[0]):
+        s += w[j] * (r[j] - m)
+    return s
+
+
+# (r - m) - log_s, not r - (m + log_s): the max is subtracted first, as torch does, so the
+# log-sum is not rounded away when the logits are large (float32 [1e8, 1e8] gives -log 2).
+@_jit_vec
+def _shift_sub_to(r, out, m, log_s):
+    """out_c = (r_c - m) - log_s."""
+    for j in range(r.shape[0]):
+        out[j] = (r[j] - m) - log_s
+
+
+@_jit_vec
+def _shift_sub_inplace(r, m, log_s):
+    """r_c ← (r_c - m) - log_s."""
+    for j in range(r.shape[0]):
+        r[j] = (r[j] - m) - log_s
+
+
+@_jit
+def _fill(g, v):
+    """g_c = v."""
+    for j in range(g.shape[0]):
+        g[j] = v
+
+
+@_jit_fast
+def _prob_loss(r, y, w, m, a1, a0):
+    """Σ_c w_c·y'_c·(r_c - m), y' = a1·y + a0 (forward only)."""
+    acc = r.dtype.type(0)
+    for j in range(r.shape[0]):
+        acc += w[j] * (a1 * y[j] + a0) * (r[j] - m)
+    return acc
+
+
+@_jit_fast
+def _prob_grad_to(r, y, w, m, a1, a0, c, sc, out):
+    """out_c = sc·(exp(r_c - m)·c - w_c·y'_c); returns Σ_c w_c·y'_c·(r_c - m)."""
+    acc = r.dtype.type(0)
+    for j in range(r.shape[0]):
+        d = r[j] - m
+        wy = w[j] * (a1 * y[j] + a0)
+        acc += wy * d
+        out[j] = sc * (vexp(d) * c - wy)
+    return acc
+
+
+@_jit_fast
+def _prob_grad_inplace(r, y, w, m, a1, a0, c, sc):
+    """:func:`_prob_grad_to` writing over r."""
+    acc = r.dtype.type(0)
+    for j in range(r.shape[0]):
+        d = r[j] - m
+        wy = w[j] * (a1 * y[j] + a0)
+        acc += wy * d
+        r[j] = sc * (vexp(d) * c - wy)
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------
+# One row of each operation: pass 1 = _max_sum_exp (from memory), pass 2 = write (from L2).
+# ---------------------------------------------------------------------------------------------
+@_jit
+def _nan_row(i, x, g, mode, loss):
+    """A non-finite row (or an impossible target): NaN loss and NaN gradient."""
+    loss[i] = np.nan
+    if mode == 1:
+        _fill(g[i], g.dtype.type(np.nan))
+    elif mode == 2:
+        _fill(x[i], x.dtype.type(np.nan))
+
+
+@_jit
+def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss):
+    """Cross-entropy of row i with class index target[i]; see ``ce_index`` for the math."""
+    C = x.shape[1]
+    r = x[i]
+    dt = r.dtype.type
+    t = target[i]
+    if t == ignore_index:
+        loss[i] = 0
+        if mode == 1:
+            _fill(g[i], dt(0))
+        elif mode == 2:
+            _fill(r, dt(0))
+        return
+    if t < 0 or t >= C:  # impossible after validation; never index out of bounds
+        _nan_row(i, x, g, mode, loss)
+        return
+    # Everything in coordinates shifted by the row max m (d = x - m, lse - m = log s), so
+    # (lse - x_t) and Σ_c w_c (lse - x_c) lose nothing to cancellation at large logits.
+    x_t = np.float64(r[t])
+    w_t = np.float64(w[t])
+    wd = 0.0
+    if eps > 0:  # Σ_c w_c·(x_c - m), read before an in-place overwrite
+        wd = np.float64(_dot_shift(r, w, _max(r)))  # the same max as the pass below
+    if mode == 0:
+        m, s = _max_sum_exp(r)
+        mblk = np.empty(0)
+    else:
+        mblk = np.empty((C + _BLOCK - 1) // _BLOCK)
+        m, s = _max_sum_exp_store(r, g[i] if mode == 1 else r, mode == 2, mblk)
+    if not math.isfinite(s):
+        _nan_row(i, x, g, mode, loss)
+        return
+    log_s = math.log(np.float64(s))  # lse - m
+    li = w_t * (log_s - (x_t - np.float64(m)))
+    if eps > 0:
+        li = (1.0 - eps) * li + (eps / C) * (wsum * log_s - wd)
+    loss[i] = li
+    if mode == 0:
+        return
+    gr = g[i] if mode == 1 else r
+    sc = np.float64(row_scale[i])
+    a = (1.0 - eps) * w_t * sc  # coefficient of (p - onehot)
+    b = (eps / C) * sc  # coefficient of (W·p - w)
+    # gr holds exp(x - m_b) per block: scale to p·(a + b·W), subtract b·w, then a at the target.
+    _finish_blocks(gr, m, mblk, (a + b * wsum) / np.float64(s), b, w, eps > 0)
+    gr[t] -= dt(a)
+
+
+@_jit
+def _ce_prob_row(i, x, y, w, a1, a0, row_scale, g, mode, loss):
+    """Cross-entropy of row i with probability targets y[i]; see ``ce_prob`` for the math."""
+    r = x[i]
+    yr = y[i]
+    dt = r.dtype.type
+    m, s = _max_sum_exp(r)
+    if not math.isfinite(s):
+        _nan_row(i, x, g, mode, loss)
+        return
+    # loss = -Σ w y' (x - m - log s) = T·log s - Σ w y' (x - m), T = Σ w y'. The large term
+    # Σ w y' (x - m) is summed from exact per-element differences.
+    tot = np.float64(a1) * np.float64(_dot(yr, w)) + np.float64(a0) * np.float64(_sum(w))
+    if mode == 0:
+        acc = _prob_loss(r, yr, w, m, a1, a0)
+    else:
+        c = dt(tot / np.float64(s))
+        sc = dt(row_scale[i])
+        if mode == 1:
+            acc = _prob_grad_to(r, yr, w, m, a1, a0, c, sc, g[i])
+        else:
+            acc = _prob_grad_inplace(r, yr, w, m, a1, a0, c, sc)
+    loss[i] = tot * math.log(np.float64(s)) - np.float64(acc)
+
+
+@_jit_fast
+def _sum(w):
+    """Σ_c w_c."""
+    s = w.dtype.type(0)
+    for j in range(w.shape[0]):
+        s += w[j]
+    return s
+
+
+@_jit
+def _log_softmax_row(i, x, out, inplace):
+    """out[i] = (x[i] - m) - log Σ exp(x[i] - m)."""
+    r = x[i]
+    m, s = _max_sum_exp(r)
+    o = r if inplace else out[i]
+    if not math.isfinite(s):
+        _fill(o, r.dtype.type(np.nan))
+        return
+    log_s = r.dtype.type(math.log(np.float64(s)))
+    if inplace:
+        _shift_sub_inplace(r, m, log_s)
+    else:
+        _shift_sub_to(r, o, m, log_s)
+
+
+@_jit
+def _softmax_row(i, x, out, inplace):
+    """out[i] = exp(x[i] - m) / Σ exp(x[i] - m)."""
+    r = x[i]
+    C = r.shape[0]
+    o = r if inplace else out[i]
+    mblk = np.empty((C + _BLOCK - 1) // _BLOCK)
+    m, s = _max_sum_exp_store(r, o, inplace, mblk)
+    if not math.isfinite(s):
+        _fill(o, r.dtype.type(np.nan))
+        return
+    _finish_blocks(o, m, mblk, 1.0 / np.float64(s), 0.0, r, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drivers: the same loop over rows, compiled parallel (prange over rows) and serial. They are
+# separate functions, not one function compiled twice, so that their on-disk caches are distinct.
+# ---------------------------------------------------------------------------------------------
+@_jit_par
+def ce_index_par(x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss):
+    for i in prange(x.shape[0]):
+        _ce_index_row(i, x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss)
+
+
+@_jit
+def ce_index_ser(x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss):
+    for i in range(x.shape[0]):
+        _ce_index_row(i, x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss)
+
+
+@_jit_par
+def ce_prob_par(x, y, w, a1, a0, row_scale, g, mode, loss):
+    for i in prange(x.shape[0]):
+        _ce_prob_row(i, x, y, w, a1, a0, row_scale, g, mode, loss)
+
+
+@_jit
+def ce_prob_ser(x, y, w, a1, a0, row_scale, g, mode, loss):
+    for i in range(x.shape[0]):
+        _ce_prob_row(i, x, y, w, a1, a0, row_scale, g, mode, loss)
+
+
+@_jit_par
+def log_softmax_par(x, out, inplace):
+    for i in prange(x.shape[0]):
+        _log_softmax_row(i, x, out, inplace)
+
+
+@_jit
+def log_softmax_ser(x, out, inplace):
+    for i in range(x.shape[0]):
+        _log_softmax_row(i, x, out, inplace)
+
+
+@_jit_par
+def softmax_par(x, out, inplace):
+    for i in prange(x.shape[0]):
+        _softmax_row(i, x, out, inplace)
+
+
+@_jit
+def softmax_ser(x, out, inplace):
+    for i in range(x.shape[0]):
+        _softmax_row(i, x, out, inplace)
