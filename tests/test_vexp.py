@@ -1,0 +1,152 @@
+"""The kernels' vectorisable exp (``xent._kernels._exp``): accuracy in ulp against a wider exp.
+
+Truth is ``numpy.exp`` in float64 for float32 inputs and in ``numpy.longdouble`` (80-bit x87 on
+x86-64) for float64 inputs, so the reference error is far below the tolerance. Skipped without
+Numba.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from xent._kernels._exp import vexp_array  # noqa: E402
+
+F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32, 2^-126
+F64_TINY = float(np.finfo(np.float64).tiny)
+
+
+def vexp(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x)
+    return vexp_array(x, np.empty_like(x))
+
+
+def ulp_error(got: np.ndarray, truth: np.ndarray, dtype) -> np.ndarray:
+    """|got - truth| in units of the spacing of ``dtype`` at truth (truth in a wider type)."""
+    spacing = np.spacing(truth.astype(dtype)).astype(truth.dtype)
+    return np.abs(got.astype(truth.dtype) - truth) / spacing
+
+
+def float32_grid() -> np.ndarray:
+    """Every float32 in [-1, 1] at a stride, and a dense grid over the range that matters."""
+    rng = np.random.default_rng(0)
+    dense = np.linspace(-103.9, 88.72, 2_000_001, dtype=np.float32)
+    rand = rng.uniform(-103.9, 88.72, 1_000_000).astype(np.float32)
+    small = np.arange(-(2**20), 2**20, dtype=np.int32) * np.float32(2**-20)
+    around_halfway = (np.arange(-150, 129) + 0.5).astype(np.float32) * np.float32(np.log(2))
+    return np.concatenate([dense, rand, small, around_halfway])
+
+
+def test_float32_exp_is_within_one_ulp_where_the_result_is_normal():
+    x = float32_grid()
+    truth = np.exp(x.astype(np.float64))
+    got = vexp(x)
+    normal = (truth >= F32_TINY) & (truth <= float(np.finfo(np.float32).max))
+    err = ulp_error(got[normal], truth[normal], np.float32)
+    assert normal.sum() > 3_000_000
+    assert err.max() <= 1.0, f"max error {err.max():.3f} ulp at x={x[normal][err.argmax()]!r}"
+    # The typical error is well below one ulp (the polynomial is not the limit; rounding is).
+    assert err.mean() < 0.35
+
+
+def test_float32_exp_subnormal_results_are_within_one_subnormal_step():
+    x = np.linspace(-103.9, -87.34, 200_001, dtype=np.float32)
+    truth = np.exp(x.astype(np.float64))
+    got = vexp(x).astype(np.float64)
+    step = 2.0**-149  # spacing of float32 subnormals
+    assert np.abs(got - truth).max() <= step
+
+
+@pytest.mark.parametrize(
+    ("x", "want"),
+    [
+        (-np.inf, 0.0),
+        (-1e30, 0.0),
+        (-104.0, 0.0),
+        (-200.0, 0.0),
+        (0.0, 1.0),
+        (-0.0, 1.0),
+        (88.73, np.inf),
+        (89.0, np.inf),
+        (1e30, np.inf),
+        (np.inf, np.inf),
+    ],
+)
+def test_float32_exp_special_values(x, want):
+    got = vexp(np.array([x] * 17, dtype=np.float32))  # 17: a vector body and a scalar tail
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.float32(want))
+
+
+def test_float32_exp_of_the_largest_finite_result_and_overflow_boundary():
+    lo = np.float32(88.72283)  # exp < FLT_MAX
+    hi = np.nextafter(np.float32(88.72284), np.float32(np.inf))  # exp > FLT_MAX
+    got = vexp(np.array([lo, hi], dtype=np.float32))
+    assert np.isfinite(got[0]) and got[0] > np.float32(3.4e38)
+    assert np.isposinf(got[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_propagates_nan_in_every_lane(dtype):
+    x = np.linspace(-5, 5, 37).astype(dtype)
+    x[::5] = np.nan
+    got = vexp(x)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(x))
+    ok = ~np.isnan(x)
+    np.testing.assert_allclose(got[ok], np.exp(x[ok]), rtol=4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).nmant < 63, reason="needs 80-bit long double for a float64 truth"
+)
+def test_float64_exp_is_within_one_ulp_where_the_result_is_normal():
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [
+            np.linspace(-708.3, 709.78, 1_000_001),
+            rng.uniform(-708.3, 709.78, 500_000),
+            rng.uniform(-1, 1, 200_000),
+        ]
+    )
+    truth = np.exp(x.astype(np.longdouble))
+    got = vexp(x)
+    normal = (truth >= F64_TINY) & (truth <= np.finfo(np.float64).max)
+    err = ulp_error(got[normal], truth[normal], np.float64)
+    assert err.max() <= 1.0, (
+        f"max error {float(err.max()):.3f} ulp at x={x[normal][err.argmax()]!r}"
+    )
+
+
+def test_float64_exp_special_values_and_subnormals():
+    x = np.array([-np.inf, -746.0, -1000.0, 0.0, 709.8, 710.0, np.inf])
+    np.testing.assert_array_equal(vexp(x), [0.0, 0.0, 0.0, 1.0, np.inf, np.inf, np.inf])
+    sub = np.linspace(-745.0, -708.5, 10_001)
+    truth = np.exp(sub.astype(np.longdouble))
+    assert np.abs(vexp(sub).astype(np.longdouble) - truth).max() <= np.longdouble(2.0**-1074)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 assembly check")
+def test_a_loop_calling_vexp_compiles_to_packed_simd():
+    """The reason vexp exists: math.exp in a loop is a scalar libm call per element."""
+    import numba
+
+    from xent._kernels._exp import vexp as vexp_scalar
+
+    @numba.njit(fastmath={"contract"})  # not cached: inspect_asm needs a fresh compile
+    def loop(x, out):
+        for i in range(x.shape[0]):
+            out[i] = vexp_scalar(x[i])
+
+    x = np.zeros(64, np.float32)
+    loop(x, np.empty_like(x))
+    asm = loop.inspect_asm(loop.signatures[0])
+    packed = [ln for ln in asm.splitlines() if "ps" in ln and ("ymm" in ln or "zmm" in ln)]
+    if not packed and "xmm" in asm and "vfmadd" not in asm:
+        pytest.skip("this CPU has no AVX2/FMA: LLVM uses SSE only")
+    assert packed, "the loop over vexp was not vectorised"
+    calls = [ln for ln in asm.splitlines() if ln.strip().startswith("call") and "exp" in ln]
+    assert not calls, f"exp is still a function call: {calls[:3]}"
