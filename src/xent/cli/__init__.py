@@ -1,0 +1,188 @@
+"""The ``xent`` command line: ``xent train``, ``xent predict`` and ``xent examples``.
+
+``main(argv)`` returns the exit status: 0 on success, 2 for bad input (one line on stderr,
+``xent: error: ...``, never a traceback), 130 when interrupted. The heavy imports (PyTorch,
+scikit-learn, matplotlib) happen inside the commands, after the arguments are checked.
+See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+from ._errors import CLIError
+
+__all__ = ["main"]
+
+_PROG = "xent"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors as one line (``xent: error: ...``) instead of usage + message."""
+
+    def error(self, message: str):  # noqa: D102
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}")
+    return v
+
+
+def _int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, found {s!r}") from None
+
+
+def _batch_size(s: str) -> int:
+    if s.strip().lower() == "full":
+        return 0
+    try:
+        return _positive_int(s)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'full', found {s!r}") from None
+
+
+def _float(s: str, low: float, high: float, what: str, low_open: bool = True,
+           high_open: bool = True) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = math.nan
+    ok = math.isfinite(v) and (v > low if low_open else v >= low) and (
+        v < high if high_open else v <= high)
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected {what}, found {s!r}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    return _float(s, 0.0, math.inf, "a positive number")
+
+
+def _nonnegative_float(s: str) -> float:
+    return _float(s, 0.0, math.inf, "a number >= 0", low_open=False)
+
+
+def _fraction(s: str) -> float:
+    return _float(s, 0.0, 1.0, "a fraction strictly between 0 and 1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all three commands."""
+    p = _Parser(prog=_PROG, description="Train and use the tutorials' classifiers with xent's "
+                "losses, and print the tutorials' worked examples.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="{train,predict,examples}")
+
+    t = sub.add_parser(
+        "train", help="train the tutorials' networks (the main job)",
+        description="Train NeuralNet1 (binary: sigmoid + binary cross-entropy) and/or NeuralNet2 "
+        "(multi-class: softmax cross-entropy) with xent's losses through xent.torch, on the "
+        "tutorials' built-in data or on a CSV file; write the weights (safetensors), model.json "
+        "and loss_curves.png to --out.")
+    t.add_argument("--task", choices=["binary", "multiclass", "both"], default=None,
+                   help="built-in data: which network to train (default: both); with --data: "
+                   "binary or multiclass (default: binary for 2 classes, else multiclass)")
+    t.add_argument("--data", metavar="CSV", help="train on this CSV file (header row; numeric "
+                   "feature columns and the --target column)")
+    t.add_argument("--target", metavar="COLUMN",
+                   help="the --data column that holds the class labels (strings or integers)")
+    t.add_argument("--recipe", choices=["default", "tutorial"], default="default",
+                   help="default: AdamW (lr 0.01, weight decay 0.03), 32 hidden units, 200 epochs "
+                   "of batches of 32, scaler fitted on the training rows; tutorial: "
+                   "the tutorials' exact recipe (SGD lr 0.1, 100 full-batch epochs, 5 hidden "
+                   "units, scaler fitted on all rows). Options below override the recipe.")
+    t.add_argument("--hidden", type=_positive_int, metavar="N", help="hidden units")
+    t.add_argument("--epochs", type=_positive_int, metavar="N", help="passes over the "
+                   "training rows")
+    t.add_argument("--lr", type=_positive_float, metavar="RATE", help="learning rate")
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"],
+                   help="PyTorch optimiser (adamw: Adam with decoupled weight decay)")
+    t.add_argument("--weight-decay", type=_nonnegative_float, metavar="W",
+                   help="the optimiser's weight decay")
+    t.add_argument("--batch-size", type=_batch_size, metavar="N",
+                   help="rows per step, or 'full' for the whole training split")
+    t.add_argument("--test-size", type=_fraction, default=0.2, metavar="F",
+                   help="fraction of rows held out for testing (default: 0.2; the split uses "
+                   "random_state 42, as the tutorials do)")
+    t.add_argument("--seed", type=_int, default=0, help="torch seed for the weight "
+                   "initialisation and the batch order (default: 0)")
+    t.add_argument("--loss", choices=["xent", "torch"], default="xent",
+                   help="xent: xent.torch's losses (default); torch: torch.nn's own, to compare")
+    t.add_argument("--out", metavar="DIR", help="output directory (default: runs/<task>; with "
+                   "two tasks, DIR/binary and DIR/multiclass)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar; one line per network")
+
+    pr = sub.add_parser(
+        "predict", help="class probabilities and labels for the rows of a CSV",
+        description="Predict with a model written by 'xent train': prints CSV with the "
+        "predicted label and one probability column per class (sigmoid or softmax).")
+    pr.add_argument("--model", required=True, metavar="DIR",
+                    help="the directory 'xent train' wrote (or its model.json)")
+    pr.add_argument("--data", required=True, metavar="CSV",
+                    help="rows to predict: the model's feature columns (any order; the target "
+                    "column may be present and is ignored)")
+    pr.add_argument("--output", metavar="CSV", help="write here instead of standard output")
+    pr.add_argument("--quiet", action="store_true", help="no message on standard error")
+
+    sub.add_parser("examples", help="the tutorials' worked examples, xent beside PyTorch",
+                   description="Every worked example in the tutorials computed by xent and, "
+                   "where PyTorch is installed, by PyTorch, with a mark where they agree.")
+    return p
+
+
+def _version() -> str:
+    from xent import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help and --version exit 0 through argparse
+            return e.code if isinstance(e.code, int) else 0
+        if args.command is None:
+            raise CLIError("missing command; expected one of train, predict, examples "
+                           "(see 'xent --help')")
+        if args.command == "train":
+            from . import _train
+
+            return _train.run(args)
+        if args.command == "predict":
+            from . import _predict
+
+            return _predict.run(args)
+        from . import _examples
+
+        return _examples.run(args)
+    except CLIError as e:
+        _fail(str(e))
+        return 2
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`xent predict ... | head`): not an error of ours. Point stdout
+        # at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _fail(message: str) -> None:
+    print(f"{_PROG}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
