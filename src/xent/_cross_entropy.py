@@ -258,6 +258,10 @@ def _reduce(loss_rows: np.ndarray, reduction: str, denom: Any, shape: tuple[int,
     total = loss_rows.sum(dtype=loss_rows.dtype)
     if reduction == "sum":
         return np.asarray(total)
+    if denom == 0:
+        # Nothing counted (all ignored, zero total weight, empty): 0/0 is nan, as in torch, even
+        # where label smoothing left a positive sum (torch: nan + inf).
+        return np.asarray(np.nan, dtype=loss_rows.dtype)
     return np.asarray(total / denom, dtype=loss_rows.dtype)
 
 
