@@ -304,3 +304,24 @@ def test_axis_out_of_range_raises_axis_error(name, axis):
 def test_backward_axis_out_of_range_raises_axis_error(name):
     with pytest.raises(np.exceptions.AxisError, match="axis"):
         getattr(xent, name)(np.zeros((3, 4)), np.zeros((3, 4)), axis=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deliberate differences from PyTorch (each listed in the README)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_sigmoid_of_very_negative_input_is_exact_not_flushed_to_zero(backend, dtype):
+    """Difference: torch computes 1/(1+exp(-x)), which is 0 once exp(-x) overflows (x < -88.7 in
+    float32, x < -709.8 in float64); xent computes exp(x)/(1+exp(x)) there, exact down to the
+    smallest subnormal. The reference is float64 (or exact) math."""
+    if dtype == np.float32:
+        x = np.array([-80.0, -89.0, -95.0, -100.0, -103.0, -104.0], dtype=dtype)
+        expect = np.exp(x.astype(np.float64)).astype(dtype)  # 1 + e^x = 1 in float64 here
+    else:
+        x = np.array([-700.0, -710.0, -720.0, -745.0, -746.0])
+        expect = np.array([np.exp(-700.0), np.exp(-710.0), np.exp(-720.0), 5e-324, 0.0])
+    got = xent.sigmoid(x)
+    assert_close(got, expect, rtol=np.finfo(dtype).eps * 4, atol=0.0)
+    # log_sigmoid agrees with PyTorch there (both are -x - log1p(e^x) ~ x).
+    assert_close(xent.log_sigmoid(x), torch_activation("log_sigmoid", x))
