@@ -12,6 +12,10 @@ Users force a backend with the environment variable ``XENT_BACKEND`` (``auto``, 
 ``auto`` (the default) uses a kernel when Numba is installed and the call is large enough for the
 kernel to win (thresholds below, from ``benchmarks/bench_kernels.py``); ``numba`` uses a kernel
 for every call that has one, whatever its size; ``numpy`` never imports Numba.
+
+The kernels run on Numba's thread pool for large calls (``NUMBA_NUM_THREADS`` sets its size); the
+first kernel call on a machine compiles it (seconds) and caches the machine code on disk
+(``NUMBA_CACHE_DIR``), later processes load it.
 """
 
 from __future__ import annotations
@@ -29,8 +33,15 @@ from . import _backend_numpy
 
 BACKENDS = ("auto", "numpy", "numba")
 
-# Below this many logits a NumPy call is cheaper than entering a compiled kernel.
-AUTO_MIN_ELEMENTS = 4096
+# ``auto`` uses a kernel from this many elements (rows × cols) on. Measured with
+# ``benchmarks/bench_kernels.py --crossover`` on the 2-core development machine (float32, one
+# call, steady state): the row kernels (softmax, log_softmax, ce_index, ce_prob) are as fast as or
+# faster than NumPy at every size (1.0-2x below 64K elements, 1.5-10x above), bce_logits breaks
+# even near 16-32K elements (its host function does more argument handling). Below 64K elements
+# the saving is a few microseconds per call, which does not pay for importing Numba (~0.4 s) and
+# loading or compiling the kernels on first use, so small calls stay on NumPy.
+AUTO_MIN_ELEMENTS = 1 << 16
+AUTO_MIN_ELEMENTS_BY_OP = {"bce_logits": 1 << 16}
 
 
 def _check(name: object) -> str:
@@ -82,7 +93,7 @@ def backend_for(op: str, rows: int, cols: int, dtype: np.dtype) -> ModuleType:
     name = _current.get()
     if name == "numpy" or dtype not in (np.float32, np.float64):
         return _backend_numpy
-    if name == "auto" and rows * cols < AUTO_MIN_ELEMENTS:
+    if name == "auto" and rows * cols < AUTO_MIN_ELEMENTS_BY_OP.get(op, AUTO_MIN_ELEMENTS):
         return _backend_numpy
     kernels = _load_kernels()
     if kernels is None:

@@ -24,9 +24,13 @@ from ._exp import vexp_array
 
 __all__ = ["bce_logits", "ce_index", "ce_prob", "log_softmax", "softmax", "vexp_array"]
 
-# Below this many elements (or with a single row) the serial driver runs: entering Numba's
-# parallel region costs more than the work. Measured by benchmarks/bench_kernels.py.
-PARALLEL_MIN_ELEMENTS = 1 << 15
+# Below this many elements (or with a single row) the serial driver runs. Entering Numba's
+# parallel region costs ~10 us on an idle machine, but when the cores are shared with other
+# processes a region waits for its slowest thread to be scheduled: milliseconds (measured on the
+# 2-core development machine under load: median 23 us, 90th percentile 8 ms for a (128, 512)
+# softmax, against 49 us serial). From 256K elements on (~0.25 ms of serial work) the parallel
+# driver wins on an idle machine and does not lose much on a loaded one.
+PARALLEL_MIN_ELEMENTS = 1 << 18
 
 
 def _parallel(M: int, C: int) -> bool:
@@ -164,12 +168,18 @@ def softmax(x, out):
 
 
 def _compact(a, M: int, K: int, dt) -> np.ndarray:
-    """``a`` broadcastable to (M, K) as a C-contiguous (1 or M, 1 or K) array, no broadcast copy."""
+    """``a`` broadcastable to (M, K) as a C-contiguous (1 or M, 1 or K) array, no broadcast copy.
+
+    A single value becomes a (1, K) row, so the kernel's inner loop always runs over a
+    contiguous row (a stride-0 operand would keep LLVM from vectorising it).
+    """
     b = np.broadcast_to(np.asarray(a, dtype=dt), (M, K))
     if M > 1 and b.strides[0] == 0:
         b = b[:1]
     if K > 1 and b.strides[1] == 0:
         b = b[:, :1]
+    if b.shape == (1, 1):
+        return np.full((1, K), b[0, 0], dt)
     return np.ascontiguousarray(b)
 
 
@@ -214,7 +224,7 @@ def bce_logits(x, y, weight, pos_weight, scale, grad_out):
     elif has_g:
         g, copy_back = np.empty((M, K), dt), grad_out
     else:
-        g, copy_back = np.empty((1, 1), dt), None
+        g, copy_back = np.empty((1, K), dt), None
     loss = np.empty((M, K), dt)
     run = _bce.bce_par if _parallel(M, K) else _bce.bce_ser
     run(xc, yc, w, pw, has_pw, sc, g, has_g, loss)
