@@ -87,7 +87,8 @@ def _index_target(
 def _rows(x: np.ndarray, class_axis: int) -> np.ndarray:
     """(M, C) C-contiguous view (or copy) with the class axis last."""
     moved = np.moveaxis(x, class_axis, -1)
-    return np.ascontiguousarray(moved).reshape(-1, moved.shape[-1])
+    M = int(np.prod(moved.shape[:-1]))  # not reshape(-1, C): -1 is ambiguous when C == 0
+    return np.ascontiguousarray(moved).reshape(M, moved.shape[-1])
 
 
 def _unrows(g: np.ndarray, shape: tuple[int, ...], class_axis: int) -> np.ndarray:
@@ -222,7 +223,7 @@ def cross_entropy(
     M = rows.shape[0]
     with np.errstate(**_QUIET):
         if prob:
-            denom = dt.type(M)
+            denom = dt.type(M if C else 0)  # torch divides by numel / C: 0/0 when C == 0
         elif w is None:
             denom = dt.type(np.count_nonzero(t != ignore_index))
         else:
