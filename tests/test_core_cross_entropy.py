@@ -426,3 +426,14 @@ def test_float16_is_computed_in_float32_more_accurately_than_torch_half(backend,
     truth, _ = torch_loss_and_grad(F.cross_entropy, x.astype(np.float64), t, reduction=reduction)
     # One float16 rounding of the float64 truth, plus float32 arithmetic: 2 ulp of float16.
     assert_close(got, truth.astype(np.float16), rtol=2 * 2.0**-10, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_zero_classes_follow_torch(backend, reduction):
+    """(N, 0) logits: every index target must be ignored; probability targets are (N, 0).
+    (xent raised 'cannot reshape' here before the fix.)"""
+    x = np.zeros((2, 0))
+    check_against_torch("cross_entropy", x, np.array([-100, -100]), None, reduction)
+    check_against_torch("nll_loss", x, np.array([-100, -100]), None, reduction)
+    check_against_torch("cross_entropy", x, np.zeros((2, 0)), None, reduction)
+    check_against_torch("cross_entropy", np.zeros((2, 0, 3)), np.zeros((2, 0, 3)), None, reduction)
