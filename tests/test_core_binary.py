@@ -260,3 +260,17 @@ def test_signatures_follow_torch_functional():
         torch_sig = inspect.signature(getattr(F, name))
         for pname, default in params:
             assert torch_sig.parameters[pname].default == default, (name, pname)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=lambda d: d.__name__)
+def test_with_logits_wide_odd_rows(backend, dtype, reduction):
+    """(33, 1027): odd sizes beyond any kernel's vector width, every option at once."""
+    rng = np.random.default_rng(9)
+    x = (5 * rng.standard_normal((33, 1027))).astype(dtype)
+    y = rng.random((33, 1027)).astype(dtype)
+    check_against_torch(
+        "binary_cross_entropy_with_logits", x, y, reduction,
+        weight=(rng.random((33, 1)) + 0.5).astype(dtype),
+        pos_weight=(3 * rng.random(1027)).astype(dtype),
+    )
