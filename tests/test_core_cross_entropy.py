@@ -472,3 +472,19 @@ def test_zero_classes_follow_torch(backend, reduction):
     check_against_torch("nll_loss", x, np.array([-100, -100]), None, reduction)
     check_against_torch("cross_entropy", x, np.zeros((2, 0)), None, reduction)
     check_against_torch("cross_entropy", np.zeros((2, 0, 3)), np.zeros((2, 0, 3)), None, reduction)
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (4,)], ids=str)
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=lambda d: d.__name__)
+def test_inplace_gradient_equals_the_returned_gradient(backend, dtype, kind, shape):
+    """inplace=True writes the gradient into the logits and returns them: same values."""
+    x, target, weight = make_case(shape, dtype, kind=kind, weighted=True)
+    loss, grad = xent.cross_entropy(x, target, weight, label_smoothing=0.1, return_grad=True)
+    buf = x.copy()
+    loss2, grad2 = xent.cross_entropy(
+        buf, target, weight, label_smoothing=0.1, return_grad=True, inplace=True
+    )
+    assert grad2 is buf
+    assert_close(loss2, loss)
+    assert_close(grad2, grad)

@@ -325,3 +325,14 @@ def test_sigmoid_of_very_negative_input_is_exact_not_flushed_to_zero(backend, dt
     assert_close(got, expect, rtol=np.finfo(dtype).eps * 4, atol=0.0)
     # log_sigmoid agrees with PyTorch there (both are -x - log1p(e^x) ~ x).
     assert_close(xent.log_sigmoid(x), torch_activation("log_sigmoid", x))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
+def test_wide_odd_rows_match_torch(backend, name, dtype):
+    """4099 entries per row (beyond any kernel's block or vector width), along either axis."""
+    x = _random((3, 4099), dtype, seed=9, scale=5.0)
+    for axis in (1, 0):
+        xx = x if axis == 1 else np.ascontiguousarray(x.T)
+        got = getattr(xent, name)(xx, axis=axis)
+        assert_close(got, torch_activation(name, xx, axis), context=f"{name} axis={axis}")
