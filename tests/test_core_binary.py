@@ -274,3 +274,23 @@ def test_with_logits_wide_odd_rows(backend, dtype, reduction):
         weight=(rng.random((33, 1)) + 0.5).astype(dtype),
         pos_weight=(3 * rng.random(1027)).astype(dtype),
     )
+
+
+def test_operands_of_another_float_dtype_are_cast_to_the_input_dtype(backend):
+    """Difference: torch raises for float64 targets of float32 probabilities; xent casts the
+    target, weight and pos_weight to the input's dtype and returns the input's dtype."""
+    rng = np.random.default_rng(10)
+    p = (0.05 + 0.9 * rng.random((4, 3))).astype(np.float32)
+    y = rng.random((4, 3))
+    got = xent.binary_cross_entropy(p, y, weight=np.ones(3))
+    assert got.dtype == np.float32
+    check_against_torch("binary_cross_entropy", p, y.astype(np.float32), "mean")
+    assert_close(got, xent.binary_cross_entropy(p, y.astype(np.float32)))
+    got = xent.binary_cross_entropy_with_logits(p, y, pos_weight=np.full(3, 2.0))
+    assert got.dtype == np.float32
+    assert_close(
+        got,
+        xent.binary_cross_entropy_with_logits(
+            p, y.astype(np.float32), pos_weight=np.full(3, 2.0, dtype=np.float32)
+        ),
+    )

@@ -488,3 +488,18 @@ def test_inplace_gradient_equals_the_returned_gradient(backend, dtype, kind, sha
     assert grad2 is buf
     assert_close(loss2, loss)
     assert_close(grad2, grad)
+
+
+def test_operands_of_another_float_dtype_are_cast_to_the_input_dtype(backend):
+    """Difference: with float32 logits torch raises for a float64 weight and promotes the result
+    to float64 for float64 probability targets; xent casts weight and targets to the input's
+    dtype and returns the input's dtype."""
+    x, target, weight = make_case((5, 4), np.float32, kind="index", weighted=True)
+    _, probs, _ = make_case((5, 4), np.float64, kind="prob", weighted=False)
+    got = xent.cross_entropy(x, target, weight.astype(np.float64))
+    assert got.dtype == np.float32
+    assert_close(got, xent.cross_entropy(x, target, weight))
+    got = xent.cross_entropy(x, probs)
+    assert got.dtype == np.float32
+    ref, _ = torch_loss_and_grad(F.cross_entropy, x, probs.astype(np.float32))
+    assert_close(got, ref)
