@@ -10,7 +10,8 @@ The fast path is taken for strided CPU tensors of dtype float32/float64 that are
 transforms and forward-mode AD, when only ``input`` may require grad. Everything else (CUDA,
 bfloat16/float16, a ``target``/``weight``/``pos_weight`` that requires grad, weights that
 broadcast the loss beyond the input's shape) runs PyTorch's own function, so behaviour is the same
-everywhere and only speed differs.
+everywhere and only speed differs; so do inputs of fewer than `MIN_ELEMENTS` elements, where the
+bridge would cost more than the loss.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ import xent
 from . import _rows
 
 _FAST_DTYPES = (torch.float32, torch.float64)
+
+#: Below this many input elements PyTorch's own op runs even where xent's could: the bridge costs
+#: tens of microseconds (autograd Function, NumPy views), more than the whole loss of a small
+#: batch. Measured by benchmarks/bench_linear.py (bridge table); 0 sends everything to xent.
+MIN_ELEMENTS = 8192
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -60,9 +66,12 @@ def _plain_cpu(t: torch.Tensor) -> bool:
     )
 
 
-def fast_path_ok(input: object, *others: object) -> bool:
-    """Whether xent's kernels can compute this call: see the module docstring."""
+def fast_path_ok(input: object, *others: object, small_ok: bool = False) -> bool:
+    """Whether xent's kernels can compute this call: see the module docstring. Inputs of fewer
+    than `MIN_ELEMENTS` elements go to PyTorch unless ``small_ok``."""
     if not isinstance(input, torch.Tensor) or _tracing():
+        return False
+    if not small_ok and input.numel() < MIN_ELEMENTS:
         return False
     if input.dtype not in _FAST_DTYPES or not _plain_cpu(input):
         return False
@@ -108,9 +117,21 @@ class _SavedGrad(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):  # noqa: D102
         (grad,) = ctx.saved_tensors
+        if grad_output.dim() == 0 and bool(grad_output == 1):
+            # The usual `loss.backward()`: hand the saved gradient over as it is. Unless the
+            # graph is retained, autograd has released our reference by the time it
+            # accumulates, so it takes the buffer without a copy.
+            return grad, None, None
         if ctx.class_dim is not None and grad_output.dim() > 0:
             grad_output = grad_output.unsqueeze(ctx.class_dim)
-        return grad * grad_output, None, None
+        if grad.device.type != "cpu" or grad_output.device.type != "cpu":
+            return grad * grad_output, None, None
+        # NumPy's allocator maps large buffers with huge pages: the product costs about half of
+        # what torch's freshly faulted allocation does on the CPU.
+        g, go = as_numpy(grad), as_numpy(grad_output)
+        out = np.empty(np.broadcast_shapes(g.shape, go.shape), dtype=np.result_type(g, go))
+        np.multiply(g, go, out=out)
+        return torch.from_numpy(out), None, None
 
 
 def _wants_grad(input: torch.Tensor) -> bool:
@@ -211,7 +232,7 @@ def cross_entropy(
     options = bool(lse_square_scale) or softcap is not None or return_lse
     if softcap is not None and not softcap > 0:
         raise ValueError(f"softcap must be a positive number or None, got {softcap!r}")
-    if not fast_path_ok(input, target, weight):
+    if not fast_path_ok(input, target, weight, small_ok=options):
         if options:
             return _cross_entropy_options_torch(
                 input, target, weight, ignore_index, reduction, eps, float(lse_square_scale),

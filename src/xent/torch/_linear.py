@@ -23,10 +23,11 @@ import xent
 from . import _functional, _rows
 
 #: Bytes of the ``(chunk_size, V)`` logits buffer when ``chunk_size`` is not given: the chunk's
-#: row count is ``max(1, DEFAULT_CHUNK_BYTES // (V * itemsize))``, at least 64 rows. Measured on
-#: 2 cores (docs/torch.md): from 32 MiB upwards the time is within noise of the unchunked
-#: products, and the buffer is the only extra memory of its size.
-DEFAULT_CHUNK_BYTES = 64 * 2**20
+#: row count is ``DEFAULT_CHUNK_BYTES // (V * itemsize)``, at least 64 rows (512 rows at V=65536
+#: in float32). Chosen from the chunk-size sweep in docs/torch.md: smaller chunks make the
+#: ``grad_W += dz.T @ x`` update stream the whole ``(V, H)`` gradient more often; larger ones add
+#: memory and gain nothing measurable.
+DEFAULT_CHUNK_BYTES = 128 * 2**20
 _MIN_CHUNK_ROWS = 64
 
 
@@ -34,7 +35,7 @@ def default_chunk_size(num_classes: int, itemsize: int = 4) -> int:
     """Rows per chunk for ``num_classes`` logits of ``itemsize`` bytes (see DEFAULT_CHUNK_BYTES).
 
     >>> default_chunk_size(65536)
-    256
+    512
     """
     return max(_MIN_CHUNK_ROWS, DEFAULT_CHUNK_BYTES // max(1, num_classes * itemsize))
 
@@ -278,7 +279,7 @@ def linear_cross_entropy(
         options: a ``torch.nn.LinearCrossEntropyOptions`` (accepted for compatibility: its
             ``batch_chunk_size`` is used as ``chunk_size`` and its ``allow_retain_graph``
             honoured; the fallback path passes it on to PyTorch).
-        chunk_size: rows per chunk; default ``default_chunk_size(V)`` (a 64 MiB buffer).
+        chunk_size: rows per chunk; default ``default_chunk_size(V)`` (a 128 MiB buffer).
         lse_square_scale: z-loss coefficient ``s``.
         softcap: logit soft-capping value, or None.
         return_lse: also return the per-row ``lse`` (after soft-capping, not differentiable).
@@ -322,7 +323,7 @@ def linear_cross_entropy(
         allow_retain_graph = allow_retain_graph or bool(
             getattr(options, "allow_retain_graph", False))
     eligible = (
-        _functional.fast_path_ok(input, target, weight)
+        _functional.fast_path_ok(input, target, weight, small_ok=True)
         and isinstance(linear_weight, torch.Tensor) and linear_weight.dim() == 2
         and _functional._plain_cpu(linear_weight) and linear_weight.dtype == input.dtype
         and input.dim() in (1, 2)
