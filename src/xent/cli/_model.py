@@ -141,7 +141,9 @@ def weights_bytes(net) -> bytes:
     from safetensors.torch import save
 
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    return save(state, metadata={"format": "pt", "producer": "xent train"})
+    # One metadata key only: safetensors writes a map's keys in no fixed order, and the bytes
+    # must be the same for the same seed.
+    return save(state, metadata={"format": "pt"})
 
 
 def json_bytes(meta: dict) -> bytes:

@@ -4,12 +4,13 @@ One run: split (scikit-learn's ``train_test_split``, ``random_state=42`` as in t
 standardise (scaler fitted on the training rows; the tutorial recipe fits it on all rows before
 the split, as the tutorials do), build NeuralNet1 or NeuralNet2 under ``torch.manual_seed(seed)``,
 train with mini-batches drawn by a ``torch.Generator`` seeded with ``seed``, evaluate, and write
-the model directory. Training runs on one thread with deterministic algorithms, so the same
-seed gives the same weights and numbers, byte for byte.
+the model directory. Training runs on one thread, so the same seed gives the same weights and
+numbers, byte for byte.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -121,6 +122,43 @@ def loss_module(task: str, recipe: Recipe, backend: str):
             lambda net, X, y: criterion(net.logits(X), y))
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread: as fast for these tiny networks, and it fixes the order of every
+    reduction, so that a run is reproducible byte for byte. (``torch.use_deterministic_algorithms``
+    is not needed for these CPU ops, and costs a second to import: it loads torch._inductor.)
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def every_batch_through_xent(backend: str):
+    """Make xent.torch compute every loss with xent's own functions, however small the batch.
+
+    xent.torch hands inputs below ``MIN_ELEMENTS`` elements to PyTorch's own op, where the
+    NumPy bridge would cost more than the loss; these networks' batches are all that small, and
+    `xent train` exists to exercise xent's losses, so the cut-off is 0 while it trains.
+    """
+    from xent.torch import _functional
+
+    old = getattr(_functional, "MIN_ELEMENTS", None)
+    if backend != "xent" or old is None:
+        yield
+        return
+    _functional.MIN_ELEMENTS = 0
+    try:
+        yield
+    finally:
+        _functional.MIN_ELEMENTS = old
+
+
 @dataclass
 class Result:
     """What one training run produced."""
@@ -166,11 +204,7 @@ def train(table: _data.Table, task: str, recipe: Recipe, *, seed: int = 0,
     X_train, X_test = torch.from_numpy(data.X_train), torch.from_numpy(data.X_test)
     y_train, y_test = _targets(task, data.y_train), _targets(task, data.y_test)
 
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)  # tiny networks: one thread is as fast, and reproducible
-    torch.use_deterministic_algorithms(True)
-    try:
+    with one_thread(), every_batch_through_xent(loss):
         torch.manual_seed(seed)
         net = _model.build(task, X_train.shape[1], recipe.hidden, num_classes)
         _, objective, batch_loss = loss_module(task, recipe, loss)
@@ -205,9 +239,6 @@ def train(table: _data.Table, task: str, recipe: Recipe, *, seed: int = 0,
                 bar.set_postfix(loss=f"{total / n:.4f}", test=f"{test_loss:.4f}", refresh=False)
         if progress:
             bar.close()
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
 
     clf = _model.Classifier(task=task, net=net, features=list(table.features),
                             target=table.target or "", classes=list(table.classes),
