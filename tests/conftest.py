@@ -8,8 +8,8 @@ does not flake on a slow machine or a Numba compile) and ``thorough`` (for a loc
 
 from __future__ import annotations
 
+import functools
 import importlib
-import importlib.util
 import os
 
 import pytest
@@ -35,10 +35,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 BACKENDS = ["numpy", "numba"]
 
 
+@functools.cache
 def _numba_unavailable_reason() -> str | None:
     """Why the Numba backend cannot run here, or None when it can."""
-    if importlib.util.find_spec("numba") is None:
-        return "numba is not installed"
+    try:
+        import numba  # noqa: F401
+    except ImportError as exc:
+        return f"numba cannot be imported ({exc})"
     try:
         kernels = importlib.import_module("xent._kernels")
     except ImportError as exc:  # the kernels are not written yet, or fail to import
