@@ -28,9 +28,10 @@ __all__ = ["bce_logits", "ce_index", "ce_prob", "log_softmax", "softmax", "vexp_
 # parallel region costs ~10 us on an idle machine, but when the cores are shared with other
 # processes a region waits for its slowest thread to be scheduled: milliseconds (measured on the
 # 2-core development machine under load: median 23 us, 90th percentile 8 ms for a (128, 512)
-# softmax, against 49 us serial). From 256K elements on (~0.25 ms of serial work) the parallel
-# driver wins on an idle machine and does not lose much on a loaded one.
-PARALLEL_MIN_ELEMENTS = 1 << 18
+# softmax, against 49 us serial; OMP_WAIT_POLICY=passive brings the median back to serial's).
+# From 1M elements on (~1 ms of serial work) the parallel driver's gain on an idle machine is
+# worth the risk of such a stall on a loaded one.
+PARALLEL_MIN_ELEMENTS = 1 << 20
 
 
 def _parallel(M: int, C: int) -> bool:

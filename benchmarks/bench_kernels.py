@@ -1,0 +1,583 @@
+"""Benchmark xent's fused CPU kernels against PyTorch eager, xent's NumPy path and JAX.
+
+    python3 tasks.py bench              # the full sweep (a few minutes on 2 cores)
+    python3 tasks.py bench --quick      # a smoke run (seconds)
+    python3 tasks.py bench --crossover  # also the NumPy/kernel sweep behind _dispatch's threshold
+
+One process, one run: every contender is timed on the same inputs, interleaved repeat by repeat
+(so load from other processes hits all of them alike), and the table shows medians. Printed:
+
+* the machine (CPU model, cores, memory) and library versions;
+* for each shape and operation, the median time of each contender, its ratio to PyTorch eager
+  (>1 means faster than PyTorch) and, for the main shape, the peak extra memory;
+* the bandwidth floor measured in the same run: a parallel kernel that reads the logits twice
+  (two passes per row, as the fused kernel does) and writes an N×C array once, into a freshly
+  allocated array (as a gradient is) and into a reused one;
+* the first-use cost: Numba compilation in a fresh cache, and loading from the cache afterwards.
+
+Peak extra memory is measured in a subprocess per contender: resident set size high-water mark
+(``ru_maxrss``) minus the resident size just before the call, with the inputs already in memory,
+so it counts what the call allocates (NumPy, Numba, PyTorch and XLA alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import xent  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------
+# Machine
+# ------------------------------------------------------------------------------------------------
+def machine() -> str:
+    model = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
+        simd = [f for f in ("avx2", "fma", "avx512f") if f" {f}" in flags]
+    except (OSError, IndexError):
+        simd = []
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    except (OSError, IndexError, ValueError):
+        mem = float("nan")
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("numba", "torch", "scipy", "jax", "optax"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = "not installed"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    return (
+        f"CPU: {model} ({os.cpu_count()} logical cores; SIMD: {', '.join(simd) or '?'}), "
+        f"memory {mem:.0f} GiB, {platform.system()} {platform.release()}\n"
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f"\nload average at start: {', '.join(f'{v:.2f}' for v in load)}"
+    )
+
+
+def mem_available() -> float:
+    """Bytes of memory available now (Linux), or +inf when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable"):
+                return int(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return float("inf")
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    setup: dict[str, Callable[[], None]] | None = None,
+    min_time: float = 0.0,
+) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turn within each repeat.
+
+    ``setup[name]`` (untimed) runs before each timed call (e.g. a fresh copy for in-place).
+    With ``min_time``, a sample is the mean over as many calls as fill ``min_time`` (tiny inputs).
+    """
+    setup = setup or {}
+    for name, fn in fns.items():  # warm-up: compilation, JIT tracing, first-touch allocations
+        setup.get(name, lambda: None)()
+        fn()
+    loops = {}
+    for name, fn in fns.items():
+        n, t = 1, 0.0
+        while min_time and n < 1_000_000:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            t = time.perf_counter() - t0
+            if t >= min_time:
+                break
+            n *= 4
+        loops[name] = n
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            setup.get(name, lambda: None)()
+            gc.collect()
+            n = loops[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / n)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Contenders
+# ------------------------------------------------------------------------------------------------
+def have(mod: str) -> bool:
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False
+
+
+HAVE_TORCH, HAVE_JAX, HAVE_SCIPY = have("torch"), have("jax") and have("optax"), have("scipy")
+
+
+def floor_kernels():
+    """The bandwidth floor: read each row twice, write an N×C array once (Numba, parallel)."""
+    import numba
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def read2_write1(x, out):
+        for i in numba.prange(x.shape[0]):
+            r = x[i]
+            s = r.dtype.type(0)
+            for j in range(r.shape[0]):  # read 1
+                s += r[j]
+            m = r[0]
+            for j in range(r.shape[0]):  # read 2
+                m = max(m, r[j])
+            o = out[i]
+            for j in range(r.shape[0]):  # write (o = x - m + s·0, so nothing is optimised away)
+                o[j] = r[j] - m + s * 0
+        return out
+
+    return read2_write1
+
+
+def measure_floor(floor, x: np.ndarray, repeats: int) -> dict[str, float]:
+    """Median time of the floor kernel into a fresh output and into a reused one."""
+    out = np.empty_like(x)
+    return time_interleaved(
+        {
+            "fresh output": lambda: floor(x, np.empty_like(x)),
+            "reused output": lambda: floor(x, out),
+        },
+        repeats=repeats,
+    )
+
+
+def ce_contenders(x: np.ndarray, t: np.ndarray, backward: bool):
+    """name -> (fn, setup or None) for cross-entropy with class-index targets, mean reduction.
+
+    ``x`` is (N, C) or (N, C, d...) with the class axis 1, as in PyTorch.
+    """
+    fns: dict[str, Callable[[], object]] = {}
+    setups: dict[str, Callable[[], None]] = {}
+
+    def xent_call(backend):
+        def run():
+            with xent.use_backend(backend):
+                return xent.cross_entropy(x, t, return_grad=backward)
+
+        return run
+
+    fns["xent"] = xent_call("auto")
+    fns["xent numpy"] = xent_call("numpy")
+    if backward and x.ndim == 2:
+        buf = np.empty_like(x)
+
+        def refill():
+            np.copyto(buf, x)
+
+        def inplace():
+            return xent.cross_entropy(buf, t, return_grad=True, inplace=True)
+
+        fns["xent inplace"] = inplace
+        setups["xent inplace"] = refill
+    if HAVE_TORCH:
+        import torch
+        import torch.nn.functional as F
+
+        xt = torch.from_numpy(x).requires_grad_(backward)
+        tt = torch.from_numpy(t)
+        if backward:
+
+            def torch_call():
+                xt.grad = None
+                loss = F.cross_entropy(xt, tt)
+                loss.backward()
+                return loss, xt.grad
+        else:
+
+            def torch_call():
+                with torch.no_grad():
+                    return F.cross_entropy(xt, tt)
+
+        fns["torch"] = torch_call
+    if HAVE_JAX:
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        def loss_fn(logits, labels):
+            if logits.ndim > 2:
+                logits = jnp.moveaxis(logits, 1, -1)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        f = jax.jit(jax.value_and_grad(loss_fn) if backward else loss_fn)
+        xj, tj = jax.device_put(x), jax.device_put(t.astype(np.int32))
+
+        def jax_call():
+            return jax.block_until_ready(f(xj, tj))
+
+        fns["jax jit"] = jax_call
+    return fns, setups
+
+
+def softmax_contenders(x: np.ndarray, op: str):
+    fns: dict[str, Callable[[], object]] = {
+        "xent": lambda: getattr(xent, op)(x, axis=-1),
+    }
+
+    def xent_numpy():
+        with xent.use_backend("numpy"):
+            return getattr(xent, op)(x, axis=-1)
+
+    fns["xent numpy"] = xent_numpy
+    if HAVE_TORCH:
+        import torch
+
+        xt = torch.from_numpy(x)
+        fns["torch"] = lambda: getattr(torch, op)(xt, -1)
+    if HAVE_SCIPY:
+        import scipy.special
+
+        fns["scipy"] = lambda: getattr(scipy.special, op)(x, axis=-1)
+    if HAVE_JAX:
+        import jax
+
+        f = jax.jit(lambda a: getattr(jax.nn, op)(a, axis=-1))
+        xj = jax.device_put(x)
+        fns["jax jit"] = lambda: jax.block_until_ready(f(xj))
+    return fns
+
+
+def bce_contenders(x: np.ndarray, y: np.ndarray):
+    fns: dict[str, Callable[[], object]] = {
+        "xent": lambda: xent.binary_cross_entropy_with_logits(x, y, return_grad=True),
+    }
+
+    def xent_numpy():
+        with xent.use_backend("numpy"):
+            return xent.binary_cross_entropy_with_logits(x, y, return_grad=True)
+
+    fns["xent numpy"] = xent_numpy
+    if HAVE_TORCH:
+        import torch
+        import torch.nn.functional as F
+
+        xt, yt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
+
+        def torch_call():
+            xt.grad = None
+            loss = F.binary_cross_entropy_with_logits(xt, yt)
+            loss.backward()
+            return loss, xt.grad
+
+        fns["torch"] = torch_call
+    return fns
+
+
+# ------------------------------------------------------------------------------------------------
+# Peak memory, in a subprocess per contender
+# ------------------------------------------------------------------------------------------------
+_MEM_SCRIPT = """
+import json, resource, sys, numpy as np
+sys.path.insert(0, {src!r})
+N, C, who = {N}, {C}, {who!r}
+x = np.empty((N, C), np.float32)
+np.random.default_rng(0).standard_normal(dtype=np.float32, out=x)
+t = np.random.default_rng(1).integers(0, C, N)
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+if who.startswith("xent"):
+    import xent
+    backend = "numpy" if who == "xent numpy" else "numba"
+    with xent.use_backend(backend):  # load the kernels (the parallel driver too) before measuring
+        xent.cross_entropy(x[:64].copy(), t[:64], return_grad=True)
+        xent.cross_entropy(x[:64].copy(), t[:64], return_grad=True, inplace=True)
+        base = rss()
+        out = xent.cross_entropy(x, t, return_grad=True, inplace=(who == "xent inplace"))
+elif who == "torch":
+    import torch, torch.nn.functional as F
+    xs = torch.zeros(4, 4, requires_grad=True)
+    F.cross_entropy(xs, torch.zeros(4, dtype=torch.long)).backward()
+    xt, tt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(t)
+    base = rss()
+    loss = F.cross_entropy(xt, tt)
+    loss.backward()
+elif who == "jax jit":
+    import jax, jax.numpy as jnp, optax
+    f = jax.jit(jax.value_and_grad(
+        lambda a, b: optax.softmax_cross_entropy_with_integer_labels(a, b).mean()))
+    xj, tj = jax.device_put(x), jax.device_put(t.astype(np.int32))
+    compiled = f.lower(xj, tj).compile()
+    base = rss()
+    out = jax.block_until_ready(compiled(xj, tj))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"extra": peak - base, "logits": x.nbytes}}))
+"""
+
+
+def peak_extra(who: str, N: int, C: int) -> float | None:
+    """Peak extra memory of one loss + gradient call, as a multiple of the logits' size."""
+    code = _MEM_SCRIPT.format(src=str(ROOT / "src"), N=N, C=C, who=who)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
+        )
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+    return res["extra"] / res["logits"]
+
+
+# ------------------------------------------------------------------------------------------------
+# First use: compile into an empty cache, then load from it
+# ------------------------------------------------------------------------------------------------
+_FIRST_USE = """
+import time, sys, numpy as np
+t0 = time.perf_counter()
+sys.path.insert(0, {src!r})
+import xent
+x = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+t = np.zeros(1024, int)
+t1 = time.perf_counter()
+with xent.use_backend("numba"):
+    xent.cross_entropy(x, t, return_grad=True)
+    t2 = time.perf_counter()
+    xent.softmax(x); xent.log_softmax(x)
+    t3 = time.perf_counter()
+    xent.cross_entropy(x, t, return_grad=True)
+    t4 = time.perf_counter()
+print(t2 - t1, t3 - t2, t4 - t3)
+"""
+
+
+def first_use() -> str:
+    code = _FIRST_USE.format(src=str(ROOT / "src"))
+    lines = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for label in ("empty cache (compiles)", "warm cache (loads)"):
+            proc = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=env
+            )
+            if proc.returncode:
+                return f"first-use measurement failed: {proc.stderr[-500:]}"
+            ce, sm, again = (float(v) for v in proc.stdout.split())
+            lines.append(
+                f"  {label:24s}: first cross_entropy (float32, loss+grad, Numba import included) "
+                f"{ce:.2f} s; then softmax+log_softmax {sm:.2f} s; "
+                f"a second cross_entropy {again * 1e3:.1f} ms"
+            )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------------
+def fmt_time(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def table(title: str, times: dict[str, float], extra: dict[str, str] | None = None) -> None:
+    ref = times.get("torch")
+    print(f"\n{title}")
+    print(f"  {'contender':14s} {'median':>10s} {'vs torch':>9s}  notes")
+    for name, t in times.items():
+        ratio = f"{ref / t:8.2f}x" if ref else "        -"
+        note = (extra or {}).get(name, "")
+        print(f"  {name:14s} {fmt_time(t):>10s} {ratio}  {note}")
+
+
+def _crossover_pairs(B, K, x, t, rs, y, sc, out):
+    """(NumPy call, kernel call) for softmax, log_softmax, ce_index (loss+grad), bce_logits."""
+    return [
+        (lambda: B.softmax(x, out), lambda: K.softmax(x, out)),
+        (lambda: B.log_softmax(x, out), lambda: K.log_softmax(x, out)),
+        (
+            lambda: B.ce_index(x, t, None, -100, 0.0, rs, out),
+            lambda: K.ce_index(x, t, None, -100, 0.0, rs, out),
+        ),
+        (
+            lambda: B.bce_logits(x, y, None, None, sc, out),
+            lambda: K.bce_logits(x, y, None, None, sc, out),
+        ),
+    ]
+
+
+def crossover() -> None:
+    """NumPy path vs kernels, one call, at growing sizes (behind _dispatch.AUTO_MIN_ELEMENTS)."""
+    from xent import _backend_numpy as B
+    from xent import _kernels as K
+
+    rng = np.random.default_rng(0)
+    print("\nCrossover (float32, backend functions called directly): NumPy time / kernel time")
+    print(f"  {'shape':>14s} {'elements':>9s}  softmax  log_softmax  ce_index f+b  bce f+b")
+    sizes = [(3, 3), (16, 64), (32, 128), (64, 256), (64, 1024), (128, 2048), (256, 4096)]
+    sizes += [(512, 4096)]
+    for M, C in sizes:
+        x = rng.standard_normal((M, C)).astype(np.float32)
+        t = rng.integers(0, C, M)
+        rs = np.full(M, 1 / M, np.float32)
+        y = rng.uniform(0, 1, (M, C)).astype(np.float32)
+        sc = np.broadcast_to(np.float32(1 / x.size), (M, C))
+        pairs = _crossover_pairs(B, K, x, t, rs, y, sc, np.empty_like(x))
+        ratios = []
+        for fb, fk in pairs:
+            r = time_interleaved({"np": fb, "nb": fk}, repeats=7, min_time=2e-3)
+            ratios.append(r["np"] / r["nb"])
+        print(
+            f"  {str((M, C)):>14s} {M * C:9d}  "
+            + "  ".join(f"{v:7.2f}x" for v in ratios[:2])
+            + f"  {ratios[2]:11.2f}x  {ratios[3]:6.2f}x"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes, few repeats (smoke run)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per contender")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--crossover", action="store_true", help="also the NumPy/kernel crossover")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+
+    print("xent kernel benchmark", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    print(machine())
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}; repeats: {repeats}")
+    print("times are medians; 'vs torch' = torch time / contender time (>1: faster than torch)")
+
+    rng = np.random.default_rng(0)
+    main_shape = (512, 4096) if args.quick else (4096, 32768)
+    big_shape = None if args.quick else (8192, 128256)
+    floor = floor_kernels()
+
+    # -- cross-entropy, class-index targets, mean reduction ---------------------------------
+    for shape in [main_shape, big_shape]:
+        if shape is None:
+            continue
+        N, C = shape
+        nbytes = N * C * 4
+        # xent needs the logits and the gradient; torch ~4x the logits; NumPy path ~3x; JAX ~3x.
+        if mem_available() < 3.2 * nbytes:
+            print(f"\n(skipping {shape}: {mem_available() / 2**30:.1f} GiB available)")
+            continue
+        x = np.empty(shape, np.float32)
+        rng.standard_normal(dtype=np.float32, out=x)
+        t = rng.integers(0, C, N)
+        r = 3 if shape == big_shape else repeats
+        floor_times = measure_floor(floor, x, r)
+        floor_note = (
+            f"floor (read logits twice, write N×C once): {fmt_time(floor_times['fresh output'])} "
+            f"into a fresh array, {fmt_time(floor_times['reused output'])} into a reused one"
+        )
+        for backward in (False, True):
+            fns, setups = ce_contenders(x, t, backward)
+            if shape == big_shape:  # memory: keep only what fits beside the logits
+                avail = mem_available()
+                need = {"torch": 4.5, "xent numpy": 3.5, "jax jit": 3.5, "xent inplace": 1.5}
+                for name in list(fns):
+                    if need.get(name, 2.2) * nbytes > avail:
+                        fns.pop(name)
+                        setups.pop(name, None)
+            times = time_interleaved(fns, r, setups)
+            notes = {}
+            if backward:
+                notes["xent"] = f"{floor_times['fresh output'] / times['xent']:.2f} of floor speed"
+                if shape == main_shape and not args.no_memory:
+                    for who in times:
+                        m = peak_extra(who, N, C)
+                        if m is not None:
+                            notes[who] = (
+                                notes.get(who, "") + f"  peak extra {m:.2f}x logits"
+                            ).strip()
+            kind = "forward + backward" if backward else "forward"
+            table(f"cross_entropy {shape} float32, index targets, mean: {kind}", times, notes)
+        print("  " + floor_note)
+        del x
+
+    # -- K-dimensional input -----------------------------------------------------------------
+    kshape = (8, 100, 64) if args.quick else (64, 1000, 32)
+    xk = rng.standard_normal(kshape).astype(np.float32)
+    tk = rng.integers(0, kshape[1], (kshape[0], kshape[2]))
+    for backward in (False, True):
+        fns, setups = ce_contenders(xk, tk, backward)
+        kind = "forward + backward" if backward else "forward"
+        table(
+            f"cross_entropy {kshape} float32 (N, C, d), mean: {kind}",
+            time_interleaved(fns, repeats, setups),
+        )
+
+    # -- softmax / log_softmax ------------------------------------------------------------------
+    for shape in [main_shape]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        for op in ("softmax", "log_softmax"):
+            table(f"{op} {shape} float32", time_interleaved(softmax_contenders(x, op), repeats))
+
+    # -- binary cross-entropy with logits ------------------------------------------------------
+    bshape = (256, 1024) if args.quick else (2048, 8192)
+    xb = rng.standard_normal(bshape).astype(np.float32)
+    yb = rng.uniform(0, 1, bshape).astype(np.float32)
+    table(
+        f"binary_cross_entropy_with_logits {bshape} float32, mean: forward + backward",
+        time_interleaved(bce_contenders(xb, yb), repeats),
+    )
+
+    # -- tiny inputs --------------------------------------------------------------------------
+    for shape in [(3, 3), (3, 4)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        t = rng.integers(0, shape[1], shape[0])
+        table(
+            f"softmax {shape} float32 (per call)",
+            time_interleaved(softmax_contenders(x, "softmax"), repeats, min_time=0.02),
+        )
+        fns, setups = ce_contenders(x, t, True)
+        fns.pop("xent inplace", None)
+        table(
+            f"cross_entropy {shape} float32, forward + backward (per call)",
+            time_interleaved(fns, repeats, min_time=0.02),
+        )
+
+    if args.crossover:
+        crossover()
+
+    print(
+        "\nFirst use of the kernels (fresh process; NUMBA_CACHE_DIR = a new temporary directory):"
+    )
+    print(first_use())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
