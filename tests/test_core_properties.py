@@ -5,11 +5,13 @@ count modest; HYPOTHESIS_PROFILE=thorough runs 1000 examples each)."""
 from __future__ import annotations
 
 import numpy as np
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import xent
+from helpers import assert_close, torch_loss_and_grad
 
 EPS64 = np.finfo(np.float64).eps
 
@@ -208,3 +210,80 @@ def test_bce_with_logits_equals_bce_of_sigmoid(backend, x, data):
         xent.binary_cross_entropy(xent.sigmoid(x), y, reduction="none"),
         rtol=1e-10, atol=1e-12,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Differential: random shapes and options against PyTorch
+
+
+@st.composite
+def ce_problems(draw):
+    """A random cross-entropy call: shape (C,), (N, C) or (N, C, d1[, d2]); options drawn from
+    every kind torch accepts."""
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=ndim, max_size=ndim)))
+    ca = 0 if ndim == 1 else 1
+    C = shape[ca]
+    x = draw(hnp.arrays(np.float64, shape, elements=finite(1e4)))
+    kind = draw(st.sampled_from(["index", "prob"]))
+    ignore_index = -100
+    if kind == "index":
+        ignore_index = draw(st.sampled_from([-100, -1, 0, 1, 7]))
+        tshape = shape[:ca] + shape[ca + 1 :]
+        target = draw(hnp.arrays(np.int64, tshape,
+                                 elements=st.sampled_from([*range(C), ignore_index])))
+    else:
+        target = draw(hnp.arrays(np.float64, shape, elements=st.floats(0, 1)))
+    weight = draw(st.none() | hnp.arrays(np.float64, (C,), elements=st.floats(0.01, 10)))
+    ls = draw(st.sampled_from([0.0, 0.05, 0.5, 1.0]))
+    reduction = draw(st.sampled_from(["none", "mean", "sum"]))
+    return x, target, weight, ignore_index, ls, reduction
+
+
+@given(problem=ce_problems())
+def test_cross_entropy_matches_torch_on_random_problems(backend, problem):
+    x, target, weight, ignore_index, ls, reduction = problem
+    opts = {"reduction": reduction, "label_smoothing": ls}
+    if target.dtype.kind == "i":
+        opts["ignore_index"] = ignore_index
+    g = None
+    if reduction == "none":
+        lshape = x.shape[:1] + x.shape[2:] if x.ndim > 1 else ()
+        g = np.cos(np.arange(int(np.prod(lshape)))).reshape(lshape)  # a fixed, varied upstream
+    ref_loss, ref_grad = torch_loss_and_grad(
+        F.cross_entropy, x, target, weight=weight, grad_output=g, **opts
+    )
+    loss, grad = xent.cross_entropy(x, target, weight, return_grad=True, grad_output=g, **opts)
+    assert_close(loss, ref_loss, context="loss")
+    assert_close(grad, ref_grad, context="grad")
+
+
+@st.composite
+def bce_problems(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+    x = draw(hnp.arrays(np.float64, shape, elements=finite(1e4)))
+    y = draw(hnp.arrays(np.float64, shape, elements=st.floats(0, 1)))
+    # weight: any shape that broadcasts to the input's (a suffix, with ones anywhere).
+    k = draw(st.integers(0, len(shape)))
+    wshape = tuple(draw(st.sampled_from([1, n])) for n in shape[len(shape) - k :])
+    weight = draw(st.none() | hnp.arrays(np.float64, wshape, elements=st.floats(0, 5)))
+    pos_weight = draw(
+        st.none() | hnp.arrays(np.float64, (draw(st.sampled_from([1, shape[-1]])),),
+                               elements=st.floats(0, 5))
+    )
+    reduction = draw(st.sampled_from(["none", "mean", "sum"]))
+    return x, y, weight, pos_weight, reduction
+
+
+@given(problem=bce_problems())
+def test_bce_with_logits_matches_torch_on_random_problems(backend, problem):
+    x, y, weight, pos_weight, reduction = problem
+    g = np.cos(np.arange(x.size)).reshape(x.shape) if reduction == "none" else None
+    opts = {"weight": weight, "pos_weight": pos_weight, "reduction": reduction}
+    ref_loss, ref_grad = torch_loss_and_grad(
+        F.binary_cross_entropy_with_logits, x, y, grad_output=g, **opts
+    )
+    loss, grad = xent.binary_cross_entropy_with_logits(x, y, return_grad=True, grad_output=g,
+                                                       **opts)
+    assert_close(loss, ref_loss, context="loss")
+    assert_close(grad, ref_grad, context="grad")
