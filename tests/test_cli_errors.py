@@ -1,0 +1,120 @@
+"""Bad input to any command: one line ``xent: error: ...`` on stderr that says what is wrong and
+where (file, row, column), exit status 2, never a traceback. Run as a user runs the commands.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOOD = "a,b,label\n1.5,2,cat\n3,4,dog\n5,6,cat\n7,8,dog\n9,10,cat\n"
+
+
+def xent(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``python -m xent ARGS`` in ``cwd`` with the standard streams captured."""
+    return subprocess.run([sys.executable, "-m", "xent", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit status 2 and exactly one line ``xent: error: ...`` on stderr holding ``fragments``."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xent: error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], f"{f!r} not in {lines[0]!r}"
+    assert proc.stdout == ""
+    return lines[0]
+
+
+# (CSV text, --target, the fragments the message must hold)
+BAD_CSV = {
+    "non-numeric": (GOOD.replace("5,6,cat", "5,six,cat"), "label",
+                    ["data.csv, row 3 (line 4), column 'b'", "expected a number", "'six'"]),
+    "missing value": (GOOD.replace("5,6,cat", "5,,cat"), "label",
+                      ["data.csv, row 3 (line 4), column 'b'", "missing value"]),
+    "nan": (GOOD.replace("7,8", "NaN,8"), "label",
+            ["data.csv, row 4 (line 5), column 'a'", "finite number", "'NaN'"]),
+    "inf": (GOOD.replace("9,10", "9,-inf"), "label",
+            ["data.csv, row 5 (line 6), column 'b'", "finite number", "'-inf'"]),
+    "missing label": (GOOD.replace("3,4,dog", "3,4,"), "label",
+                      ["data.csv, row 2 (line 3), column 'label'", "missing class label"]),
+    "single class": (GOOD.replace("dog", "cat"), "label",
+                     ["data.csv", "column 'label'", "single class", "'cat'"]),
+    "missing target column": (GOOD, "species",
+                              ["data.csv", "no target column 'species'", "'a', 'b', 'label'"]),
+    "ragged row": (GOOD.replace("7,8,dog", "7,dog"), "label",
+                   ["data.csv, row 4 (line 5)", "expected 3 fields", "found 2"]),
+    "empty file": ("", "label", ["data.csv", "empty"]),
+    "header only": ("a,b,label\n", "label", ["data.csv", "0 data row"]),
+    "duplicate column": ("a,a,label\n1,2,x\n", "label", ["data.csv", "'a' appears twice"]),
+    "no features": ("label\ncat\ndog\ncat\ndog\n", "label", ["data.csv", "feature column"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CSV))
+def test_bad_training_csv(tmp_path, case):
+    text, target, fragments = BAD_CSV[case]
+    (tmp_path / "data.csv").write_text(text)
+    one_line_error(xent("train", "--data", "data.csv", "--target", target, cwd=tmp_path),
+                   *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_not_utf8(tmp_path):
+    (tmp_path / "data.csv").write_bytes(b"a,b,label\n1,2,\xff\xfe\n")
+    one_line_error(xent("train", "--data", "data.csv", "--target", "label", cwd=tmp_path),
+                   "data.csv", "not UTF-8")
+
+
+def test_missing_file(tmp_path):
+    one_line_error(xent("train", "--data", "nope.csv", "--target", "y", cwd=tmp_path),
+                   "nope.csv", "file not found")
+    one_line_error(xent("predict", "--model", "m", "--data", "nope.csv", cwd=tmp_path),
+                   "m: model not found")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["predict", "--model", "m", "--data", "d.csv", "--fast"], ["unrecognized arguments: --fast"]),
+    (["train", "--epochs", "ten"], ["--epochs", "positive integer", "'ten'"]),
+    (["train", "--epochs", "0"], ["--epochs", "positive integer", "'0'"]),
+    (["train", "--lr", "-1"], ["--lr", "positive number"]),
+    (["train", "--lr", "nan"], ["--lr", "positive number"]),
+    (["train", "--test-size", "1.5"], ["--test-size", "between 0 and 1"]),
+    (["train", "--task", "regression"], ["--task", "invalid choice: 'regression'"]),
+    (["train", "--optimizer", "rmsprop"], ["--optimizer", "invalid choice"]),
+    (["train", "--batch-size", "-3"], ["--batch-size", "positive integer or 'full'"]),
+    (["train", "--data", "d.csv"], ["--target"]),
+    (["train", "--target", "y"], ["--target", "no --data"]),
+    (["predict", "--data", "d.csv"], ["required", "--model"]),
+    (["fit"], ["invalid choice: 'fit'"]),
+    ([], ["missing command"]),
+])
+def test_bad_options(tmp_path, args, fragments):
+    one_line_error(xent(*args, cwd=tmp_path), *fragments)
+
+
+def test_task_that_does_not_fit_the_data(tmp_path):
+    text = "a,label\n" + "".join(f"{i},{'xyz'[i % 3]}\n" for i in range(12))
+    (tmp_path / "data.csv").write_text(text)
+    one_line_error(xent("train", "--data", "data.csv", "--target", "label", "--task", "binary",
+                        cwd=tmp_path), "--task binary needs 2 classes", "has 3")
+    one_line_error(xent("train", "--data", "data.csv", "--target", "label", "--task", "both",
+                        cwd=tmp_path), "--task both")
+
+
+def test_output_directory_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("not a directory")
+    one_line_error(xent("train", "--task", "binary", "--epochs", "1", "--out", "taken",
+                        cwd=tmp_path), "taken", "not a directory")
+
+
+def test_help_is_not_an_error(tmp_path):
+    for args in (["--help"], ["train", "--help"], ["predict", "--help"]):
+        proc = xent(*args, cwd=tmp_path)
+        assert proc.returncode == 0 and "usage: xent" in proc.stdout
