@@ -23,6 +23,8 @@ def check_reduction(reduction: Any) -> str:
 
 def check_label_smoothing(label_smoothing: Any) -> float:
     try:
+        if isinstance(label_smoothing, (str, bytes)):  # float("0.1") would accept a string
+            raise TypeError
         eps = float(label_smoothing)
     except (TypeError, ValueError):
         raise TypeError(
