@@ -236,7 +236,8 @@ def train(table: _data.Table, task: str, recipe: Recipe, *, seed: int = 0,
             history["train_loss"].append(train_loss)
             history["test_loss"].append(test_loss)
             if progress:
-                bar.set_postfix(loss=f"{total / n:.4f}", test=f"{test_loss:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{total / n:.4f}", test_loss=f"{test_loss:.4f}",
+                                refresh=False)
         if progress:
             bar.close()
 
@@ -253,10 +254,18 @@ def _progress(epochs: int, label: str, show: bool):
     """An epoch iterator: a tqdm bar on stderr when ``show``, else a plain range."""
     if not show:
         return range(epochs)
+    import os
+
     from tqdm.auto import tqdm
 
-    return tqdm(range(epochs), desc=f"{label:<10}", unit="epoch", file=sys.stderr,
-                leave=True, dynamic_ncols=True)
+    # Some pseudo-terminals report a size of 0 x 0, where tqdm draws nothing: assume 100 x 24.
+    try:
+        columns, lines = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        columns, lines = 0, 0
+    return tqdm(range(epochs), desc=label, unit="epoch", file=sys.stderr, leave=True,
+                dynamic_ncols=columns > 0, ncols=None if columns > 0 else 100,
+                nrows=None if lines > 0 else 24)
 
 
 def log_loss(clf: _model.Classifier, X: np.ndarray, y: np.ndarray) -> float:
