@@ -15,9 +15,11 @@ One process, one run: every contender is timed on the same inputs, interleaved r
   allocated array (as a gradient is) and into a reused one;
 * the first-use cost: Numba compilation in a fresh cache, and loading from the cache afterwards.
 
-Peak extra memory is measured in a subprocess per contender: resident set size high-water mark
-(``ru_maxrss``) minus the resident size just before the call, with the inputs already in memory,
-so it counts what the call allocates (NumPy, Numba, PyTorch and XLA alike).
+Peak extra memory is measured in a subprocess per contender: the resident set size high-water
+mark (``VmHWM``) minus the resident size just before the call, with the inputs already in memory
+and everything warmed up on a small input, so it counts what the call allocates (NumPy, Numba,
+PyTorch and XLA alike). The high-water mark only counts if the call raises it above everything
+before it, which it does here (a call allocates at least the gradient, 1x the logits).
 """
 
 from __future__ import annotations
@@ -304,16 +306,23 @@ def bce_contenders(x: np.ndarray, y: np.ndarray):
 # Peak memory, in a subprocess per contender
 # ------------------------------------------------------------------------------------------------
 _MEM_SCRIPT = """
-import json, resource, sys, numpy as np
+import json, sys, numpy as np
 sys.path.insert(0, {src!r})
 N, C, who = {N}, {C}, {who!r}
 x = np.empty((N, C), np.float32)
 np.random.default_rng(0).standard_normal(dtype=np.float32, out=x)
 t = np.random.default_rng(1).integers(0, C, N)
 
+def status(field):
+    # VmHWM is this process's own high-water mark (ru_maxrss would include the parent's resident
+    # size at fork time, which Linux carries across exec).
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+
 def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+    return status("VmRSS")
 
 if who.startswith("xent"):
     import xent
@@ -339,7 +348,7 @@ elif who == "jax jit":
     compiled = f.lower(xj, tj).compile()
     base = rss()
     out = jax.block_until_ready(compiled(xj, tj))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 print(json.dumps({{"extra": peak - base, "logits": x.nbytes}}))
 """
 
