@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=_PROG, description="Train and use the tutorials' classifiers with xent's "
                 "losses, and print the tutorials' worked examples.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="command", metavar="{train,predict,examples}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     t = sub.add_parser(
         "train", help="train the tutorials' networks (the main job)",

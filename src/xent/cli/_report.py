@@ -52,7 +52,7 @@ def summary(result, paths: dict[str, Path], quiet: bool = False) -> str:
         f"  files      {paths['weights']}",
         f"             {paths['model']}",
         f"             {paths['plot']}",
-        f"  time       {result.seconds:.2f} s",
+        f"  time       {result.seconds:.2f} s (training and evaluation)",
     ]
     return "\n".join(lines)
 
