@@ -147,12 +147,18 @@ HAVE_TORCH, HAVE_JAX, HAVE_SCIPY = have("torch"), have("jax") and have("optax"),
 
 
 def floor_kernels():
-    """The bandwidth floor: read each row twice, write an N×C array once (Numba, parallel)."""
+    """The bandwidth floor: read each row twice, write an N×C array once.
+
+    Compiled like the kernels (Numba, ``nogil``) and run over blocks of rows on the same threads
+    (``xent._kernels._threads.run_rows``), so the floor and the kernels share their parallelism.
+    """
     import numba
 
-    @numba.njit(parallel=True, fastmath=True, cache=True)
-    def read2_write1(x, out):
-        for i in numba.prange(x.shape[0]):
+    from xent._kernels._threads import run_rows
+
+    @numba.njit(nogil=True, fastmath=True, cache=True)
+    def read2_write1(x, out, lo, hi):
+        for i in range(lo, hi):
             r = x[i]
             s = r.dtype.type(0)
             for j in range(r.shape[0]):  # read 1
@@ -163,9 +169,12 @@ def floor_kernels():
             o = out[i]
             for j in range(r.shape[0]):  # write (o = x - m + s·0, so nothing is optimised away)
                 o[j] = r[j] - m + s * 0
+
+    def floor(x, out):
+        run_rows(read2_write1, x.shape[0], x.shape[1], (x, out))
         return out
 
-    return read2_write1
+    return floor
 
 
 def measure_floor(floor, x: np.ndarray, repeats: int) -> dict[str, float]:

@@ -352,7 +352,7 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path):
         from xent._kernels import _rows
         with xent.use_backend('numba'):
             xent.softmax(np.ones((3, 3), np.float32))
-        stats = _rows.softmax_ser.stats
+        stats = _rows.softmax_rows.stats
         print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
         """
     first = _run(code, NUMBA_CACHE_DIR=str(tmp_path)).split()
@@ -360,3 +360,22 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path):
     assert first == ["0", "1"], first  # compiled, then saved
     second = _run(code, NUMBA_CACHE_DIR=str(tmp_path)).split()
     assert second == ["1", "0"], second  # loaded from the cache, not compiled
+
+
+def test_row_blocks_cover_every_row_once_and_errors_reach_the_caller():
+    from xent._kernels._threads import run_rows
+
+    seen = []
+
+    def record(lo, hi):
+        seen.extend(range(lo, hi))
+
+    run_rows(record, 1001, 4096, ())  # above the threshold: several threads
+    assert sorted(seen) == list(range(1001))
+
+    def fail(lo, hi):
+        if lo > 0:
+            raise RuntimeError("block failed")
+
+    with pytest.raises(RuntimeError, match="block failed"):
+        run_rows(fail, 1001, 4096, ())

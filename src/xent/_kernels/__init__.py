@@ -4,7 +4,8 @@ Imported only by ``xent._dispatch`` on first need, so ``import xent`` never impo
 functions here are thin host wrappers (as Liger-Kernel's host functions are): they never
 validate, they only normalise what the contract leaves open (``weight=None``, a broadcast
 ``row_scale``, ``grad_out`` being ``x`` itself, a non-contiguous buffer) into the few argument
-types each compiled kernel is specialised for, pick the parallel or the serial driver, and call it.
+types each compiled kernel is specialised for, and run the kernel over blocks of rows, on several
+threads for large inputs (``_threads.run_rows``).
 
 Contract (``docs/ARCHITECTURE.md``): ``x`` is ``(M, C)`` in the compute dtype (float32 or
 float64); ``row_scale`` is ``(M,)``; ``grad_out`` is an ``(M, C)`` buffer, possibly ``x`` itself,
@@ -21,21 +22,17 @@ import numpy as np
 
 from . import _bce, _rows
 from ._exp import vexp_array
+from ._threads import PARALLEL_MIN_ELEMENTS, run_rows
 
-__all__ = ["bce_logits", "ce_index", "ce_prob", "log_softmax", "softmax", "vexp_array"]
-
-# Below this many elements (or with a single row) the serial driver runs. Entering Numba's
-# parallel region costs ~10 us on an idle machine, but when the cores are shared with other
-# processes a region waits for its slowest thread to be scheduled: milliseconds (measured on the
-# 2-core development machine under load: median 23 us, 90th percentile 8 ms for a (128, 512)
-# softmax, against 49 us serial; OMP_WAIT_POLICY=passive brings the median back to serial's).
-# From 1M elements on (~1 ms of serial work) the parallel driver's gain on an idle machine is
-# worth the risk of such a stall on a loaded one.
-PARALLEL_MIN_ELEMENTS = 1 << 20
-
-
-def _parallel(M: int, C: int) -> bool:
-    return M > 1 and M * C >= PARALLEL_MIN_ELEMENTS
+__all__ = [
+    "PARALLEL_MIN_ELEMENTS",
+    "bce_logits",
+    "ce_index",
+    "ce_prob",
+    "log_softmax",
+    "softmax",
+    "vexp_array",
+]
 
 
 def _contiguous(a, dt):
@@ -114,8 +111,8 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_o
     ign = ign if info.min <= ign <= info.max else info.min  # no int64 target can equal it
     rs = _row_vector(row_scale, M, dt)
     loss = np.empty(M, dt)
-    run = _rows.ce_index_par if _parallel(M, C) else _rows.ce_index_ser
-    run(xc, tgt, w, wsum, np.int64(ign), float(label_smoothing), rs, g, mode, loss)
+    args = (xc, tgt, w, wsum, np.int64(ign), float(label_smoothing), rs, g, mode, loss)
+    run_rows(_rows.ce_index_rows, M, C, args)
     _finish(g, copy_back)
     return loss
 
@@ -141,31 +138,29 @@ def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
     a0 = dt.type(eps / C)
     rs = _row_vector(row_scale, M, dt)
     loss = np.empty(M, dt)
-    run = _rows.ce_prob_par if _parallel(M, C) else _rows.ce_prob_ser
-    run(xc, yc, w, a1, a0, rs, g, mode, loss)
+    run_rows(_rows.ce_prob_rows, M, C, (xc, yc, w, a1, a0, rs, g, mode, loss))
     _finish(g, copy_back)
     return loss
 
 
-def _rowwise(par, ser, x, out):
+def _rowwise(fn, x, out):
     M, C = x.shape
     if M == 0 or C == 0:
         return out
     xc, g, mode, copy_back = _prepare(x, out)
-    run = par if _parallel(M, C) else ser
-    run(xc, g, mode == 2)
+    run_rows(fn, M, C, (xc, g, mode == 2))
     _finish(g, copy_back)
     return out
 
 
 def log_softmax(x, out):
     """``out = (x - max) - log Σ exp(x - max)`` row-wise over (M, C); ``out`` may be ``x``."""
-    return _rowwise(_rows.log_softmax_par, _rows.log_softmax_ser, x, out)
+    return _rowwise(_rows.log_softmax_rows, x, out)
 
 
 def softmax(x, out):
     """``out = exp(x - max) / Σ exp(x - max)`` row-wise over (M, C); ``out`` may be ``x``."""
-    return _rowwise(_rows.softmax_par, _rows.softmax_ser, x, out)
+    return _rowwise(_rows.softmax_rows, x, out)
 
 
 def _compact(a, M: int, K: int, dt) -> np.ndarray:
@@ -227,7 +222,6 @@ def bce_logits(x, y, weight, pos_weight, scale, grad_out):
     else:
         g, copy_back = np.empty((1, K), dt), None
     loss = np.empty((M, K), dt)
-    run = _bce.bce_par if _parallel(M, K) else _bce.bce_ser
-    run(xc, yc, w, pw, has_pw, sc, g, has_g, loss)
+    run_rows(_bce.bce_rows, M, K, (xc, yc, w, pw, has_pw, sc, g, has_g, loss))
     _finish(g, copy_back)
     return loss

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
 
 from ._exp import vexp
 
@@ -111,13 +110,7 @@ def _bce_row(i, x, y, w, pw, has_pw, scale, g, has_g, loss):
     )
 
 
-@numba.njit(parallel=True, cache=True)
-def bce_par(x, y, w, pw, has_pw, scale, g, has_g, loss):
-    for i in prange(x.shape[0]):
-        _bce_row(i, x, y, w, pw, has_pw, scale, g, has_g, loss)
-
-
-@_jit
-def bce_ser(x, y, w, pw, has_pw, scale, g, has_g, loss):
-    for i in range(x.shape[0]):
+@numba.njit(nogil=True, cache=True)
+def bce_rows(x, y, w, pw, has_pw, scale, g, has_g, loss, lo, hi):
+    for i in range(lo, hi):
         _bce_row(i, x, y, w, pw, has_pw, scale, g, has_g, loss)

@@ -34,7 +34,6 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
 
 from ._exp import fmaximum, vexp
 
@@ -46,7 +45,6 @@ _jit_fast = numba.njit(fastmath=_FAST, cache=True)
 # Loops that reduce nothing vectorise without reassociation; keeping it off keeps the order of
 # operations written, e.g. (x - m) - log_s is not rewritten as x - (m + log_s).
 _jit_vec = numba.njit(fastmath={"contract"}, cache=True)
-_jit_par = numba.njit(parallel=True, cache=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,52 +396,31 @@ def _softmax_row(i, x, out, inplace):
 
 
 # ---------------------------------------------------------------------------------------------
-# Drivers: the same loop over rows, compiled parallel (prange over rows) and serial. They are
-# separate functions, not one function compiled twice, so that their on-disk caches are distinct.
+# Drivers: rows [lo, hi), with the GIL released, so that the host function can run blocks of
+# rows on several threads at once (see xent._kernels._threads).
 # ---------------------------------------------------------------------------------------------
-@_jit_par
-def ce_index_par(x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss):
-    for i in prange(x.shape[0]):
+_jit_rows = numba.njit(nogil=True, cache=True)
+
+
+@_jit_rows
+def ce_index_rows(x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss, lo, hi):
+    for i in range(lo, hi):
         _ce_index_row(i, x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss)
 
 
-@_jit
-def ce_index_ser(x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss):
-    for i in range(x.shape[0]):
-        _ce_index_row(i, x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss)
-
-
-@_jit_par
-def ce_prob_par(x, y, w, a1, a0, row_scale, g, mode, loss):
-    for i in prange(x.shape[0]):
+@_jit_rows
+def ce_prob_rows(x, y, w, a1, a0, row_scale, g, mode, loss, lo, hi):
+    for i in range(lo, hi):
         _ce_prob_row(i, x, y, w, a1, a0, row_scale, g, mode, loss)
 
 
-@_jit
-def ce_prob_ser(x, y, w, a1, a0, row_scale, g, mode, loss):
-    for i in range(x.shape[0]):
-        _ce_prob_row(i, x, y, w, a1, a0, row_scale, g, mode, loss)
-
-
-@_jit_par
-def log_softmax_par(x, out, inplace):
-    for i in prange(x.shape[0]):
+@_jit_rows
+def log_softmax_rows(x, out, inplace, lo, hi):
+    for i in range(lo, hi):
         _log_softmax_row(i, x, out, inplace)
 
 
-@_jit
-def log_softmax_ser(x, out, inplace):
-    for i in range(x.shape[0]):
-        _log_softmax_row(i, x, out, inplace)
-
-
-@_jit_par
-def softmax_par(x, out, inplace):
-    for i in prange(x.shape[0]):
-        _softmax_row(i, x, out, inplace)
-
-
-@_jit
-def softmax_ser(x, out, inplace):
-    for i in range(x.shape[0]):
+@_jit_rows
+def softmax_rows(x, out, inplace, lo, hi):
+    for i in range(lo, hi):
         _softmax_row(i, x, out, inplace)

@@ -1,0 +1,87 @@
+"""Run a row kernel over blocks of rows on several threads, the calling thread included.
+
+Why not Numba's ``parallel=True``/``prange``: its OpenMP regions end in a barrier that waits for
+every worker thread. When the cores are shared with other processes (this project's 2-core
+development machine runs tests and benchmarks side by side), a worker that is not scheduled in
+time stalls the whole call: measured there under load, a (512, 4096) float32 softmax took a
+median of 8.0 ms in a ``prange`` kernel against 0.9 ms serial. Here instead:
+
+* the kernels are compiled with ``nogil=True`` and take a row range ``[lo, hi)``;
+* the rows are cut into a few blocks per thread; the calling thread and ``n - 1`` helper threads
+  take blocks from a shared counter until none are left;
+* the caller waits only for blocks that a helper has *claimed*. A helper that has not been
+  scheduled yet when the caller runs out of blocks finds nothing to do later, so it costs nothing:
+  in the worst case the call runs serially, never slower.
+
+Threads: ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``). The
+helpers block on a queue while idle (they never spin). Calls from several Python threads at once
+are safe: every call has its own counter and completion count.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+
+# Below this many elements (or with one row) the kernel runs on the calling thread alone: the
+# hand-off to a helper costs tens of microseconds. From 1M elements (~1 ms of serial work; e.g. a
+# (512, 2048) float32 cross-entropy) a second core pays off.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+BLOCKS_PER_THREAD = 4
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_key: tuple[int, int] | None = None
+
+
+def _helpers(n: int) -> ThreadPoolExecutor:
+    """The pool of ``n`` helper threads (rebuilt after a fork or a change of thread count)."""
+    global _pool, _pool_key
+    key = (os.getpid(), n)
+    with _lock:
+        if _pool is None or _pool_key != key:
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="xent-kernel")
+            _pool_key = key
+        return _pool
+
+
+def run_rows(fn, rows: int, cols: int, args: tuple) -> None:
+    """Call ``fn(*args, lo, hi)`` over ``[0, rows)`` in blocks, on up to the Numba thread count."""
+    threads = numba.get_num_threads()
+    if threads <= 1 or rows < 2 or rows * cols < PARALLEL_MIN_ELEMENTS:
+        fn(*args, 0, rows)
+        return
+    blocks = min(rows, BLOCKS_PER_THREAD * threads)
+    bounds = [rows * k // blocks for k in range(blocks + 1)]
+    claim = itertools.count()  # next() on a count is atomic under the GIL
+    done = threading.Condition()
+    finished = [0]
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            k = next(claim)
+            if k >= blocks:
+                return
+            try:
+                fn(*args, bounds[k], bounds[k + 1])
+            except BaseException as exc:  # re-raised on the calling thread
+                errors.append(exc)
+            with done:
+                finished[0] += 1
+                if finished[0] == blocks:
+                    done.notify_all()
+
+    pool = _helpers(threads - 1)
+    for _ in range(threads - 1):
+        pool.submit(work)
+    work()
+    with done:
+        while finished[0] < blocks:
+            done.wait()
+    if errors:
+        raise errors[0]
