@@ -58,12 +58,27 @@ def read_predictions(text: str) -> tuple[list[str], list[str], np.ndarray]:
     return header, [r[0] for r in body], np.array([[np.float32(v) for v in r[1:]] for r in body])
 
 
+# The short runs the models below come from: (epochs, seed) per task.
+RUNS = {"binary": (10, 0), "multiclass": (15, 5)}
+
+
+def _train_cli(root: Path, task: str) -> Path:
+    epochs, seed = RUNS[task]
+    ok(xent("train", "--task", task, "--epochs", str(epochs), "--seed", str(seed), "--out", task,
+            "--quiet", cwd=root))
+    return root / task
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A binary model trained by the command line (short run)."""
-    root = tmp_path_factory.mktemp("model")
-    ok(xent("train", "--task", "binary", "--epochs", "10", "--out", "m", "--quiet", cwd=root))
-    return root / "m"
+    return _train_cli(tmp_path_factory.mktemp("model"), "binary")
+
+
+@pytest.fixture(scope="module")
+def multiclass_dir(tmp_path_factory) -> Path:
+    """A three-class model trained by the command line (short run)."""
+    return _train_cli(tmp_path_factory.mktemp("model"), "multiclass")
 
 
 @pytest.fixture
@@ -82,7 +97,7 @@ def rows_csv(model_dir, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass"])
-def test_round_trip_gives_the_in_memory_probabilities(tmp_path, task):
+def test_round_trip_gives_the_in_memory_probabilities(tmp_path, task, request):
     """Train in a subprocess, train the same run here in memory (same seed: same weights),
     predict in a subprocess: the printed probabilities are the in-memory ones, exactly, and an
     independent forward pass from the safetensors file agrees."""
@@ -92,14 +107,14 @@ def test_round_trip_gives_the_in_memory_probabilities(tmp_path, task):
 
     from xent.cli import _data, _train
 
-    ok(xent("train", "--task", task, "--epochs", "15", "--seed", "5", "--out", "m", "--quiet",
-            cwd=tmp_path))
-    recipe = dataclasses.replace(_train.RECIPES["default"], epochs=15)
-    result = _train.train(_data.builtin(task), task, recipe, seed=5)
+    model = request.getfixturevalue("model_dir" if task == "binary" else "multiclass_dir")
+    epochs, seed = RUNS[task]
+    recipe = dataclasses.replace(_train.RECIPES["default"], epochs=epochs)
+    result = _train.train(_data.builtin(task), task, recipe, seed=seed)
     X_test, y_test = result.split.raw_test, result.split.y_test
     write_features(tmp_path / "test.csv", ["x1", "x2", "x3", "x4"], X_test)
     header, labels, printed = read_predictions(
-        ok(xent("predict", "--model", "m", "--data", "test.csv", cwd=tmp_path)).stdout)
+        ok(xent("predict", "--model", str(model), "--data", "test.csv", cwd=tmp_path)).stdout)
     k = 2 if task == "binary" else 3
     assert header == ["predicted", *(f"prob_{c}" for c in range(k))]
 
@@ -109,8 +124,8 @@ def test_round_trip_gives_the_in_memory_probabilities(tmp_path, task):
     assert [int(s) for s in labels] == list(result.classifier.predict(X_test))
 
     # Independent forward pass: the tutorial's layers written out with plain torch ops.
-    meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    w = load_file(tmp_path / "m" / "model.safetensors")
+    meta = json.loads((model / "model.json").read_text())
+    w = load_file(model / "model.safetensors")
     x = torch.tensor((X_test - meta["scaler"]["mean"]) / meta["scaler"]["scale"],
                      dtype=torch.float32)
     z = torch.relu(x @ w["linear1.weight"].T + w["linear1.bias"]) @ w["linear2.weight"].T \

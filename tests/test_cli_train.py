@@ -87,14 +87,18 @@ def test_train_without_arguments_trains_both_tutorial_networks(tmp_path):
         assert str(Path("runs") / task / "model.safetensors") in out
 
 
-def test_scaler_is_fitted_on_the_training_rows_and_tutorial_recipe_on_all(tmp_path):
+def test_scaler_is_fitted_on_the_training_rows_and_tutorial_recipe_on_all(tmp_path,
+                                                                          monkeypatch):
     from sklearn.model_selection import train_test_split
+
+    from xent.cli import main
 
     X, y = builtin("binary")
     X_train, _, _, _ = train_test_split(X, y, test_size=0.2, random_state=42)
-    ok(xent("train", "--task", "binary", "--epochs", "2", "--out", "d", "--quiet", cwd=tmp_path))
-    ok(xent("train", "--task", "binary", "--recipe", "tutorial", "--epochs", "2", "--out", "t",
-            "--quiet", cwd=tmp_path))
+    monkeypatch.chdir(tmp_path)  # in-process: the command's code, without a second start-up
+    assert main(["train", "--task", "binary", "--epochs", "2", "--out", "d", "--quiet"]) == 0
+    assert main(["train", "--task", "binary", "--recipe", "tutorial", "--epochs", "2", "--out",
+                 "t", "--quiet"]) == 0
     d, t = meta(tmp_path / "d"), meta(tmp_path / "t")
     np.testing.assert_allclose(d["scaler"]["mean"], X_train.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(d["scaler"]["scale"], X_train.std(axis=0), rtol=1e-12)
@@ -108,35 +112,55 @@ def test_scaler_is_fitted_on_the_training_rows_and_tutorial_recipe_on_all(tmp_pa
 
 
 def test_same_seed_gives_the_same_bytes(tmp_path):
+    import dataclasses
+
+    from xent.cli import _data, _model, _train
+
     args = ("train", "--epochs", "12", "--seed", "3", "--quiet")
     first = ok(xent(*args, "--out", "a", cwd=tmp_path))
     second = ok(xent(*args, "--out", "b", cwd=tmp_path))
-    other = ok(xent("train", "--epochs", "12", "--seed", "4", "--quiet", "--out", "c",
-                    cwd=tmp_path))
+    assert first.stdout.replace("-> a/", "-> b/") == second.stdout
+    recipe = dataclasses.replace(_train.DEFAULT, epochs=12)
     for task in ("binary", "multiclass"):
         for name in ("model.json", "model.safetensors", "loss_curves.png"):
             a = (tmp_path / "a" / task / name).read_bytes()
             b = (tmp_path / "b" / task / name).read_bytes()
             assert a == b, f"{task}/{name} differs between two runs with the same seed"
+        # The same run in this process gives the same weights; another seed, others.
         weights = (tmp_path / "a" / task / "model.safetensors").read_bytes()
-        assert (tmp_path / "c" / task / "model.safetensors").read_bytes() != weights
-    assert first.stdout.replace("-> a/", "-> b/") == second.stdout
-    assert other.stdout.replace("-> c/", "-> a/") != first.stdout
+        table = _data.builtin(task)
+        for seed in (3, 4):
+            net = _train.train(table, task, recipe, seed=seed).classifier.net
+            assert (_model.weights_bytes(net) == weights) == (seed == 3)
 
 
-@pytest.mark.parametrize("recipe", ["default", "tutorial"])
-def test_loss_torch_agrees_with_xent_over_a_short_run(tmp_path, recipe):
-    """`--loss torch` trains with torch.nn's losses: the recorded losses agree with xent's."""
-    for loss in ("xent", "torch"):
-        ok(xent("train", "--recipe", recipe, "--epochs", "8", "--loss", loss, "--out", loss,
-                "--quiet", cwd=tmp_path))
+def _assert_same_losses(root: Path, label: str) -> None:
     for task in ("binary", "multiclass"):
-        x, t = meta(tmp_path / "xent" / task), meta(tmp_path / "torch" / task)
+        x, t = meta(root / "xent" / task), meta(root / "torch" / task)
         assert x["training"]["loss"] == "xent" and t["training"]["loss"] == "torch"
         for key in ("epoch_loss", "train_loss", "test_loss"):
             assert len(x["history"][key]) == 8
             np.testing.assert_allclose(x["history"][key], t["history"][key], rtol=1e-5,
-                                       err_msg=f"{recipe} {task} {key}")
+                                       err_msg=f"{label} {task} {key}")
+
+
+def test_loss_torch_agrees_with_xent_over_a_short_run(tmp_path):
+    """`--loss torch` trains with torch.nn's losses: the recorded losses agree with xent's."""
+    for loss in ("xent", "torch"):
+        ok(xent("train", "--epochs", "8", "--loss", loss, "--out", loss, "--quiet",
+                cwd=tmp_path))
+    _assert_same_losses(tmp_path, "default")
+
+
+def test_loss_torch_agrees_with_xent_in_the_tutorial_recipe(tmp_path, monkeypatch):
+    """The same in-process for the tutorial recipe (BCE on the sigmoid, full-batch SGD)."""
+    from xent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for loss in ("xent", "torch"):
+        assert main(["train", "--recipe", "tutorial", "--epochs", "8", "--loss", loss, "--out",
+                     loss, "--quiet"]) == 0
+    _assert_same_losses(tmp_path, "tutorial")
 
 
 def test_training_calls_xent_losses_for_every_batch(tmp_path, monkeypatch):
@@ -198,7 +222,9 @@ def test_train_on_a_csv_with_string_labels(tmp_path):
     assert accuracy > 0.6
 
 
-def test_train_on_a_csv_with_two_string_classes_and_integer_labels(tmp_path):
+def test_train_on_a_csv_with_two_string_classes_and_integer_labels(tmp_path, monkeypatch):
+    from xent.cli import main
+
     X, y = builtin("binary")
     write_csv(tmp_path / "yes_no.csv", ["a", "b", "c", "d", "answer"],
               [[*map(float, x), "yes" if t else "no"] for x, t in zip(X, y, strict=True)])
@@ -213,8 +239,9 @@ def test_train_on_a_csv_with_two_string_classes_and_integer_labels(tmp_path):
     codes = np.array([10, 2, 7])
     write_csv(tmp_path / "codes.csv", ["code", "p", "q", "r", "s"],
               [[int(c), *map(float, x)] for x, c in zip(Xm, codes[ym], strict=True)])
-    ok(xent("train", "--data", "codes.csv", "--target", "code", "--epochs", "5", "--out", "cd",
-            "--quiet", cwd=tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "codes.csv", "--target", "code", "--epochs", "5", "--out",
+                 "cd", "--quiet"]) == 0
     m = meta(tmp_path / "cd")
     assert m["classes"] == [2, 7, 10] and m["features"] == ["p", "q", "r", "s"]
 

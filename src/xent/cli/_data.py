@@ -139,7 +139,13 @@ def _number(path: Path, row: int, line: int, column: str, raw: str) -> float:
 
 
 def _classes(labels: list[str]) -> tuple[list[int] | list[str], np.ndarray]:
-    """Sorted distinct labels (as ints when every label is an integer) and each row's index."""
+    """Sorted distinct labels (as ints when every label is an integer) and each row's index.
+
+    >>> _classes(["dog", "cat", "dog"])
+    (['cat', 'dog'], array([1, 0, 1]))
+    >>> _classes(["10", "2", "7", "2"])  # integers sort as numbers
+    ([2, 7, 10], array([2, 0, 1, 0]))
+    """
     try:
         as_int = [int(s) for s in labels]
     except ValueError:

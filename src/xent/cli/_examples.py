@@ -62,7 +62,13 @@ def _agree(row: Row) -> bool:
 
 
 def _naive_softmax(x: np.ndarray) -> np.ndarray:
-    """The tutorials' formula, ``np.exp(x) / np.sum(np.exp(x))``: overflows for large x."""
+    """The tutorials' formula, ``np.exp(x) / np.sum(np.exp(x))``: overflows for large x.
+
+    >>> _naive_softmax(np.array([1000.0, 1.0]))  # exp(1000) = inf, inf / inf = nan
+    array([nan,  0.])
+    >>> xent.softmax([1000.0, 1.0])
+    array([1., 0.])
+    """
     with np.errstate(over="ignore", invalid="ignore"):  # exp(1000) = inf, inf/inf = nan: shown
         return np.exp(x) / np.sum(np.exp(x), axis=0)
 

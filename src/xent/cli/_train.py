@@ -402,14 +402,14 @@ def run(args) -> int:
         jobs = [(task, table)]
 
     out_root = Path(args.out) if args.out is not None else None
+    outs = [Path("runs") / task if out_root is None
+            else out_root / task if len(jobs) > 1 else out_root for task, _ in jobs]
+    for out in outs:
+        _model.make_dir(out)  # before training: a bad --out fails in a second, not a minute
     show_bar = not args.quiet and sys.stderr.isatty()
-    for i, (task, table) in enumerate(jobs):
+    for i, ((task, table), out) in enumerate(zip(jobs, outs, strict=True)):
         if table is None:
             table = _data.builtin(task)
-        if out_root is None:
-            out = Path("runs") / task
-        else:
-            out = out_root / task if len(jobs) > 1 else out_root
         result = train(table, task, recipe, seed=args.seed, test_size=args.test_size,
                        loss=args.loss, progress=show_bar)
         paths = save(result, out)
