@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _data, _model
-from ._errors import CLIError
+from ._errors import CLIError, require
 
 
 def _float_text(v: np.floating) -> str:
@@ -32,6 +32,7 @@ def predictions_csv(clf: _model.Classifier, X: np.ndarray) -> str:
 
 def run(args) -> int:
     """The `xent predict` command."""
+    require("torch", "safetensors")
     _, meta = _model.read_meta(args.model)  # cheap checks first: no torch import for a bad path
     features, target = meta.get("features"), meta.get("target")
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):

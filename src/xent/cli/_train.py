@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _data, _model
-from ._errors import CLIError, missing_extra
+from ._errors import CLIError, missing_extra, require
 
 SPLIT_RANDOM_STATE = 42  # the tutorials' train_test_split(..., random_state=42)
 
@@ -380,6 +380,7 @@ def run(args) -> int:
     """The `xent train` command."""
     from . import _report
 
+    require("torch", "sklearn", "safetensors", "matplotlib", "tqdm")
     recipe = resolve_recipe(args)
     if args.data is None:
         if args.target is not None:
