@@ -53,6 +53,22 @@ def architecture(task: str, input_size: int, hidden_size: int, num_classes: int)
     }
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread: as fast for these tiny networks, and it fixes the order of every
+    reduction, so that a run is reproducible byte for byte. (``torch.use_deterministic_algorithms``
+    is not needed for these CPU ops, and costs a second to import: it loads torch._inductor.)
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class Classifier:
     """A trained network with everything needed to predict from raw feature values."""
@@ -74,7 +90,7 @@ class Classifier:
         import torch
 
         self.net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():  # the same numbers in training and in predict
             z = self.net.logits(torch.from_numpy(self.scaled(X))).numpy()
         return z[:, 0] if self.task == "binary" else z
 

@@ -123,22 +123,6 @@ def loss_module(task: str, recipe: Recipe, backend: str):
 
 
 @contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread: as fast for these tiny networks, and it fixes the order of every
-    reduction, so that a run is reproducible byte for byte. (``torch.use_deterministic_algorithms``
-    is not needed for these CPU ops, and costs a second to import: it loads torch._inductor.)
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
 def every_batch_through_xent(backend: str):
     """Make xent.torch compute every loss with xent's own functions, however small the batch.
 
@@ -203,7 +187,7 @@ def train(table: _data.Table, task: str, recipe: Recipe, *, seed: int = 0,
     X_train, X_test = torch.from_numpy(data.X_train), torch.from_numpy(data.X_test)
     y_train, y_test = _targets(task, data.y_train), _targets(task, data.y_test)
 
-    with one_thread(), every_batch_through_xent(loss):
+    with _model.one_thread(), every_batch_through_xent(loss):
         torch.manual_seed(seed)
         net = _model.build(task, X_train.shape[1], recipe.hidden, num_classes)
         _, objective, batch_loss = loss_module(task, recipe, loss)
