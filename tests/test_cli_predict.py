@@ -251,3 +251,8 @@ def test_predict_csv_with_a_bad_value(model_dir, tmp_path):
     one_line_error(xent("predict", "--model", str(model_dir), "--data", "bad.csv",
                         cwd=tmp_path), "bad.csv, row 2 (line 3), column 'x3'", "'inf'")
     assert not os.path.exists(tmp_path / "out.csv")
+
+
+def test_predict_csv_that_does_not_exist(model_dir, tmp_path):
+    one_line_error(xent("predict", "--model", str(model_dir), "--data", "nope.csv",
+                        cwd=tmp_path), "nope.csv: file not found")
