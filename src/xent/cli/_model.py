@@ -206,6 +206,9 @@ def read_meta(model_dir: str | Path) -> tuple[Path, dict]:
     if not model_dir.exists():
         raise CLIError(f"{model_dir}: model not found; expected a directory written by "
                        "'xent train'")
+    if meta_path.is_file() and meta_path.suffix.lower() != ".json":
+        raise CLIError(f"{model_dir}: not a model.json; expected the directory written by "
+                       "'xent train' (or its model.json)")
     if not meta_path.is_file():
         raise CLIError(f"{model_dir}: no {META_FILE}; expected a directory written by "
                        "'xent train'")
