@@ -5,7 +5,8 @@
     python3 tasks.py bench --crossover  # also the NumPy/kernel sweep behind _dispatch's threshold
 
 One process, one run: every contender is timed on the same inputs, interleaved repeat by repeat
-(so load from other processes hits all of them alike), and the table shows medians. Printed:
+in a rotating order with a short pause before each call (so load from other processes, and other
+runtimes' threads winding down, hit all of them alike), and the table shows medians. Printed:
 
 * the machine (CPU model, cores, memory) and library versions;
 * for each shape and operation, the median time of each contender, its ratio to PyTorch eager
@@ -97,6 +98,7 @@ def time_interleaved(
     repeats: int,
     setup: dict[str, Callable[[], None]] | None = None,
     min_time: float = 0.0,
+    pause: float = 0.05,
 ) -> dict[str, float]:
     """Median seconds per call of each function, timed in turn within each repeat.
 
@@ -120,10 +122,16 @@ def time_interleaved(
             n *= 4
         loops[name] = n
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for rep in range(repeats):
+        # Rotate the order each repeat, and pause before each call: a runtime's worker threads
+        # (PyTorch's OpenMP, XLA's, ours) keep a core busy for a while after their call returns,
+        # which would otherwise always slow down whichever contender comes next.
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            fn = fns[name]
             setup.get(name, lambda: None)()
             gc.collect()
+            time.sleep(pause)
             n = loops[name]
             t0 = time.perf_counter()
             for _ in range(n):
@@ -532,7 +540,10 @@ def main(argv: list[str] | None = None) -> int:
             times = time_interleaved(fns, r, setups)
             notes = {}
             if backward:
-                notes["xent"] = f"{floor_times['fresh output'] / times['xent']:.2f} of floor speed"
+                notes["xent"] = f"{times['xent'] / floor_times['fresh output']:.2f}x floor (fresh)"
+                if "xent inplace" in times:
+                    ratio = times["xent inplace"] / floor_times["reused output"]
+                    notes["xent inplace"] = f"{ratio:.2f}x floor (reused)"
                 if shape == main_shape and not args.no_memory:
                     for who in times:
                         m = peak_extra(who, N, C)
