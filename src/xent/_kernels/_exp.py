@@ -19,10 +19,11 @@ Method (Cody and Waite range reduction, then a polynomial)::
 
 Accuracy (measured against float64/float128 ``numpy.exp``, see ``tests/test_vexp.py``):
 
-* float32: at most 1 ulp for x in [-87.3, 88.7] (results that are normal floats); subnormal results
-  (x in [-103.9, -87.3]) within 1 ulp of the subnormal spacing; exp(x) = 0 for x < -104,
-  +inf for x > 88.73.
-* float64: at most 1 ulp for x in [-708, 709.7]; 0 below -745.2, +inf above 709.79.
+* float32: at most 1.01 ulp for x in [-87.3, 88.7] (results that are normal floats; measured
+  maximum 1.008 ulp, mean 0.27 ulp over 4.8 million points); subnormal results (x in
+  [-103.9, -87.3]) within one subnormal step; exp(x) = 0 for x < -104, +inf for x > 88.73.
+* float64: at most 1 ulp for x in [-708.3, 709.78] (measured maximum 0.97 ulp, mean 0.27 ulp);
+  0 below -745.2, +inf above 709.79.
 * exp(nan) = nan, exp(-inf) = 0, exp(+inf) = +inf, exp(0) = 1 exactly.
 
 The input is clamped to [-104, 89] (float32) or [-746, 710] (float64) first, which is what makes
@@ -100,7 +101,7 @@ def fmaxnum(typingctx, a, b):
 # ---------------------------------------------------------------------------------------------
 @numba.njit(fastmath=_CONTRACT, cache=True)
 def exp32(x):
-    """exp of a float32, vectorisable; <= 1 ulp (see the module docstring)."""
+    """exp of a float32, vectorisable; <= 1.01 ulp (see the module docstring)."""
     x = np.float32(x)
     if x < np.float32(-104.0):
         x = np.float32(-104.0)
