@@ -21,7 +21,9 @@ magnitude (gradients of W compared on 512 sampled rows).
 
 Table 2, the bridge: torch.nn.CrossEntropyLoss vs xent.torch.CrossEntropyLoss vs the NumPy core
 called directly (loss and gradient) on (N, C) logits, and a whole training step (linear layer,
-loss, backward, SGD) with each loss module. Bridge overhead = xent.torch time - core time.
+loss, backward, SGD) with each loss module. Bridge overhead = xent.torch time - core time (the
+bridge forced on even below MIN_ELEMENTS). Medians of blocks; the load average is printed because
+other work on the machine slows PyTorch's multi-threaded ops far more than single-threaded ones.
 """
 
 from __future__ import annotations
@@ -206,22 +208,23 @@ def _print_linear_row(r: dict) -> None:
 
 # --- bridge overhead ---------------------------------------------------------------------------
 
-def _interleaved(fns: dict, repeat: int, min_time: float = 0.3) -> dict:
-    """Median time of each function, timed round-robin so that load from elsewhere on the
-    machine falls on all of them alike."""
-    for fn in fns.values():
+def _blocks(fns: dict, repeat: int, min_time: float = 0.3) -> dict:
+    """Median time of each function, each timed in its own block after a warm-up call.
+
+    Blocks rather than round-robin: switching between PyTorch's OpenMP pool and Numba's within
+    a loop makes each pay for the other's spinning threads on a 2-core machine."""
+    out = {}
+    for k, fn in fns.items():
         fn()
-    times = {k: [] for k in fns}
-    start = time.perf_counter()
-    while True:
-        for k, fn in fns.items():
+        times = []
+        start = time.perf_counter()
+        while len(times) < repeat or (time.perf_counter() - start < min_time
+                                      and len(times) < 200):
             t0 = time.perf_counter()
             fn()
-            times[k].append(time.perf_counter() - t0)
-        count = len(times[next(iter(fns))])
-        if count >= repeat and (time.perf_counter() - start > min_time or count >= 200):
-            break
-    return {k: statistics.median(v) for k, v in times.items()}
+            times.append(time.perf_counter() - t0)
+        out[k] = statistics.median(times)
+    return out
 
 
 def _bridge_row(n: int, c: int, repeat: int) -> None:
@@ -244,7 +247,7 @@ def _bridge_row(n: int, c: int, repeat: int) -> None:
     cutoff = _functional.MIN_ELEMENTS
     _functional.MIN_ELEMENTS = 0  # time the bridge itself, even where it would defer to torch
     try:
-        res = _interleaved({
+        res = _blocks({
             "torch": lambda: step(ref_fn),
             "xent": lambda: step(our_fn),
             "core": lambda: xent.cross_entropy(xn, tn, return_grad=True),
@@ -277,12 +280,13 @@ def _train_row(n: int, hdim: int, c: int, repeat: int) -> None:
             opt.step()
 
         steps[name] = train_step
-    res = _interleaved(steps, repeat)
+    res = _blocks(steps, repeat)
     print(f"| N={n}, H={hdim}, C={c} | {res['torch'] * 1e3:.2f} ms | {res['xent'] * 1e3:.2f} ms "
           f"| {res['torch'] / res['xent']:.2f}x |", flush=True)
 
 
 def run_bridge(shapes, train_shapes, repeat: int) -> None:
+    print("\nload average before the bridge tables: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print("\n| N x C (loss + backward) | torch.nn.CrossEntropyLoss | xent.torch.CrossEntropyLoss | "
           "xent core (NumPy in/out) | bridge overhead | speed-up vs torch |")
     print("|---|---|---|---|---|---|")
@@ -309,7 +313,8 @@ def _machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB; Python {platform.python_version()}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"NumPy {numpy.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+            f"NumPy {numpy.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+            "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 
 def _parse_size(s: str) -> tuple[int, int, int]:
