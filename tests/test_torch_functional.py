@@ -39,6 +39,12 @@ def _check_same(ours, ref, dtype, context="", **tol):
                                    msg=lambda m, w=what: f"{context} {w}: {m}")
 
 
+@pytest.fixture(autouse=True)
+def no_small_cutoff(monkeypatch):
+    """The tests' small inputs would go to PyTorch: send them to xent."""
+    monkeypatch.setattr(_functional, "MIN_ELEMENTS", 0)
+
+
 @pytest.fixture
 def count_core(monkeypatch):
     """Count the calls that reach xent's core (proves the fast path was taken)."""
@@ -303,6 +309,22 @@ def test_non_contiguous_and_parameter_inputs():
     _check_same(ours, ref, torch.float32)
     xt.cross_entropy(x, t).backward()
     torch.testing.assert_close(x.grad, ref[1])
+
+
+def test_small_inputs_go_to_torch(monkeypatch, count_core):
+    monkeypatch.setattr(_functional, "MIN_ELEMENTS", 100)
+    xt.cross_entropy(torch.randn(9, 11), torch.zeros(9, dtype=torch.int64))
+    assert count_core == []
+    xt.cross_entropy(torch.randn(10, 10), torch.zeros(10, dtype=torch.int64))
+    assert count_core == ["cross_entropy"]
+
+
+def test_gradient_is_handed_over_without_a_copy():
+    x = torch.randn(64, 100, requires_grad=True)
+    loss = xt.cross_entropy(x, torch.randint(0, 100, (64,)))
+    saved = loss.grad_fn.saved_tensors[0].data_ptr()
+    loss.backward()
+    assert x.grad.data_ptr() == saved
 
 
 def test_retain_graph_and_double_backward_accumulate():
