@@ -232,7 +232,6 @@ def _bridge_row(n: int, c: int, repeat: int) -> None:
 
     import xent
     import xent.torch as xt
-    from xent.torch import _functional
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(n, c, generator=g).requires_grad_(True)
@@ -244,8 +243,7 @@ def _bridge_row(n: int, c: int, repeat: int) -> None:
         loss_fn(logits, t).backward()
 
     ref_fn, our_fn = torch.nn.CrossEntropyLoss(), xt.CrossEntropyLoss()
-    cutoff = _functional.MIN_ELEMENTS
-    _functional.MIN_ELEMENTS = 0  # time the bridge itself, even where it would defer to torch
+    cutoff = xt.set_min_elements(0)  # time the bridge itself, even where it would defer to torch
     try:
         res = _blocks({
             "torch": lambda: step(ref_fn),
@@ -253,8 +251,8 @@ def _bridge_row(n: int, c: int, repeat: int) -> None:
             "core": lambda: xent.cross_entropy(xn, tn, return_grad=True),
         }, repeat)
     finally:
-        _functional.MIN_ELEMENTS = cutoff
-    note = " (below MIN_ELEMENTS: runs torch)" if n * c < cutoff else ""
+        xt.set_min_elements(cutoff)
+    note = " (below the cut-off: runs torch)" if n * c < cutoff else ""
     print(f"| {n} x {c}{note} | {res['torch'] * 1e3:.3f} ms | {res['xent'] * 1e3:.3f} ms | "
           f"{res['core'] * 1e3:.3f} ms | {(res['xent'] - res['core']) * 1e6:.0f} µs | "
           f"{res['torch'] / res['xent']:.2f}x |", flush=True)

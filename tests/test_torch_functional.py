@@ -42,7 +42,9 @@ def _check_same(ours, ref, dtype, context="", **tol):
 @pytest.fixture(autouse=True)
 def no_small_cutoff(monkeypatch):
     """The tests' small inputs would go to PyTorch: send them to xent."""
-    monkeypatch.setattr(_functional, "MIN_ELEMENTS", 0)
+    old = xt.set_min_elements(0)
+    yield
+    xt.set_min_elements(old)
 
 
 @pytest.fixture
@@ -311,8 +313,8 @@ def test_non_contiguous_and_parameter_inputs():
     torch.testing.assert_close(x.grad, ref[1])
 
 
-def test_small_inputs_go_to_torch(monkeypatch, count_core):
-    monkeypatch.setattr(_functional, "MIN_ELEMENTS", 100)
+def test_small_inputs_go_to_torch(count_core):
+    xt.set_min_elements(100)  # the autouse fixture restores the default
     xt.cross_entropy(torch.randn(9, 11), torch.zeros(9, dtype=torch.int64))
     assert count_core == []
     xt.cross_entropy(torch.randn(10, 10), torch.zeros(10, dtype=torch.int64))

@@ -126,21 +126,17 @@ def loss_module(task: str, recipe: Recipe, backend: str):
 def every_batch_through_xent(backend: str):
     """Make xent.torch compute every loss with xent's own functions, however small the batch.
 
-    xent.torch hands inputs below ``MIN_ELEMENTS`` elements to PyTorch's own op, where the
-    NumPy bridge would cost more than the loss; these networks' batches are all that small, and
-    `xent train` exists to exercise xent's losses, so the cut-off is 0 while it trains.
+    xent.torch hands small inputs to PyTorch's own op, where the NumPy bridge would cost more
+    than the loss; these networks' batches are all that small, and `xent train` exists to
+    exercise xent's losses, so the cut-off is 0 while it trains.
     """
-    from xent.torch import _functional
-
-    old = getattr(_functional, "MIN_ELEMENTS", None)
-    if backend != "xent" or old is None:
+    if backend != "xent":
         yield
         return
-    _functional.MIN_ELEMENTS = 0
-    try:
+    import xent.torch
+
+    with xent.torch.min_elements(0):
         yield
-    finally:
-        _functional.MIN_ELEMENTS = old
 
 
 @dataclass

@@ -8,7 +8,10 @@ from ._functional import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     cross_entropy,
+    get_min_elements,
+    min_elements,
     nll_loss,
+    set_min_elements,
 )
 from ._linear import DEFAULT_CHUNK_BYTES, default_chunk_size, linear_cross_entropy
 from ._modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss
@@ -24,8 +27,11 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "default_chunk_size",
+    "get_min_elements",
     "linear_cross_entropy",
+    "min_elements",
     "nll_loss",
+    "set_min_elements",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
 ]

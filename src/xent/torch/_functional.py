@@ -16,6 +16,10 @@ bridge would cost more than the loss.
 
 from __future__ import annotations
 
+import contextlib
+import operator
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.autograd.forward_ad  # noqa: F401  (read by _tracing)
@@ -32,7 +36,43 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 #: Below this many input elements PyTorch's own op runs even where xent's could: the bridge costs
 #: tens of microseconds (autograd Function, NumPy views), more than the whole loss of a small
 #: batch. Measured by benchmarks/bench_linear.py (bridge table); 0 sends everything to xent.
+#: Change it with `set_min_elements` or, for a block, `min_elements`.
 MIN_ELEMENTS = 8192
+
+
+def get_min_elements() -> int:
+    """Inputs with fewer elements than this run PyTorch's own op instead of xent's kernels."""
+    return MIN_ELEMENTS
+
+
+def set_min_elements(n: int) -> int:
+    """Set the small-input cut-off (0: every eligible call runs xent's); returns the old one.
+
+    Example:
+        >>> import xent.torch
+        >>> old = xent.torch.set_min_elements(0)
+        >>> xent.torch.get_min_elements()
+        0
+        >>> _ = xent.torch.set_min_elements(old)
+    """
+    global MIN_ELEMENTS
+    n = operator.index(n)
+    if n < 0:
+        raise ValueError(f"min_elements must be >= 0, got {n}")
+    old, MIN_ELEMENTS = MIN_ELEMENTS, n
+    return old
+
+
+@contextlib.contextmanager
+def min_elements(n: int) -> Iterator[None]:
+    """Run a block with another small-input cut-off, e.g. ``min_elements(0)`` to send every
+    eligible call to xent's functions however small (as ``xent train`` does)."""
+    old = set_min_elements(n)
+    try:
+        yield
+    finally:
+        set_min_elements(old)
+
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
