@@ -21,16 +21,19 @@ def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
     if arr.ndim == 0:  # a scalar is a 1-element distribution, as in torch
         return as_result(_rowwise(op, arr.reshape(1), 0).reshape(()), rdt)
     ax = normalize_axis(axis, arr.ndim)
-    moved = np.moveaxis(arr, ax, -1)
+    last = ax == arr.ndim - 1  # the common case: no axis moves (np.moveaxis costs ~2.5 µs)
+    moved = arr if last else np.moveaxis(arr, ax, -1)
     C = moved.shape[-1]
-    M = int(np.prod(moved.shape[:-1]))  # not reshape(-1, C): -1 is ambiguous when C == 0
+    M = moved.size // C if C else int(np.prod(moved.shape[:-1]))  # reshape(-1, 0) is ambiguous
     rows = np.ascontiguousarray(moved).reshape(M, C)
     out = np.empty_like(rows)
     if rows.size:
-        backend = _dispatch.backend_for(op, rows.shape[0], C, rows.dtype)
+        backend = _dispatch.backend_for(op, M, C, rows.dtype)
         getattr(backend, op)(rows, out)
-    out = np.moveaxis(out.reshape(moved.shape), -1, ax)
-    return as_result(np.ascontiguousarray(out), rdt)
+    out = out.reshape(moved.shape)
+    if not last:
+        out = np.ascontiguousarray(np.moveaxis(out, -1, ax))
+    return out if out.dtype == rdt else as_result(out, rdt)
 
 
 def softmax(x: Any, axis: int = -1) -> np.ndarray:
