@@ -182,15 +182,53 @@ def floor_kernels():
     return floor
 
 
-def ce_contenders(x: np.ndarray, t: np.ndarray, backward: bool, floor=None):
+# Memory, in multiples of the logits, for the big shape: what a contender keeps resident while
+# the others run (the in-place buffer, JAX's device copy) and what one call allocates.
+_RESIDENT = {"xent inplace": 1.0, "jax jit": 1.0}
+_TRANSIENT_FWD = {"xent numpy": 2.0, "torch": 1.2, "jax jit": 1.2}
+_TRANSIENT_BWD = {"xent": 1.0, "floor fresh": 1.0, "xent numpy": 2.0, "torch": 3.2, "jax jit": 2.2}
+_PRIORITY = [
+    "xent",
+    "floor fresh",
+    "xent inplace",
+    "floor reused",
+    "torch",
+    "xent numpy",
+    "jax jit",
+]
+_BACKWARD_ONLY = ("xent inplace", "floor fresh", "floor reused")
+
+
+def fit_in_memory(nbytes: int, backward: bool) -> set[str]:
+    """The contenders that fit together beside the logits in 75% of the memory available now."""
+    budget = 0.75 * mem_available() / nbytes - 1.0  # the logits themselves
+    transient = _TRANSIENT_BWD if backward else _TRANSIENT_FWD
+    chosen: set[str] = set()
+    for name in _PRIORITY:
+        if name in _BACKWARD_ONLY and not backward:
+            continue
+        trial = chosen | {name}
+        resident = sum(_RESIDENT.get(n, 0.0) for n in trial)
+        if resident + max(transient.get(n, 0.0) for n in trial) <= budget:
+            chosen = trial
+    if "floor reused" in chosen and "xent inplace" not in chosen:
+        chosen.discard("floor reused")  # it writes into the in-place buffer
+    return chosen
+
+
+def ce_contenders(x: np.ndarray, t: np.ndarray, backward: bool, floor=None, only=None):
     """name -> (fn, setup or None) for cross-entropy with class-index targets, mean reduction.
 
     ``x`` is (N, C) or (N, C, d...) with the class axis 1, as in PyTorch. With ``floor`` (and
     ``backward``), the floor kernel is timed among the contenders, in the same memory state:
     into a fresh array and into the in-place contender's buffer (refilled before its own call).
+    ``only``: the names to build (None: all); nothing is allocated for the others.
     """
     fns: dict[str, Callable[[], object]] = {}
     setups: dict[str, Callable[[], None]] = {}
+
+    def want(name: str) -> bool:
+        return only is None or name in only
 
     def xent_call(backend):
         def run():
@@ -199,9 +237,11 @@ def ce_contenders(x: np.ndarray, t: np.ndarray, backward: bool, floor=None):
 
         return run
 
-    fns["xent"] = xent_call("auto")
-    fns["xent numpy"] = xent_call("numpy")
-    if backward and x.ndim == 2:
+    if want("xent"):
+        fns["xent"] = xent_call("auto")
+    if want("xent numpy"):
+        fns["xent numpy"] = xent_call("numpy")
+    if backward and x.ndim == 2 and want("xent inplace"):
         buf = np.empty_like(x)
 
         def refill():
@@ -212,10 +252,11 @@ def ce_contenders(x: np.ndarray, t: np.ndarray, backward: bool, floor=None):
 
         fns["xent inplace"] = inplace
         setups["xent inplace"] = refill
-        if floor is not None:
-            fns["floor fresh"] = lambda: floor(x, np.empty_like(x))
+        if floor is not None and want("floor reused"):
             fns["floor reused"] = lambda: floor(x, buf)
-    if HAVE_TORCH:
+    if backward and x.ndim == 2 and floor is not None and want("floor fresh"):
+        fns["floor fresh"] = lambda: floor(x, np.empty_like(x))
+    if HAVE_TORCH and want("torch"):
         import torch
         import torch.nn.functional as F
 
@@ -235,7 +276,7 @@ def ce_contenders(x: np.ndarray, t: np.ndarray, backward: bool, floor=None):
                     return F.cross_entropy(xt, tt)
 
         fns["torch"] = torch_call
-    if HAVE_JAX:
+    if HAVE_JAX and want("jax jit"):
         import jax
         import jax.numpy as jnp
         import optax
@@ -514,20 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         t = rng.integers(0, C, N)
         r = 3 if shape == big_shape else repeats
         for backward in (False, True):
-            fns, setups = ce_contenders(x, t, backward, floor)
-            if shape == big_shape:  # memory: keep only what fits beside the logits
-                avail = mem_available()
-                need = {
-                    "torch": 4.5,
-                    "xent numpy": 3.5,
-                    "jax jit": 3.5,
-                    "xent inplace": 1.5,
-                    "floor reused": 1.5,
-                }
-                for name in list(fns):
-                    if need.get(name, 2.2) * nbytes > avail:
-                        fns.pop(name)
-                        setups.pop(name, None)
+            only = None if shape != big_shape else fit_in_memory(nbytes, backward)
+            fns, setups = ce_contenders(x, t, backward, floor, only)
             times = time_interleaved(fns, r, setups)
             notes = {}
             if backward and "floor fresh" in times:
