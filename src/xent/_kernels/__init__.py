@@ -14,6 +14,9 @@ or None for the forward pass only. Each returns the unreduced per-row (per-eleme
 
 Compiled code is cached on disk (``cache=True``; the directory is Numba's ``__pycache__`` beside
 these files or ``NUMBA_CACHE_DIR``), so only the first call on a machine pays for compilation.
+Numba checks each cached function against its own source file only: after editing ``_exp.py``
+alone, delete ``src/xent/_kernels/__pycache__/*.nbi`` and ``*.nbc`` (or the cache directory), or
+the kernels in ``_rows.py``/``_bce.py`` keep the old exp.
 """
 
 from __future__ import annotations
