@@ -11,6 +11,7 @@ logits promoted to float64.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -207,3 +208,16 @@ def assert_no_less_accurate_than_torch(
             f"float32 (max error {torch_err:.3g}); first at {ix}: xent={a[ix]!r} "
             f"truth={t[ix]!r} torch={r[ix]!r}"
         )
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A command-line error as the user sees it: exit status 2, nothing on stdout, no traceback,
+    and exactly one line ``xent: error: ...`` on stderr holding every one of ``fragments``."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xent: error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], f"{f!r} not in {lines[0]!r}"
+    assert proc.stdout == "", proc.stdout
+    return lines[0]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import one_line_error
+
 GOOD = "a,b,label\n1.5,2,cat\n3,4,dog\n5,6,cat\n7,8,dog\n9,10,cat\n"
 
 
@@ -17,18 +19,6 @@ def xent(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run ``python -m xent ARGS`` in ``cwd`` with the standard streams captured."""
     return subprocess.run([sys.executable, "-m", "xent", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=120)
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit status 2 and exactly one line ``xent: error: ...`` on stderr holding ``fragments``."""
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xent: error: "), proc.stderr
-    for f in fragments:
-        assert f in lines[0], f"{f!r} not in {lines[0]!r}"
-    assert proc.stdout == ""
-    return lines[0]
 
 
 # (CSV text, --target, the fragments the message must hold)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import one_line_error
+
 TIMEOUT = 300
 
 
@@ -31,17 +33,6 @@ def xent(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit status 2 and exactly one line ``xent: error: ...`` on stderr holding ``fragments``."""
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xent: error: "), proc.stderr
-    for f in fragments:
-        assert f in lines[0], f"{f!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def write_features(path: Path, names: list[str], X: np.ndarray) -> Path:
