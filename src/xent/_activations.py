@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _dispatch
+from . import _buffers, _dispatch
 from ._backend_numpy import _QUIET, _sigmoid_neg
 from ._validation import as_float, as_float_like, as_result, check_same_shape, normalize_axis
 
@@ -26,7 +26,7 @@ def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
     C = moved.shape[-1]
     M = moved.size // C if C else int(np.prod(moved.shape[:-1]))  # reshape(-1, 0) is ambiguous
     rows = np.ascontiguousarray(moved).reshape(M, C)
-    out = np.empty_like(rows)
+    out = _buffers.empty_like(rows)
     if rows.size:
         backend = _dispatch.backend_for(op, M, C, rows.dtype)
         getattr(backend, op)(rows, out)

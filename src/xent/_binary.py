@@ -9,7 +9,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from . import _dispatch
+from . import _buffers, _dispatch
 from ._backend_numpy import _QUIET
 from ._cross_entropy import _reduce
 from ._validation import (
@@ -204,7 +204,7 @@ def binary_cross_entropy_with_logits(
             else:
                 scale = np.asarray(g / dt.type(x.size) if reduction == "mean" else g, dt)
             scale = np.broadcast_to(scale, x.shape)
-            grad = np.empty(shape2, dt)
+            grad = _buffers.empty(shape2, dt)
         else:
             scale = grad = None
         backend = _dispatch.backend_for("bce_logits", M, K, dt)

@@ -11,7 +11,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from . import _dispatch
+from . import _buffers, _dispatch
 from ._backend_numpy import _QUIET
 from ._validation import (
     as_float,
@@ -235,7 +235,7 @@ def cross_entropy(
             else:
                 scale = g / denom if reduction == "mean" else g
                 row_scale = np.broadcast_to(np.asarray(scale, dt), (M,))
-            grad = rows if inplace else np.empty_like(rows)
+            grad = rows if inplace else _buffers.empty_like(rows)
         else:
             row_scale, grad = None, None
         backend = _dispatch.backend_for("ce_prob" if prob else "ce_index", M, C, dt)
@@ -351,7 +351,7 @@ def nll_loss(
             s = g.reshape(-1)
         else:
             s = g / denom if reduction == "mean" else g
-        grad = np.zeros_like(rows)
+        grad = _buffers.zeros(rows.shape, rows.dtype)
         if C:
             grad[ar, ts] = np.where(keep, -w_t * s, dt.type(0))
     grad = grad.reshape(x.shape) if x.ndim <= 2 else _unrows(grad, x.shape, class_axis)

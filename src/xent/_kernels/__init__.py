@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _buffers
 from . import _bce, _rows
 from ._exp import vexp_array
 from ._threads import PARALLEL_MIN_ELEMENTS, run_rows
@@ -224,7 +225,7 @@ def bce_logits(x, y, weight, pos_weight, scale, grad_out):
         g, copy_back = np.empty((M, K), dt), grad_out
     else:
         g, copy_back = np.empty((1, K), dt), None
-    loss = np.empty((M, K), dt)
+    loss = _buffers.empty((M, K), dt)
     run_rows(_bce.bce_rows, M, K, (xc, yc, w, pw, has_pw, sc, g, has_g, loss))
     _finish(g, copy_back)
     return loss
