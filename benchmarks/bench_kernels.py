@@ -11,16 +11,21 @@ runtimes' threads winding down, hit all of them alike), and the table shows medi
 * the machine (CPU model, cores, memory) and library versions;
 * for each shape and operation, the median time of each contender, its ratio to PyTorch eager
   (>1 means faster than PyTorch) and, for the main shape, the peak extra memory;
+* xent as users call it ("xent": the output-buffer cache on, so a dropped gradient's memory is
+  reused by the next call) and with the cache bypassed ("xent no cache": fresh memory each call);
 * the bandwidth floor, timed among the contenders (same memory state): a kernel that reads the
   logits twice (two passes per row, as the fused kernel does) and writes an N×C array once, into
-  a freshly allocated array (as a gradient is) and into a reused one;
+  a freshly allocated array and into a reused one (compare "xent no cache" with the first,
+  "xent" and "xent inplace" with the second);
 * the first-use cost: Numba compilation in a fresh cache, and loading from the cache afterwards.
 
 Peak extra memory is measured in a subprocess per contender: the resident set size high-water
 mark (``VmHWM``) minus the resident size just before the call, with the inputs already in memory
 and everything warmed up on a small input, so it counts what the call allocates (NumPy, Numba,
-PyTorch and XLA alike). The high-water mark only counts if the call raises it above everything
-before it, which it does here (a call allocates at least the gradient, 1x the logits).
+PyTorch and XLA alike). For xent, two calls (the first gradient dropped before the second) and
+what stays resident in between (the cache's idle buffer). The high-water mark only counts if
+the call raises it above everything before it, which it does here (a call allocates at least
+the gradient, 1x the logits).
 """
 
 from __future__ import annotations
@@ -184,11 +189,15 @@ def floor_kernels():
 
 # Memory, in multiples of the logits, for the big shape: what a contender keeps resident while
 # the others run (the in-place buffer, JAX's device copy) and what one call allocates.
-_RESIDENT = {"xent inplace": 1.0, "jax jit": 1.0}
+_RESIDENT = {"xent": 1.0, "xent inplace": 1.0, "jax jit": 1.0}
 _TRANSIENT_FWD = {"xent numpy": 2.0, "torch": 1.2, "jax jit": 1.2}
-_TRANSIENT_BWD = {"xent": 1.0, "floor fresh": 1.0, "xent numpy": 2.0, "torch": 3.2, "jax jit": 2.2}
+_TRANSIENT_BWD = {
+    "xent": 1.0, "xent no cache": 1.0, "floor fresh": 1.0, "xent numpy": 2.0, "torch": 3.2,
+    "jax jit": 2.2,
+}
 _PRIORITY = [
     "xent",
+    "xent no cache",
     "floor fresh",
     "xent inplace",
     "floor reused",
@@ -196,7 +205,23 @@ _PRIORITY = [
     "xent numpy",
     "jax jit",
 ]
-_BACKWARD_ONLY = ("xent inplace", "floor fresh", "floor reused")
+_BACKWARD_ONLY = ("xent no cache", "xent inplace", "floor fresh", "floor reused")
+
+
+def without_cache(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with xent's output-buffer cache bypassed (every output in fresh memory), leaving
+    the cache's idle buffers in place for the other contenders."""
+    from xent import _buffers
+
+    def run():
+        saved = _buffers.MIN_BYTES
+        _buffers.MIN_BYTES = 1 << 62
+        try:
+            return fn()
+        finally:
+            _buffers.MIN_BYTES = saved
+
+    return run
 
 
 def fit_in_memory(nbytes: int, backward: bool) -> set[str]:
@@ -239,6 +264,8 @@ def ce_contenders(x: np.ndarray, t: np.ndarray, backward: bool, floor=None, only
 
     if want("xent"):
         fns["xent"] = xent_call("auto")
+    if backward and want("xent no cache"):
+        fns["xent no cache"] = without_cache(xent_call("auto"))
     if want("xent numpy"):
         fns["xent numpy"] = xent_call("numpy")
     if backward and x.ndim == 2 and want("xent inplace"):
@@ -299,6 +326,7 @@ def ce_contenders(x: np.ndarray, t: np.ndarray, backward: bool, floor=None, only
 def softmax_contenders(x: np.ndarray, op: str):
     fns: dict[str, Callable[[], object]] = {
         "xent": lambda: getattr(xent, op)(x, axis=-1),
+        "xent no cache": without_cache(lambda: getattr(xent, op)(x, axis=-1)),
     }
 
     def xent_numpy():
@@ -375,10 +403,16 @@ def rss():
 if who.startswith("xent"):
     import xent
     backend = "numpy" if who == "xent numpy" else "numba"
+    after = None
     with xent.use_backend(backend):  # load the kernels (the parallel driver too) before measuring
         xent.cross_entropy(x[:64].copy(), t[:64], return_grad=True)
         xent.cross_entropy(x[:64].copy(), t[:64], return_grad=True, inplace=True)
+        if who == "xent no cache":
+            xent.set_cache_limit(0)
         base = rss()
+        out = xent.cross_entropy(x, t, return_grad=True, inplace=(who == "xent inplace"))
+        del out  # a cached gradient stays resident, idle, for the next call
+        after = rss() - base
         out = xent.cross_entropy(x, t, return_grad=True, inplace=(who == "xent inplace"))
 elif who == "torch":
     import torch, torch.nn.functional as F
@@ -397,12 +431,17 @@ elif who == "jax jit":
     base = rss()
     out = jax.block_until_ready(compiled(xj, tj))
 peak = status("VmHWM")
-print(json.dumps({{"extra": peak - base, "logits": x.nbytes}}))
+print(json.dumps({{"extra": peak - base, "after": after, "logits": x.nbytes}}))
 """
 
 
-def peak_extra(who: str, N: int, C: int) -> float | None:
-    """Peak extra memory of one loss + gradient call, as a multiple of the logits' size."""
+def peak_extra(who: str, N: int, C: int) -> tuple[float, float | None] | None:
+    """Peak extra memory of loss + gradient calls, as a multiple of the logits' size.
+
+    For xent, two calls: the gradient of the first is dropped before the second (the cache keeps
+    its memory for the second); also returned, the memory the first call left resident once its
+    gradient was dropped (the cache's idle buffer). Others: one call, and None.
+    """
     code = _MEM_SCRIPT.format(src=str(ROOT / "src"), N=N, C=C, who=who)
     try:
         proc = subprocess.run(
@@ -411,7 +450,8 @@ def peak_extra(who: str, N: int, C: int) -> float | None:
         res = json.loads(proc.stdout.strip().splitlines()[-1])
     except (subprocess.TimeoutExpired, ValueError, IndexError):
         return None
-    return res["extra"] / res["logits"]
+    after = None if res["after"] is None else res["after"] / res["logits"]
+    return res["extra"] / res["logits"], after
 
 
 # ------------------------------------------------------------------------------------------------
@@ -559,24 +599,34 @@ def main(argv: list[str] | None = None) -> int:
             fns, setups = ce_contenders(x, t, backward, floor, only)
             times = time_interleaved(fns, r, setups)
             notes = {}
-            if backward and "floor fresh" in times:
-                notes["xent"] = f"{times['xent'] / times['floor fresh']:.2f}x floor fresh"
-                if "xent inplace" in times and "floor reused" in times:
-                    ratio = times["xent inplace"] / times["floor reused"]
-                    notes["xent inplace"] = f"{ratio:.2f}x floor reused"
+            if backward:
+                # The cached gradient lands in memory already touched (as "floor reused" does),
+                # "xent no cache" in fresh memory (as "floor fresh").
+                for who, ref in (("xent", "floor reused"), ("xent inplace", "floor reused"),
+                                 ("xent no cache", "floor fresh")):
+                    if who in times and ref in times:
+                        notes[who] = f"{times[who] / times[ref]:.2f}x {ref}"
+                if "jax jit" in times:
+                    notes["xent"] = (
+                        notes.get("xent", "") + f"  {times['jax jit'] / times['xent']:.2f}x jax"
+                    ).strip()
                 if shape == main_shape and not args.no_memory:
                     for who in times:
                         if who.startswith("floor"):
                             continue
                         m = peak_extra(who, N, C)
-                        if m is not None:
-                            notes[who] = (
-                                notes.get(who, "") + f"  peak extra {m:.2f}x logits"
-                            ).strip()
+                        if m is None:
+                            continue
+                        note = f"  peak extra {m[0]:.2f}x logits"
+                        if m[1] is not None:
+                            note += f", {m[1]:.2f}x kept after"
+                        notes[who] = (notes.get(who, "") + note).strip()
             kind = "forward + backward" if backward else "forward"
             table(f"cross_entropy {shape} float32, index targets, mean: {kind}", times, notes)
             if backward:
                 print("  floor = read the logits twice, write an N×C array once (fresh or reused)")
+                print("  xent reuses a dropped gradient's memory (its output-buffer cache;")
+                print("  xent.empty_cache() releases it); 'xent no cache' allocates anew")
         del x
 
     # -- K-dimensional input -----------------------------------------------------------------
