@@ -33,6 +33,7 @@ allocator's heap, which already reuses its memory.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -79,6 +80,14 @@ def _parse_limit(value: Any, source: str) -> int:
 
 
 _lock = threading.RLock()  # re-entrant: a finaliser may run while this thread holds it
+
+
+def _after_fork() -> None:  # a fork while another thread held the lock must not deadlock
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 _idle: list[np.ndarray] = []  # uint8 storage, oldest first
 _idle_bytes = 0
 _hits = 0
@@ -135,7 +144,7 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """Like ``np.empty(shape, dtype)`` (C order), from the cache when the array is large."""
     global _hits, _misses
     dt = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    nbytes = math.prod(shape) * dt.itemsize
     if nbytes < MIN_BYTES or _limit == 0:
         return np.empty(shape, dt)
     with _lock:
