@@ -6,6 +6,7 @@ stable is a constant for the gradient: softmax(x) = softmax(x - max(x)) exactly.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,10 @@ def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
         return as_result(_rowwise(op, arr.reshape(1), 0).reshape(()), rdt)
     ax = normalize_axis(axis, arr.ndim)
     last = ax == arr.ndim - 1  # the common case: no axis moves (np.moveaxis costs ~2.5 µs)
+    if not last:
+        out = _inner_axis(op, arr, ax)
+        if out is not None:
+            return out if out.dtype == rdt else as_result(out, rdt)
     moved = arr if last else np.moveaxis(arr, ax, -1)
     C = moved.shape[-1]
     M = moved.size // C if C else int(np.prod(moved.shape[:-1]))  # reshape(-1, 0) is ambiguous
@@ -34,6 +39,24 @@ def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
     if not last:
         out = np.ascontiguousarray(np.moveaxis(out, -1, ax))
     return out if out.dtype == rdt else as_result(out, rdt)
+
+
+def _inner_axis(op: str, arr: np.ndarray, ax: int) -> np.ndarray | None:
+    """``op`` along an axis that is not last, by a kernel on the (A, C, B) view, or None.
+
+    None (the caller moves the axis last instead) unless more than one position follows the axis
+    and the dispatcher picks the kernels for ``op + '_kdim'`` at this size (A·B·C elements).
+    """
+    A, C, B = math.prod(arr.shape[:ax]), arr.shape[ax], math.prod(arr.shape[ax + 1 :])
+    if B <= 1:
+        return None
+    name = op + "_kdim"
+    fn = getattr(_dispatch.backend_for(name, A * B, C, arr.dtype), name, None)
+    if fn is None:
+        return None
+    out = _buffers.empty(arr.shape, arr.dtype)
+    fn(np.ascontiguousarray(arr).reshape(A, C, B), out.reshape(A, C, B))
+    return out
 
 
 def softmax(x: Any, axis: int = -1) -> np.ndarray:

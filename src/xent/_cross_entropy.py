@@ -3,10 +3,16 @@
 Layering: validate everything -> move the class axis last and flatten to rows (M, C) -> compute
 the reduction's denominator and each row's gradient scale -> one backend call -> reduce.
 Nothing here computes ``log(softmax(x))`` and no one-hot matrix is ever built.
+
+K-dimensional input ``(N, C, d1, ..., dK)``: when the dispatcher picks the Numba kernels,
+cross_entropy skips the move (a copy of the logits, and another of the gradient) and views the
+input as ``(N, C, d1·...·dK)`` for the kernels that work on that layout (``*_kdim``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -198,7 +204,7 @@ def cross_entropy(
                 f"ignore_index={ignore_index} is not supported with class-probability targets "
                 "(leave it at the default -100)"
             )
-        y = _rows(as_float_like(tgt, dt, "target"), class_axis)
+        y = as_float_like(tgt, dt, "target")
         t = None
     else:
         t = _index_target(tgt, x, class_axis, C, ignore_index)
@@ -219,8 +225,16 @@ def cross_entropy(
                 f"{getattr(input, 'dtype', '')} {np.shape(input)}"
             )
 
-    rows = x.reshape(1, C) if x.ndim == 1 else _rows(x, class_axis)
-    M = rows.shape[0]
+    kdim = _kdim_kernel("ce_prob" if prob else "ce_index", x, dt)
+    if kdim is not None:  # (A, C, B) view, no move of the class axis
+        A, B = x.shape[0], math.prod(x.shape[2:])
+        rows = np.ascontiguousarray(x).reshape(A, C, B)
+        M = A * B
+    else:
+        rows = x.reshape(1, C) if x.ndim == 1 else _rows(x, class_axis)
+        M = rows.shape[0]
+        if prob:
+            y = y.reshape(1, C) if x.ndim == 1 else _rows(y, class_axis)
     with np.errstate(**_QUIET):
         if prob:
             denom = dt.type(M if C else 0)  # torch divides by numel / C: 0/0 when C == 0
@@ -238,19 +252,44 @@ def cross_entropy(
             grad = rows if inplace else _buffers.empty_like(rows)
         else:
             row_scale, grad = None, None
-        backend = _dispatch.backend_for("ce_prob" if prob else "ce_index", M, C, dt)
-        if prob:
-            loss_rows = backend.ce_prob(rows, y, w, eps, row_scale, grad)
+        if kdim is not None and prob:  # the kernel makes y contiguous only if it is not
+            loss_rows = kdim(rows, y.reshape(rows.shape), w, eps, row_scale, grad).reshape(M)
+        elif kdim is not None:
+            loss_rows = kdim(rows, t, w, ignore_index, eps, row_scale, grad).reshape(M)
         else:
-            loss_rows = backend.ce_index(rows, t, w, ignore_index, eps, row_scale, grad)
+            backend = _dispatch.backend_for("ce_prob" if prob else "ce_index", M, C, dt)
+            if prob:
+                loss_rows = backend.ce_prob(rows, y, w, eps, row_scale, grad)
+            else:
+                loss_rows = backend.ce_index(rows, t, w, ignore_index, eps, row_scale, grad)
         loss = _reduce(loss_rows, reduction, denom, loss_shape)
     loss = as_result(loss, rdt)
     if not return_grad:
         return loss
     if inplace:
         return loss, input
-    grad = grad.reshape(x.shape) if x.ndim <= 2 else _unrows(grad, x.shape, class_axis)
+    if x.ndim <= 2 or kdim is not None:
+        grad = grad.reshape(x.shape)
+    else:
+        grad = _unrows(grad, x.shape, class_axis)
     return loss, as_result(grad, rdt)
+
+
+def _kdim_kernel(op: str, x: np.ndarray, dt: np.dtype) -> Callable[..., np.ndarray] | None:
+    """The kernel ``op + '_kdim'`` for ``x`` (N, C, d1, ..., dK) if the dispatcher picks one.
+
+    Only for K >= 1 dimensions after the class axis holding more than one position (with
+    d1·...·dK == 1 the rows are already contiguous), and only where ``backend_for`` chooses the
+    kernels for ``op`` at this size (N·C·d1·...·dK elements, as for the row kernels).
+    """
+    if x.ndim <= 2:
+        return None
+    B = math.prod(x.shape[2:])
+    if B <= 1:
+        return None
+    name = op + "_kdim"
+    backend = _dispatch.backend_for(name, x.shape[0] * B, x.shape[1], dt)
+    return getattr(backend, name, None)
 
 
 def _reduce(loss_rows: np.ndarray, reduction: str, denom: Any, shape: tuple[int, ...]) -> Array:

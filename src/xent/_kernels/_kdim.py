@@ -1,0 +1,423 @@
+"""Numba kernels along a class axis that is not last: cross-entropy, softmax and log_softmax on
+the strided layout, with no transpose copy.
+
+The input ``(N, C, d1, ..., dK)`` (class axis 1, PyTorch's convention) or any array normalised
+along an inner axis is viewed, without a copy, as ``x`` of shape ``(A, C, B)``, C-contiguous:
+``A`` = the product of the dimensions before the class axis, ``B`` = the product after it
+(``B > 1``; with ``B == 1`` the rows of ``_rows.py`` are already contiguous). Position
+``(a, b)`` is one distribution over ``c``, at stride ``B`` in memory, so a loop over ``c`` is
+strided while a loop over ``b`` is contiguous. Every loop here therefore runs over ``b``
+innermost, one distribution per SIMD lane, and the reductions over ``c`` are per-lane running
+values (no horizontal sums, so no fast-math reassociation is needed to vectorise them).
+
+Work is split into *tiles*: one ``a`` and a block ``[b0, b0 + nb)`` of at most ``bt`` positions,
+chosen by the host function so that the tile's ``C × nb`` values (``TILE_BYTES``) stay in the
+core's L2 cache between passes. Per tile, with ``m_b``, ``s_b`` per position:
+
+1. online max and sum of exponentials (as ``_rows._max_sum_exp``, but per lane): over chunks of
+   ``cc`` classes (``cc × nb`` values stay in L1), ``mc_b = max_c x_cb`` for the chunk, then
+   ``m_b ← max(m_b, mc_b)``, ``s_b ← s_b·exp(m_old - m_b) + Σ_chunk exp(x_cb - m_b)``. The
+   logits cross memory once; the two-level sum also keeps the float32 rounding error at
+   O(cc + C/cc) ulp instead of O(C).
+2. per position: ``log s_b`` and the loss terms (a scalar loop over ``nb``).
+3. one pass writing the output or gradient in the ``(A, C, B)`` layout itself:
+   softmax ``exp(x - m)/s``; log_softmax ``(x - m) - log s``; cross-entropy
+   ``g_cb = exp(x_cb - m_b)·k_b - β_b·w_c`` and then ``g[t_b, b] -= α_b`` (index targets) or
+   ``g_cb = σ_b·(exp(x_cb - m_b)·k_b - w_c·y'_cb)`` (probability targets), where the per-position
+   coefficients carry the row scale, the weights and label smoothing (see the functions below).
+
+Each exponential is computed in pass 1 and again in pass 3 (:func:`vexp`, a few FMAs per lane),
+which costs less than storing and re-scaling them as the row kernels do, since here a tile's
+running max changes per lane.
+
+Non-finite positions, with the same results as the row kernels (and PyTorch): ``m_b`` is reduced
+with ``llvm.maximum`` (NaN-propagating), so it is NaN when the position holds a NaN, +inf when it
+holds +inf and -inf when every logit is -inf. Exactly then the position's loss, gradient, softmax
+and log_softmax are NaN: its pass-3 coefficient is set to NaN, which poisons every value written
+for it. An ignored position gets loss 0 and gradient 0 (coefficients 0; the rare ignored position
+whose logits are themselves not finite is zero-filled afterwards). -inf logits beside a finite
+maximum are ordinary (exp(-inf) = 0). No fast-math flag is used anywhere here, so NaN and inf
+keep their IEEE meaning.
+
+Safety: targets are validated before any kernel runs; a target outside ``[0, C)`` that is not
+``ignore_index`` is still checked here (one comparison per position) and gives NaN, never an
+out-of-bounds access.
+
+Indexing: the innermost index ``b0 + j`` is unsigned (uint64), so Numba emits no negative-index
+wraparound for it and LLVM sees a unit-stride access it can vectorise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ._exp import fmaximum, vexp
+
+_jit = numba.njit(cache=True)
+# The tile drivers release the GIL so the host can run tiles on several threads (_threads).
+_jit_tiles = numba.njit(nogil=True, cache=True)
+
+# Per-position scratch rows (each of length bt) in the work array ``wk`` of the tile drivers.
+_M, _S, _MC, _CS, _K, _BETA, _SUM, _NROWS = 0, 1, 2, 3, 4, 5, 6, 7
+# float64 per-position scratch in ``wk64``.
+_LOGS, _LOSS, _ACC, _NROWS64 = 0, 1, 2, 3
+
+
+@_jit
+def _max_sum_exp(x, xf, a, b0, nb, R, cc, wk):
+    """Pass 1 over one tile: wk[_M, j] = max_c x[a, c, b0+j], wk[_S, j] = Σ_c exp(x - max).
+
+    ``b0``, ``nb`` are uint64. Online over chunks of ``cc`` classes (module docstring). A chunk
+    whose max is -inf is shifted by 0 instead (exp(-inf) = 0 either way; -inf - -inf is NaN).
+
+    Row groups: when the tile is all of B (``b0 == 0``, ``nb == B``), ``R`` consecutive class
+    rows are ``R·nb`` contiguous values of ``xf`` (``x`` viewed as (A, C·B)), reduced as
+    ``R·nb`` lanes (lane r·nb + j holds rows c ≡ r of position j) and folded per chunk: with
+    nb = 16 or 32 a loop over nb lanes alone is mostly loop overhead. ``cc`` is a multiple of R;
+    the chunk's last rows that do not fill a group take the one-row loop.
+    """
+    C = x.shape[1]
+    B = x.shape[2]
+    dt = x.dtype.type
+    L = np.uint64(R) * nb  # uint64: signed·unsigned would give a signed (wrapped) index
+    m = wk[_M]
+    s = wk[_S]
+    mc = wk[_MC]
+    cs = wk[_CS]
+    for j in range(nb):
+        m[j] = -np.inf
+        s[j] = 0
+    for c0 in range(0, C, cc):
+        c1 = min(c0 + cc, C)
+        cg = c0 + (c1 - c0) // R * R  # rows [c0, cg) in groups of R, [cg, c1) one by one
+        for f in range(L):
+            mc[f] = -np.inf
+        for c in range(c0, cg, R):
+            base = np.uint64(c * B) + b0
+            for f in range(L):
+                mc[f] = fmaximum(mc[f], xf[a, base + f])
+        for c in range(cg, c1):
+            for j in range(nb):
+                mc[j] = fmaximum(mc[j], x[a, c, b0 + j])
+        for r in range(1, R):
+            for j in range(nb):
+                mc[j] = fmaximum(mc[j], mc[np.uint64(r) * nb + j])
+        for j in range(nb):
+            mn = fmaximum(m[j], mc[j])
+            sh = mn if mn != -np.inf else dt(0)
+            s[j] = s[j] * vexp(m[j] - sh)  # 0 while m = -inf; NaN once a NaN/+inf is seen
+            m[j] = mn
+            mc[j] = sh
+        for r in range(1, R):
+            for j in range(nb):
+                mc[np.uint64(r) * nb + j] = mc[j]
+        for f in range(L):
+            cs[f] = 0
+        for c in range(c0, cg, R):
+            base = np.uint64(c * B) + b0
+            for f in range(L):
+                cs[f] += vexp(xf[a, base + f] - mc[f])
+        for c in range(cg, c1):
+            for j in range(nb):
+                cs[j] += vexp(x[a, c, b0 + j] - mc[j])
+        for r in range(1, R):
+            for j in range(nb):
+                cs[j] += cs[np.uint64(r) * nb + j]
+        for j in range(nb):
+            s[j] += cs[j]
+
+
+@_jit
+def _write_rows(x, xf, out, of, a, b0, nb, R, sh, k, log):
+    """Pass 3 without per-class terms: out = exp(x - sh)·k, or (x - sh) - k with ``log``.
+
+    ``sh`` and ``k`` hold each position's value repeated R times (lane r·nb + j), so R rows go
+    through one loop of R·nb contiguous lanes as in :func:`_max_sum_exp` (``of`` is ``out``
+    viewed as (A, C·B)).
+    """
+    C = x.shape[1]
+    B = x.shape[2]
+    L = np.uint64(R) * nb  # uint64: signed·unsigned would give a signed (wrapped) index
+    cg = C // R * R
+    for r in range(1, R):
+        for j in range(nb):
+            sh[np.uint64(r) * nb + j] = sh[j]
+            k[np.uint64(r) * nb + j] = k[j]
+    if log:
+        # (x - m) - log s, not x - (m + log s): the max first, as torch and _rows do.
+        for c in range(0, cg, R):
+            base = np.uint64(c * B) + b0
+            for f in range(L):
+                of[a, base + f] = (xf[a, base + f] - sh[f]) - k[f]
+        for c in range(cg, C):
+            for j in range(nb):
+                out[a, c, b0 + j] = (x[a, c, b0 + j] - sh[j]) - k[j]
+    else:
+        for c in range(0, cg, R):
+            base = np.uint64(c * B) + b0
+            for f in range(L):
+                of[a, base + f] = vexp(xf[a, base + f] - sh[f]) * k[f]
+        for c in range(cg, C):
+            for j in range(nb):
+                out[a, c, b0 + j] = vexp(x[a, c, b0 + j] - sh[j]) * k[j]
+
+
+@_jit
+def _weighted_shift_sum(x, w, a, b0, nb, cc, wk, wk64):
+    """wk64[_ACC, j] = Σ_c w_c·(x[a, c, b0+j] - m_j), summed per chunk, then in float64."""
+    C = x.shape[1]
+    m = wk[_M]
+    part = wk[_CS]
+    acc = wk64[_ACC]
+    for j in range(nb):
+        acc[j] = 0.0
+    for c0 in range(0, C, cc):
+        c1 = min(c0 + cc, C)
+        for j in range(nb):
+            part[j] = 0
+        for c in range(c0, c1):
+            wc = w[c]
+            for j in range(nb):
+                part[j] += wc * (x[a, c, b0 + j] - m[j])
+        for j in range(nb):
+            acc[j] += np.float64(part[j])
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-entropy, class-index targets
+# ---------------------------------------------------------------------------------------------
+@_jit
+def _ce_index_tile(
+    x, xf, target, w, wsum, ign, eps, rs, g, gf, has_g, loss, a, b0, nb, R, cc, wk, wk64
+):
+    """One tile of :func:`ce_index_tiles`."""
+    C = x.shape[1]
+    dt = x.dtype.type
+    _max_sum_exp(x, xf, a, b0, nb, R, cc, wk)
+    m = wk[_M]
+    s = wk[_S]
+    k = wk[_K]
+    beta = wk[_BETA]
+    log_s = wk64[_LOGS]
+    li = wk64[_LOSS]
+    fixup = False
+    # Pass 2: per position. loss = w_t·(log s - (x_t - m)) [+ smoothing, after pass 3];
+    # gradient coefficients α = (1-ε)·w_t·σ (at the target), β = (ε/C)·σ, k = (α + β·W)/s.
+    for j in range(nb):
+        b = b0 + j
+        t = target[a, b]
+        k[j] = 0
+        beta[j] = 0
+        li[j] = 0.0
+        if t == ign:
+            loss[a, b] = 0
+            if not math.isfinite(m[j]):
+                fixup = True  # exp(NaN)·0 is NaN: zero-fill this position after pass 3
+            continue
+        if t < 0 or t >= C or not math.isfinite(m[j]):  # NaN / +inf / all -inf, bad target
+            loss[a, b] = np.nan
+            k[j] = np.nan
+            li[j] = np.nan
+            continue
+        ls = math.log(np.float64(s[j]))
+        log_s[j] = ls
+        w_t = np.float64(w[t])
+        li[j] = w_t * (ls - (np.float64(x[a, t, b]) - np.float64(m[j])))
+        sc = np.float64(rs[a, b])
+        alpha = (1.0 - eps) * w_t * sc
+        bet = (eps / C) * sc
+        k[j] = dt((alpha + bet * wsum) / np.float64(s[j]))
+        beta[j] = dt(bet)
+    # Pass 3: the gradient in place in the (A, C, B) layout, with Σ_c w_c (x_c - m) on the way
+    # when label smoothing needs it.
+    if has_g:
+        if eps > 0:
+            part = wk[_SUM]
+            acc = wk64[_ACC]
+            for j in range(nb):
+                acc[j] = 0.0
+            for c0 in range(0, C, cc):
+                c1 = min(c0 + cc, C)
+                for j in range(nb):
+                    part[j] = 0
+                for c in range(c0, c1):
+                    wc = w[c]
+                    for j in range(nb):
+                        d = x[a, c, b0 + j] - m[j]
+                        part[j] += wc * d
+                        g[a, c, b0 + j] = vexp(d) * k[j] - beta[j] * wc
+                for j in range(nb):
+                    acc[j] += np.float64(part[j])
+        else:
+            _write_rows(x, xf, g, gf, a, b0, nb, R, m, k, False)
+        for j in range(nb):  # minus α at the target
+            b = b0 + j
+            t = target[a, b]
+            if t != ign and 0 <= t < C and math.isfinite(m[j]):
+                sc = np.float64(rs[a, b])
+                g[a, t, b] -= dt((1.0 - eps) * np.float64(w[t]) * sc)
+        if fixup:
+            for j in range(nb):
+                b = b0 + j
+                if target[a, b] == ign and not math.isfinite(m[j]):
+                    for c in range(C):
+                        g[a, c, b] = 0
+    elif eps > 0:
+        _weighted_shift_sum(x, w, a, b0, nb, cc, wk, wk64)
+    if eps > 0:
+        acc = wk64[_ACC]
+        for j in range(nb):
+            b = b0 + j
+            t = target[a, b]
+            if t != ign and 0 <= t < C and math.isfinite(m[j]):
+                loss[a, b] = (1.0 - eps) * li[j] + (eps / C) * (wsum * log_s[j] - acc[j])
+    else:
+        for j in range(nb):
+            b = b0 + j
+            t = target[a, b]
+            if t != ign and 0 <= t < C and math.isfinite(m[j]):
+                loss[a, b] = li[j]
+
+
+@_jit_tiles
+def ce_index_tiles(x, xf, target, w, wsum, ign, eps, rs, g, gf, has_g, loss, bt, R, cc, lo, hi):
+    """Cross-entropy with class-index targets on tiles ``[lo, hi)`` of ``x`` (A, C, B).
+
+    ``xf`` is ``x`` viewed as (A, C·B); ``target``, ``rs`` (row scale σ) and ``loss`` are
+    (A, B); ``g`` is (A, C, B) and ``gf`` its (A, C·B) view (dummies when ``has_g`` is false);
+    tile u is a = u // nbb, b0 = (u % nbb)·bt, nbb = ceil(B / bt); ``R`` rows per group when
+    bt == B (see :func:`_max_sum_exp`), else 1. The math is ``xent._kernels.ce_index``'s, per
+    position (a, b).
+    """
+    B = x.shape[2]
+    nbb = (B + bt - 1) // bt
+    wk = np.empty((_NROWS, R * bt), x.dtype)
+    wk64 = np.empty((_NROWS64, bt), np.float64)
+    for u in range(lo, hi):
+        a = u // nbb
+        b0 = np.uint64((u - a * nbb) * bt)
+        nb = np.uint64(min(bt, B - (u - a * nbb) * bt))
+        _ce_index_tile(
+            x, xf, target, w, wsum, ign, eps, rs, g, gf, has_g, loss, a, b0, nb, R, cc, wk, wk64
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-entropy, class-probability targets
+# ---------------------------------------------------------------------------------------------
+@_jit
+def _ce_prob_tile(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, a, b0, nb, R, cc, wk, wk64):
+    """One tile of :func:`ce_prob_tiles`."""
+    C = x.shape[1]
+    dt = x.dtype.type
+    _max_sum_exp(x, xf, a, b0, nb, R, cc, wk)
+    m = wk[_M]
+    s = wk[_S]
+    k = wk[_K]
+    part = wk[_SUM]
+    tot = wk64[_LOSS]  # T_b = Σ_c w_c·y'_cb = a1·Σ_c w_c·y_cb + a0·W
+    acc = wk64[_ACC]  # Σ_c w_c·y'_cb·(x_cb - m_b)
+    for j in range(nb):
+        tot[j] = 0.0
+    for c0 in range(0, C, cc):
+        c1 = min(c0 + cc, C)
+        for j in range(nb):
+            part[j] = 0
+        for c in range(c0, c1):
+            wc = w[c]
+            for j in range(nb):
+                part[j] += wc * y[a, c, b0 + j]
+        for j in range(nb):
+            tot[j] += np.float64(part[j])
+    fa1 = np.float64(a1)
+    fa0 = np.float64(a0)
+    for j in range(nb):
+        tot[j] = fa1 * tot[j] + fa0 * wsum
+        if math.isfinite(m[j]):
+            k[j] = dt(tot[j] / np.float64(s[j]))
+        else:
+            k[j] = np.nan  # NaN / +inf / all -inf: NaN loss and gradient
+        acc[j] = 0.0
+    for c0 in range(0, C, cc):
+        c1 = min(c0 + cc, C)
+        for j in range(nb):
+            part[j] = 0
+        for c in range(c0, c1):
+            wc = w[c]
+            if has_g:
+                for j in range(nb):
+                    b = b0 + j
+                    d = x[a, c, b] - m[j]
+                    wy = wc * (a1 * y[a, c, b] + a0)
+                    part[j] += wy * d
+                    g[a, c, b] = rs[a, b] * (vexp(d) * k[j] - wy)
+            else:
+                for j in range(nb):
+                    b = b0 + j
+                    part[j] += wc * (a1 * y[a, c, b] + a0) * (x[a, c, b] - m[j])
+        for j in range(nb):
+            acc[j] += np.float64(part[j])
+    # loss = -Σ w y' (x - m - log s) = T·log s - Σ w y' (x - m)
+    for j in range(nb):
+        b = b0 + j
+        if math.isfinite(m[j]):
+            loss[a, b] = tot[j] * math.log(np.float64(s[j])) - acc[j]
+        else:
+            loss[a, b] = np.nan
+
+
+@_jit_tiles
+def ce_prob_tiles(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, bt, R, cc, lo, hi):
+    """Cross-entropy with probability targets ``y`` (A, C, B) on tiles ``[lo, hi)``.
+
+    y' = a1·y + a0 (a1 = 1-ε, a0 = ε/C); the math is ``xent._kernels.ce_prob``'s per position.
+    """
+    B = x.shape[2]
+    nbb = (B + bt - 1) // bt
+    wk = np.empty((_NROWS, R * bt), x.dtype)
+    wk64 = np.empty((_NROWS64, bt), np.float64)
+    for u in range(lo, hi):
+        a = u // nbb
+        b0 = np.uint64((u - a * nbb) * bt)
+        nb = np.uint64(min(bt, B - (u - a * nbb) * bt))
+        _ce_prob_tile(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, a, b0, nb, R, cc, wk, wk64)
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax and log_softmax
+# ---------------------------------------------------------------------------------------------
+@_jit
+def _softmax_tile(x, xf, out, of, log, a, b0, nb, R, cc, wk):
+    """out = exp(x - m)·(1/s), or (x - m) - log s with ``log``; NaN for non-finite positions."""
+    dt = x.dtype.type
+    _max_sum_exp(x, xf, a, b0, nb, R, cc, wk)
+    m = wk[_M]
+    s = wk[_S]
+    k = wk[_K]
+    for j in range(nb):
+        if not math.isfinite(m[j]):
+            k[j] = np.nan
+        elif log:
+            k[j] = dt(math.log(np.float64(s[j])))
+        else:
+            k[j] = dt(1.0 / np.float64(s[j]))
+    _write_rows(x, xf, out, of, a, b0, nb, R, m, k, log)
+
+
+@_jit_tiles
+def softmax_tiles(x, xf, out, of, log, bt, R, cc, lo, hi):
+    """softmax (or log_softmax with ``log``) over axis 1 of ``x`` (A, C, B) into ``out``.
+
+    ``xf`` and ``of`` are ``x`` and ``out`` viewed as (A, C·B); tiles as :func:`ce_index_tiles`.
+    """
+    B = x.shape[2]
+    nbb = (B + bt - 1) // bt
+    wk = np.empty((_NROWS, R * bt), x.dtype)
+    for u in range(lo, hi):
+        a = u // nbb
+        b0 = np.uint64((u - a * nbb) * bt)
+        nb = np.uint64(min(bt, B - (u - a * nbb) * bt))
+        _softmax_tile(x, xf, out, of, log, a, b0, nb, R, cc, wk)
