@@ -251,8 +251,8 @@ def ce_index_kdim(x, target, weight, ignore_index, label_smoothing, row_scale, g
     ign = ign if info.min <= ign <= info.max else info.min  # no int64 target can equal it
     rs = _row_vector(row_scale, A * B, dt).reshape(A, B)
     loss = np.empty((A, B), dt)
-    args = (xc, _flat(xc), tgt, w, wsum, np.int64(ign), float(label_smoothing), rs, g, _flat(g),
-            grad_out is not None, loss)
+    eps, has_g = float(label_smoothing), grad_out is not None
+    args = (xc, _flat(xc), tgt, w, wsum, np.int64(ign), eps, rs, g, _flat(g), has_g, loss)
     _run_tiles(_kdim.ce_index_tiles, A, C, B, dt.itemsize, args)
     _finish(g, copy_back)
     return loss
@@ -278,8 +278,8 @@ def ce_prob_kdim(x, y, weight, label_smoothing, row_scale, grad_out):
     eps = float(label_smoothing)
     rs = _row_vector(row_scale, A * B, dt).reshape(A, B)
     loss = np.empty((A, B), dt)
-    args = (xc, _flat(xc), yc, w, wsum, dt.type(1.0 - eps), dt.type(eps / C), rs, g,
-            grad_out is not None, loss)
+    a1, a0, has_g = dt.type(1.0 - eps), dt.type(eps / C), grad_out is not None
+    args = (xc, _flat(xc), yc, w, wsum, a1, a0, rs, g, has_g, loss)
     _run_tiles(_kdim.ce_prob_tiles, A, C, B, dt.itemsize, args)
     _finish(g, copy_back)
     return loss
