@@ -10,13 +10,14 @@ threads for large inputs (``_threads.run_rows``).
 Contract (``docs/ARCHITECTURE.md``): ``x`` is ``(M, C)`` in the compute dtype (float32 or
 float64); ``row_scale`` is ``(M,)``; ``grad_out`` is an ``(M, C)`` buffer, possibly ``x`` itself,
 or None for the forward pass only. Each returns the unreduced per-row (per-element for
-``bce_logits``) loss.
+``bce_logits``) loss. The ``*_kdim`` functions take ``x`` as ``(A, C, B)`` instead, the class
+axis in the middle (the ``(N, C, d1, ..., dK)`` layout, viewed without a copy), see ``_kdim.py``.
 
 Compiled code is cached on disk (``cache=True``; the directory is Numba's ``__pycache__`` beside
 these files or ``NUMBA_CACHE_DIR``), so only the first call on a machine pays for compilation.
 Numba checks each cached function against its own source file only: after editing ``_exp.py``
 alone, delete ``src/xent/_kernels/__pycache__/*.nbi`` and ``*.nbc`` (or the cache directory), or
-the kernels in ``_rows.py``/``_bce.py`` keep the old exp.
+the kernels in ``_rows.py``/``_bce.py``/``_kdim.py`` keep the old exp.
 """
 
 from __future__ import annotations
