@@ -132,8 +132,13 @@ def test_online_max_rescales_earlier_blocks():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C", [3, 3 * BLOCK + 5])
 def test_nonfinite_rows_follow_torch(dtype, C):
-    """NaN or +inf anywhere (also in a late block), all -inf, and -inf blocks before the max."""
-    rows = np.zeros((7, C))
+    """NaN or +inf anywhere (also in a late block), all -inf, and -inf blocks before the max.
+
+    Also negative NaNs (sign bit set, as x86 makes 0·inf), which the kernels' integer-key max
+    skips: in a finite row, hidden in a block of -inf before the max, and beside -inf only.
+    """
+    neg_nan = np.copysign(np.nan, -1.0)
+    rows = np.zeros((11, C))
     rows[0, -1] = np.nan
     rows[1, -2] = np.inf
     rows[2, :] = -np.inf
@@ -142,11 +147,19 @@ def test_nonfinite_rows_follow_torch(dtype, C):
     rows[5, 1] = np.nan
     rows[5, 0] = -np.inf
     rows[6, :] = np.linspace(-1, 1, C)
+    rows[7, C // 2] = neg_nan
+    rows[8, : C // 2 + 1] = -np.inf
+    rows[8, 1] = neg_nan  # in the first block, whose max is -inf (or in the row's only block)
+    rows[9, :] = -np.inf
+    rows[9, -1] = neg_nan
+    rows[10, :] = -0.0
+    rows[10, -1] = 0.0
     x = rows.astype(dtype)
-    t = np.array([0, 0, 0, C - 1, 0, 2, 1])
+    assert np.signbit(x[7, C // 2]) and np.isnan(x[7, C // 2])  # the cast kept the sign
+    t = np.array([0, 0, 0, C - 1, 0, 2, 1, 0, C - 1, 0, 1])
     want_loss, want_grad = torch_ce(x.astype(np.float64), t)
     g = np.empty_like(x)
-    loss = K.ce_index(x, t, None, -100, 0.0, np.ones(7, dtype), g)
+    loss = K.ce_index(x, t, None, -100, 0.0, np.ones(11, dtype), g)
     assert_close(loss, want_loss.astype(dtype))
     assert_close(g, want_grad.astype(dtype))
     for op in ("softmax", "log_softmax"):

@@ -4,7 +4,7 @@ Every function works on rows of a C-contiguous ``(M, C)`` array, one row at a ti
 (128 KiB for C = 32768 in float32) is read from memory once and then re-read from the core's L2
 cache. A row takes three simple loops, each vectorised by LLVM (AVX2/AVX-512):
 
-1. ``m = max_c x_c``                     (``llvm.maxnum``: vectorises without fast-math)
+1. ``m = max_c x_c``                     (an integer max on the floats' bits: exact, vectorised)
 2. ``e_c = exp(x_c - m)``, ``s = Σ e_c``   (:func:`vexp`; ``e`` is stored in the gradient row)
 3. ``g_c = e_c·(coef/s) - ...``           (the gradient, written once)
 
@@ -34,8 +34,10 @@ import math
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
-from ._exp import fmaximum, vexp
+from ._exp import _i32_as_f32, _i64_as_f64, vexp
 
 # Reassociation (vectorised sums), FMA contraction, no signed zeros. Never nnan/ninf: the
 # non-finite checks below rely on NaN and inf keeping their IEEE meaning.
@@ -57,13 +59,64 @@ _BLOCK = 2048
 
 # The loops below run over range(n) of a (sliced) array, never range(lo, hi): with a start of
 # unknown sign Numba's negative-index wraparound stays in the loop and LLVM does not vectorise it.
+# max over floats on integer keys. Reinterpreting a float's bits as a signed integer i,
+#     key(i) = i ^ ((i >> (bits - 1)) & 0x7F..F)
+# orders every non-NaN float as the floats are ordered (-inf < ... < -0 < +0 < ... < +inf; the
+# sign bit is kept, a negative float's magnitude bits are flipped), and key is its own inverse.
+# A signed integer max is one exact, associative instruction (vpmaxsd/q) that LLVM vectorises
+# without any fast-math flag; ``llvm.maximum`` lowers to six dependent instructions on x86.
+# Measured on the development machine, a 2048-float32 block in L1: 0.031 against 0.110 ns per
+# element, a quarter of a cross-entropy row's arithmetic.
+# NaN: a positive NaN has the largest key (the max is NaN); a negative NaN (x86 produces those,
+# e.g. 0·inf) the smallest, so it is skipped here and caught by the sum of exponentials, which it
+# makes NaN; a block whose max is -inf is not summed, so it is scanned for NaN instead
+# (:func:`_has_nan`).
+def _key_max(r):
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(_key_max, jit_options={"cache": True})
+def _key_max_overload(r):
+    if r.dtype == types.float32:
+
+        def impl32(r):
+            ri = r.view(np.int32)
+            mk = np.int32(-2147483648)
+            for j in range(ri.shape[0]):
+                i = ri[j]
+                mk = max(mk, np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+            return _i32_as_f32(np.int32(mk ^ ((mk >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+
+        return impl32
+    if r.dtype == types.float64:
+
+        def impl64(r):
+            ri = r.view(np.int64)
+            mk = np.int64(-9223372036854775808)
+            mask = np.int64(0x7FFFFFFFFFFFFFFF)
+            for j in range(ri.shape[0]):
+                i = ri[j]
+                mk = max(mk, i ^ ((i >> np.int64(63)) & mask))
+            return _i64_as_f64(mk ^ ((mk >> np.int64(63)) & mask))
+
+        return impl64
+    return None
+
+
 @_jit
 def _max(r):
-    """max_c r_c (len >= 1), NaN if any entry is NaN (``llvm.maximum``)."""
-    m = r[0]
-    for j in range(1, r.shape[0]):
-        m = fmaximum(m, r[j])
-    return m
+    """max_c r_c (len >= 1) over the non-NaN entries, exactly; NaN if a positive NaN is present
+    (a negative NaN is skipped: see the note above)."""
+    return _key_max(r)
+
+
+@_jit
+def _has_nan(r):
+    """Whether any r_c is NaN (run only on the rare blocks whose max is -inf)."""
+    for j in range(r.shape[0]):
+        if r[j] != r[j]:
+            return True
+    return False
 
 
 @_jit_fast
@@ -96,7 +149,9 @@ def _max_sum_exp(r):
         mb = _max(blk)
         if mb != mb or mb == np.inf:
             return mb, dt(np.nan)
-        if mb == -np.inf:
+        if mb == -np.inf:  # adds exactly 0, unless a (negative) NaN hides among the -inf
+            if _has_nan(blk):
+                return mb, dt(np.nan)
             continue
         if mb > m:
             s = s * dt(math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
@@ -162,7 +217,9 @@ def _max_sum_exp_store(r, out, inplace, mblk):
         mb = _max(blk)
         if mb != mb or mb == np.inf:
             return mb, dt(np.nan)
-        if mb == -np.inf:  # exp(-inf) = 0 whatever the shift
+        if mb == -np.inf:  # exp(-inf) = 0 whatever the shift; a NaN hidden among them counts
+            if _has_nan(blk):
+                return mb, dt(np.nan)
             _fill(ob, dt(0))
             mblk[k] = -np.inf
             continue
