@@ -385,6 +385,7 @@ _MEM_SCRIPT = """
 import json, sys, numpy as np
 sys.path.insert(0, {src!r})
 N, C, who = {N}, {C}, {who!r}
+after = None  # xent only: what stays resident between two calls
 x = np.empty((N, C), np.float32)
 np.random.default_rng(0).standard_normal(dtype=np.float32, out=x)
 t = np.random.default_rng(1).integers(0, C, N)
@@ -403,7 +404,6 @@ def rss():
 if who.startswith("xent"):
     import xent
     backend = "numpy" if who == "xent numpy" else "numba"
-    after = None
     with xent.use_backend(backend):  # load the kernels (the parallel driver too) before measuring
         xent.cross_entropy(x[:64].copy(), t[:64], return_grad=True)
         xent.cross_entropy(x[:64].copy(), t[:64], return_grad=True, inplace=True)

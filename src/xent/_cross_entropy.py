@@ -92,6 +92,8 @@ def _index_target(
 
 def _rows(x: np.ndarray, class_axis: int) -> np.ndarray:
     """(M, C) C-contiguous view (or copy) with the class axis last."""
+    if class_axis == x.ndim - 1:  # (N, C): nothing to move (np.moveaxis costs ~5 µs)
+        return np.ascontiguousarray(x).reshape(math.prod(x.shape[:-1]), x.shape[-1])
     moved = np.moveaxis(x, class_axis, -1)
     M = int(np.prod(moved.shape[:-1]))  # not reshape(-1, C): -1 is ambiguous when C == 0
     return np.ascontiguousarray(moved).reshape(M, moved.shape[-1])
