@@ -633,12 +633,15 @@ def main(argv: list[str] | None = None) -> int:
     kshape = (8, 100, 64) if args.quick else (64, 1000, 32)
     xk = rng.standard_normal(kshape).astype(np.float32)
     tk = rng.integers(0, kshape[1], (kshape[0], kshape[2]))
+    # About a millisecond a call: a sample is the mean of back-to-back calls filling 50 ms, as
+    # for the tiny inputs. One call alone after the pause pays the idle machine's wake-up (about
+    # +1 ms measured for every contender here, one thread or two), which would hide the work.
     for backward in (False, True):
         fns, setups = ce_contenders(xk, tk, backward)
         kind = "forward + backward" if backward else "forward"
         table(
-            f"cross_entropy {kshape} float32 (N, C, d), mean: {kind}",
-            time_interleaved(fns, repeats, setups),
+            f"cross_entropy {kshape} float32 (N, C, d), mean: {kind} (back-to-back calls)",
+            time_interleaved(fns, repeats, setups, min_time=0.05),
         )
 
     # -- softmax / log_softmax ------------------------------------------------------------------
