@@ -227,6 +227,24 @@ def _run_tiles(fn, A: int, C: int, B: int, itemsize: int, args: tuple) -> None:
     run_rows(fn, A * ((B + bt - 1) // bt), C * bt, (*args, bt, R, cc))
 
 
+def _kdim_empty(x, grad_out) -> np.ndarray:
+    """The result of a cross-entropy over (A, C, B) with no element: zero loss and gradient."""
+    if grad_out is not None:
+        grad_out[...] = 0
+    return np.zeros((x.shape[0], x.shape[2]), x.dtype)
+
+
+def _kdim_operands(x, weight, grad_out):
+    """(xc, g, copy_back, w, wsum): contiguous logits, gradient buffer, weights and their sum."""
+    dt = x.dtype
+    xc = _contiguous(x, dt)
+    g, copy_back = _kdim_out(xc, grad_out)
+    C = x.shape[1]
+    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
+    wsum = float(C) if weight is None else float(w.sum(dtype=np.float64))
+    return xc, g, copy_back, w, wsum
+
+
 def ce_index_kdim(x, target, weight, ignore_index, label_smoothing, row_scale, grad_out):
     """:func:`ce_index` along axis 1 of ``x`` (A, C, B), with no transpose: per position (a, b),
 
@@ -239,14 +257,9 @@ def ce_index_kdim(x, target, weight, ignore_index, label_smoothing, row_scale, g
     A, C, B = x.shape
     dt = x.dtype
     if A == 0 or B == 0 or C == 0:
-        if grad_out is not None:
-            grad_out[...] = 0
-        return np.zeros((A, B), dt)
-    xc = _contiguous(x, dt)
-    g, copy_back = _kdim_out(xc, grad_out)
+        return _kdim_empty(x, grad_out)
+    xc, g, copy_back, w, wsum = _kdim_operands(x, weight, grad_out)
     tgt = _contiguous(target, np.int64).reshape(A, B)
-    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
-    wsum = float(C) if weight is None else float(w.sum(dtype=np.float64))
     info = np.iinfo(np.int64)
     ign = int(ignore_index) if ignore_index is not None else info.min
     ign = ign if info.min <= ign <= info.max else info.min  # no int64 target can equal it
@@ -268,14 +281,9 @@ def ce_prob_kdim(x, y, weight, label_smoothing, row_scale, grad_out):
     A, C, B = x.shape
     dt = x.dtype
     if A == 0 or B == 0 or C == 0:
-        if grad_out is not None:
-            grad_out[...] = 0
-        return np.zeros((A, B), dt)
-    xc = _contiguous(x, dt)
-    g, copy_back = _kdim_out(xc, grad_out)
+        return _kdim_empty(x, grad_out)
+    xc, g, copy_back, w, wsum = _kdim_operands(x, weight, grad_out)
     yc = _contiguous(np.broadcast_to(y, (A, C, B)), dt)
-    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
-    wsum = float(C) if weight is None else float(w.sum(dtype=np.float64))
     eps = float(label_smoothing)
     rs = _row_vector(row_scale, A * B, dt).reshape(A, B)
     loss = np.empty((A, B), dt)
