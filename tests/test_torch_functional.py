@@ -157,8 +157,15 @@ def test_everything_ignored_is_nan_with_zero_grad():
 # --- gradcheck in float64 for every option ------------------------------------------------------
 
 def _gradcheck(fn, x, *args, **kwargs):
+    """First and second derivatives (create_graph=True) of xent's fast path, in float64."""
     x = x.detach().clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a: fn(a, *args, **kwargs), (x,), eps=1e-6, atol=1e-7)
+    assert type(fn(x, *args, **kwargs).grad_fn).__name__ == "_SavedGradBackward"  # fast path
+
+    def f(a):
+        return fn(a, *args, **kwargs)
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradgradcheck(f, (x,), eps=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -338,6 +345,79 @@ def test_retain_graph_and_double_backward_accumulate():
     x2 = x.detach().clone().requires_grad_(True)
     F.cross_entropy(x2, t).backward()
     torch.testing.assert_close(x.grad, 2 * x2.grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradient_penalty_matches_torch(reduction):
+    """A double backward through the fast path: d/dx Σ (∂L/∂x)², float32, 64 x 1000."""
+    g = _gen(11)
+    x0 = torch.randn(64, 1000, generator=g) * 2
+    t = torch.randint(0, 1000, (64,), generator=g)
+    t[3] = -100
+    w = torch.rand(1000, generator=g) + 0.5
+    grads = []
+    for fn in (xt.cross_entropy, F.cross_entropy):
+        x = x0.clone().requires_grad_(True)
+        loss = fn(x, t, w, reduction=reduction, label_smoothing=0.1)
+        go = torch.ones_like(loss) if reduction == "none" else None
+        (gx,) = torch.autograd.grad(loss, x, go, create_graph=True)
+        assert gx.requires_grad
+        (gx.square().sum() * 1e3).backward()
+        grads.append((gx.detach(), x.grad))
+    assert type(loss.grad_fn).__name__ != "_SavedGradBackward"  # the second is torch's
+    (ours_g, ours_h), (ref_g, ref_h) = grads
+    torch.testing.assert_close(ours_g, ref_g)
+    torch.testing.assert_close(ours_h, ref_h)
+    # The first-order gradient without create_graph is the fused kernel's: the same values.
+    x = x0.clone().requires_grad_(True)
+    xt.cross_entropy(x, t, w, reduction=reduction, label_smoothing=0.1).sum().backward()
+    torch.testing.assert_close(x.grad, ref_g)
+
+
+@pytest.mark.parametrize("case", ["nll", "bce_logits", "bce", "zloss_softcap", "prob"])
+def test_gradient_penalty_other_losses_match_torch(case):
+    g = _gen(12)
+    x0 = torch.randn(32, 300, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 300, (32,), generator=g)
+    y = torch.rand(32, 300, generator=g, dtype=torch.float64)
+    w = torch.rand(300, generator=g, dtype=torch.float64) + 0.5
+    cases = {
+        "nll": (lambda a: xt.nll_loss(torch.log_softmax(a, 1), t, w),
+                lambda a: F.nll_loss(torch.log_softmax(a, 1), t, w)),
+        "bce_logits": (lambda a: xt.binary_cross_entropy_with_logits(a, y, w, pos_weight=w),
+                       lambda a: F.binary_cross_entropy_with_logits(a, y, w, pos_weight=w)),
+        "bce": (lambda a: xt.binary_cross_entropy(torch.sigmoid(a), y, w),
+                lambda a: F.binary_cross_entropy(torch.sigmoid(a), y, w)),
+        "zloss_softcap": (
+            lambda a: xt.cross_entropy(a, t, w, lse_square_scale=0.01, softcap=3.0),
+            lambda a: _functional._cross_entropy_options_torch(a, t, w, -100, "mean", 0.0,
+                                                               0.01, 3.0, False)),
+        "prob": (lambda a: xt.cross_entropy(a, torch.softmax(y, 1), w, label_smoothing=0.1),
+                 lambda a: F.cross_entropy(a, torch.softmax(y, 1), w, label_smoothing=0.1)),
+    }
+    out = []
+    for fn in cases[case]:
+        x = x0.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(fn(x), x, create_graph=True)
+        gx.square().sum().backward()
+        out.append((gx.detach(), x.grad))
+    torch.testing.assert_close(out[0][0], out[1][0])
+    torch.testing.assert_close(out[0][1], out[1][1])
+
+
+def test_double_backward_after_an_in_place_change_raises():
+    x = torch.randn(16, 600, requires_grad=True)
+    t = torch.randint(0, 600, (16,))
+    loss = xt.cross_entropy(x, t)
+    with torch.no_grad():
+        x.mul_(2)  # allowed for a first-order backward, as with F.cross_entropy
+    with pytest.raises(RuntimeError, match="modified in place after the loss"):
+        torch.autograd.grad(loss, x, create_graph=True)
+    loss = xt.cross_entropy(x, t)
+    with torch.no_grad():
+        x.mul_(2)
+    loss.backward()  # first order: the saved gradient, the input is not read
+    assert torch.isfinite(x.grad).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

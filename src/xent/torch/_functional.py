@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad  # noqa: F401  (read by _tracing)
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.nn import _reduction as _Reduction
 
 import xent
+from xent import _buffers
 
 from . import _rows
 
@@ -144,42 +144,74 @@ class _SavedGrad(torch.autograd.Function):
     ``compute()`` returns ``(loss, grad)``: for ``reduction='none'`` ``grad`` is the VJP with
     ones, so the VJP with ``grad_output`` is ``grad * grad_output`` broadcast along the class
     dimension ``class_dim`` (None for elementwise losses and for reduced ones).
+
+    Double backward (``create_graph=True``, e.g. a gradient penalty): the saved gradient is a
+    constant, so backward then differentiates ``reference(input)``, the same loss written with
+    PyTorch's differentiable ops, and returns a gradient with a graph (PyTorch's own cost for
+    that call). The input is kept for it by reference, not with ``save_for_backward``: the
+    first-order backward never reads it, so modifying the logits in place after the loss stays
+    allowed there, as with ``F.cross_entropy``; the double backward checks the version itself.
     """
 
     @staticmethod
-    def forward(ctx, input, compute, class_dim):  # noqa: D102
+    def forward(ctx, input, compute, class_dim, reference=None):  # noqa: D102
         loss, grad = compute()
         ctx.class_dim = class_dim
         ctx.save_for_backward(grad)
+        ctx.input, ctx.input_version, ctx.reference = input, input._version, reference
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):  # noqa: D102
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+            return _SavedGrad._differentiable_grad(ctx, grad_output), None, None, None
         (grad,) = ctx.saved_tensors
         if grad_output.dim() == 0 and bool(grad_output == 1):
             # The usual `loss.backward()`: hand the saved gradient over as it is. Unless the
             # graph is retained, autograd has released our reference by the time it
             # accumulates, so it takes the buffer without a copy.
-            return grad, None, None
+            return grad, None, None, None
         if ctx.class_dim is not None and grad_output.dim() > 0:
             grad_output = grad_output.unsqueeze(ctx.class_dim)
         if grad.device.type != "cpu" or grad_output.device.type != "cpu":
-            return grad * grad_output, None, None
-        # NumPy's allocator maps large buffers with huge pages: the product costs about half of
-        # what torch's freshly faulted allocation does on the CPU.
+            return grad * grad_output, None, None, None
+        # Into xent's output-buffer cache (memory already touched when a gradient of this size
+        # was dropped before; e.g. `(loss / accumulation_steps).backward()` every step).
         g, go = as_numpy(grad), as_numpy(grad_output)
-        out = np.empty(np.broadcast_shapes(g.shape, go.shape), dtype=np.result_type(g, go))
+        out = _buffers.empty(np.broadcast_shapes(g.shape, go.shape), np.result_type(g, go))
         np.multiply(g, go, out=out)
-        return torch.from_numpy(out), None, None
+        return torch.from_numpy(out), None, None, None
+
+    @staticmethod
+    def _differentiable_grad(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        x = ctx.input
+        if ctx.reference is None:
+            raise RuntimeError(
+                "xent.torch: this loss has no double backward (create_graph=True); compute it "
+                "with PyTorch's ops for a second derivative"
+            )
+        if x._version != ctx.input_version:
+            raise RuntimeError(
+                "xent.torch: the loss's input was modified in place after the loss was computed;"
+                " a double backward (create_graph=True) needs it unchanged"
+            )
+        with torch.enable_grad():
+            xr = x if x.requires_grad else x.detach().requires_grad_(True)
+            loss = ctx.reference(xr)
+            (g,) = torch.autograd.grad(loss, xr, grad_output, create_graph=True)
+        return g
 
 
 def _wants_grad(input: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and input.requires_grad
 
 
-def _run_core(input: torch.Tensor, core_fn, args: tuple, kwargs: dict, class_dim) -> torch.Tensor:
-    """Call ``core_fn(input_np, *args, **kwargs)``; under autograd with ``return_grad=True``."""
+def _run_core(input: torch.Tensor, core_fn, args: tuple, kwargs: dict, class_dim,
+              reference) -> torch.Tensor:
+    """Call ``core_fn(input_np, *args, **kwargs)``; under autograd with ``return_grad=True``.
+
+    ``reference(input)``: the same loss in PyTorch ops, differentiated for a double backward.
+    """
     x = as_numpy(input)
     if not _wants_grad(input):
         return from_numpy(core_fn(x, *args, **kwargs))
@@ -188,7 +220,7 @@ def _run_core(input: torch.Tensor, core_fn, args: tuple, kwargs: dict, class_dim
         loss, grad = core_fn(x, *args, return_grad=True, **kwargs)
         return from_numpy(loss), from_numpy(grad)
 
-    return _SavedGrad.apply(input, compute, class_dim)
+    return _SavedGrad.apply(input, compute, class_dim, reference)
 
 
 def _class_dim_for_none(input: torch.Tensor, reduction: str) -> int | None:
@@ -288,7 +320,9 @@ def cross_entropy(
     kwargs = dict(weight=as_numpy(weight), ignore_index=ignore_index, reduction=reduction,
                   label_smoothing=eps)
     return _run_core(input, xent.cross_entropy, (as_numpy(target),), kwargs,
-                     _class_dim_for_none(input, reduction))
+                     _class_dim_for_none(input, reduction),
+                     lambda x: F.cross_entropy(x, target, weight, ignore_index=ignore_index,
+                                               reduction=reduction, label_smoothing=eps))
 
 
 def nll_loss(
@@ -331,7 +365,9 @@ def nll_loss(
         return F.nll_loss(input, target, weight, ignore_index=ignore_index, reduction=reduction)
     kwargs = dict(weight=as_numpy(weight), ignore_index=ignore_index, reduction=reduction)
     return _run_core(input, xent.nll_loss, (as_numpy(target),), kwargs,
-                     _class_dim_for_none(input, reduction))
+                     _class_dim_for_none(input, reduction),
+                     lambda x: F.nll_loss(x, target, weight, ignore_index=ignore_index,
+                                          reduction=reduction))
 
 
 def _same_shape_after_broadcast(input: torch.Tensor, *others: torch.Tensor | None) -> bool:
@@ -378,7 +414,8 @@ def binary_cross_entropy(
             or not _same_shape_after_broadcast(input, weight)):
         return F.binary_cross_entropy(input, target, weight, reduction=reduction)
     kwargs = dict(weight=as_numpy(weight), reduction=reduction)
-    return _run_core(input, xent.binary_cross_entropy, (as_numpy(target),), kwargs, None)
+    return _run_core(input, xent.binary_cross_entropy, (as_numpy(target),), kwargs, None,
+                     lambda x: F.binary_cross_entropy(x, target, weight, reduction=reduction))
 
 
 def binary_cross_entropy_with_logits(
@@ -425,7 +462,8 @@ def binary_cross_entropy_with_logits(
                                                   pos_weight=pos_weight)
     kwargs = dict(weight=as_numpy(weight), reduction=reduction, pos_weight=as_numpy(pos_weight))
     return _run_core(input, xent.binary_cross_entropy_with_logits, (as_numpy(target),), kwargs,
-                     None)
+                     None, lambda x: F.binary_cross_entropy_with_logits(
+                         x, target, weight, reduction=reduction, pos_weight=pos_weight))
 
 
 # --- cross-entropy with z-loss / soft-capping / log-sum-exp -------------------------------------
@@ -526,8 +564,13 @@ def _cross_entropy_options_fast(input, target, weight, ignore_index, reduction, 
             grad = z.view(moved.shape).movedim(-1, class_dim)
         return loss.to(input.dtype), grad
 
+    def reference(x):
+        out = _cross_entropy_options_torch(x, target, weight, ignore_index, reduction, eps,
+                                           zscale, softcap, False)
+        return out.to(input.dtype)
+
     if want_grad:
-        loss = _SavedGrad.apply(input, compute, _class_dim_for_none(input, reduction))
+        loss = _SavedGrad.apply(input, compute, _class_dim_for_none(input, reduction), reference)
     else:
         loss, _ = compute()
     return (loss, holder["lse"]) if return_lse else loss
