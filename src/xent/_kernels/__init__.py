@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _buffers
-from . import _bce, _kdim, _rows
+from . import _bce, _kdim, _options, _rows
 from ._exp import vexp_array
 from ._threads import PARALLEL_MIN_ELEMENTS, run_rows
 
@@ -34,8 +34,10 @@ __all__ = [
     "bce_logits",
     "ce_index",
     "ce_index_kdim",
+    "ce_index_options",
     "ce_prob",
     "ce_prob_kdim",
+    "ce_prob_options",
     "log_softmax",
     "log_softmax_kdim",
     "softmax",
@@ -150,6 +152,60 @@ def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
     run_rows(_rows.ce_prob_rows, M, C, (xc, yc, w, a1, a0, rs, g, mode, loss))
     _finish(g, copy_back)
     return loss
+
+
+def _ignore_key(ignore_index) -> np.int64:
+    info = np.iinfo(np.int64)
+    ign = int(ignore_index) if ignore_index is not None else info.min
+    return np.int64(ign if info.min <= ign <= info.max else info.min)  # no int64 target equals it
+
+
+def _options_common(z, weight, zscale, cap, scale_ce, scale_z):
+    M, C = z.shape
+    dt = z.dtype
+    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
+    wsum = float(C) if weight is None else float(w.sum(dtype=np.float64))
+    grad = scale_ce is not None
+    sce = _row_vector(scale_ce, M, dt)
+    sz = _row_vector(scale_z if (grad and zscale) else None, M, dt)
+    has_cap = cap is not None
+    cap = float(cap) if has_cap else 1.0
+    return w, wsum, float(zscale), cap, has_cap, sce, sz, grad, np.empty(M, dt), np.empty(M, dt)
+
+
+def ce_index_options(z, target, weight, ignore_index, label_smoothing, zscale, cap, scale_ce,
+                     scale_z):
+    """Index-target cross-entropy with soft-capping and z-loss, in place over ``z`` (see
+    ``_options.py`` for the math): the kernel form of ``xent.torch._rows.rows_index``.
+
+    ``z`` (M, C) C-contiguous float32/float64 with M, C >= 1, overwritten by the capped logits,
+    or by the gradient of Σ_i scale_ce_i·ce_i + scale_z_i·zscale·lse_i² when ``scale_ce`` is
+    given; ``target`` int (M,); ``weight`` (C,) or None; ``cap`` a float or None; ``scale_ce``,
+    ``scale_z`` None, a scalar or (M,). Returns (ce (M,), lse (M,)) in z's dtype.
+    """
+    M, C = z.shape
+    w, wsum, zs, cap, has_cap, sce, sz, grad, loss, lse = _options_common(
+        z, weight, zscale, cap, scale_ce, scale_z)
+    tgt = _contiguous(target, np.int64)
+    args = (z, tgt, w, wsum, _ignore_key(ignore_index), float(label_smoothing), zs, cap, has_cap,
+            sce, sz, grad, loss, lse)
+    run_rows(_options.ce_index_options_rows, M, C, args)
+    return loss, lse
+
+
+def ce_prob_options(z, y, weight, label_smoothing, zscale, cap, scale_ce, scale_z):
+    """:func:`ce_index_options` for class-probability targets ``y`` (M, C): the kernel form of
+    ``xent.torch._rows.rows_prob``. Returns (ce (M,), lse (M,))."""
+    M, C = z.shape
+    dt = z.dtype
+    w, wsum, zs, cap, has_cap, sce, sz, grad, loss, lse = _options_common(
+        z, weight, zscale, cap, scale_ce, scale_z)
+    yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
+    eps = float(label_smoothing)
+    a1, a0 = dt.type(1.0 - eps), dt.type(eps / C)
+    args = (z, yc, w, wsum, a1, a0, zs, cap, has_cap, sce, sz, grad, loss, lse)
+    run_rows(_options.ce_prob_options_rows, M, C, args)
+    return loss, lse
 
 
 def _rowwise(fn, x, out):

@@ -16,11 +16,35 @@ scale; ``lse = log Σ_c exp(z_c)`` after soft-capping ``z ← cap·tanh(z/cap)``
     with p = softmax(z), a = (1-eps)·w_t + (eps/C)·Σ_c w_c; through the cap: · (1 - tanh²(z/cap)).
 
 Ignored rows (index targets equal to ``ignore_index``) have loss 0 and gradient 0, z-loss included.
+
+`rows_index` and `rows_prob` run the fused Numba kernels of ``xent._kernels._options`` (one
+call per block, one read of each row) when they can: ``z`` a C-contiguous float32/float64 CPU
+tensor and the backend (``xent.get_backend()``, decided by ``xent._dispatch.backend_for``) not
+NumPy; the torch ops below are the definition and the fallback (CUDA, other dtypes, the NumPy
+backend, small blocks under ``auto``, Numba missing).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from .. import _dispatch
+
+_KERNEL_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def _kernel(z: torch.Tensor, name: str):
+    """The kernel ``xent._kernels.<name>`` that can run on the block ``z``, or None."""
+    dt = _KERNEL_DTYPES.get(z.dtype)
+    if (dt is None or z.device.type != "cpu" or z.dim() != 2 or not z.is_contiguous()
+            or z.numel() == 0 or z.is_neg() or z.is_conj()):
+        return None
+    return getattr(_dispatch.backend_for(name, z.shape[0], z.shape[1], dt), name, None)
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().resolve_neg().numpy()
 
 
 def softcap_(z: torch.Tensor, cap: float, aux: torch.Tensor | None) -> None:
@@ -98,6 +122,11 @@ def rows_index(
     for index targets; the gradient of the total (z-loss included, ``scale_ce`` for the
     cross-entropy and ``scale_z`` for the z-loss of each row) into ``z`` when ``scale_ce`` is
     given (``aux``: a ``z``-sized scratch buffer, used with ``cap``)."""
+    kernel = _kernel(z, "ce_index_options")
+    if kernel is not None:
+        loss, lse = kernel(_np(z), _np(target), _np(weight), ignore_index, eps, zscale, cap,
+                           _np(scale_ce), _np(scale_z))
+        return torch.from_numpy(loss), torch.from_numpy(lse), target != ignore_index
     want_grad = scale_ce is not None
     if cap is not None:
         if want_grad and aux is None:
@@ -125,6 +154,11 @@ def rows_prob(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """As `rows_index` for class-probability targets ``y`` ``(m, C)`` (no ignored rows; returns
     the cross-entropy and the log-sum-exp of each row)."""
+    kernel = _kernel(z, "ce_prob_options")
+    if kernel is not None:
+        loss, lse = kernel(_np(z), _np(y), _np(weight), eps, zscale, cap, _np(scale_ce),
+                           _np(scale_z))
+        return torch.from_numpy(loss), torch.from_numpy(lse)
     want_grad = scale_ce is not None
     if cap is not None:
         if want_grad and aux is None:
