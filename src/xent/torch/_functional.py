@@ -32,6 +32,7 @@ from xent import _buffers
 from . import _rows
 
 _FAST_DTYPES = (torch.float32, torch.float64)
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 #: Below this many input elements PyTorch's own op runs even where xent's could: the bridge costs
 #: tens of microseconds (autograd Function, NumPy views), more than the whole loss of a small
@@ -505,7 +506,9 @@ def _cross_entropy_options_fast(input, target, weight, ignore_index, reduction, 
     prob = target.shape == input.shape
     cdt = input.dtype
     moved = input.detach().movedim(class_dim, -1)
-    z = torch.empty(moved.shape, dtype=cdt)
+    # The block the kernels work on (and the gradient they leave in it), from xent's output-buffer
+    # cache: filling fresh memory cost more than the fused option kernels themselves.
+    z = torch.from_numpy(_buffers.empty(tuple(moved.shape), _NP_DTYPES[cdt]))
     z.copy_(moved)
     z = z.view(-1, num_classes)
     rows = z.shape[0]
