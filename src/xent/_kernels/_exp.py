@@ -100,43 +100,27 @@ def fmaxnum(typingctx, a, b):
 # exp
 # ---------------------------------------------------------------------------------------------
 @numba.njit(fastmath=_CONTRACT, cache=True)
-def exp32(x):
-    """exp of a float32, vectorisable; <= 1.01 ulp (see the module docstring)."""
-    x = np.float32(x)
-    if x < np.float32(-104.0):
-        x = np.float32(-104.0)
-    if x > np.float32(89.0):
-        x = np.float32(89.0)
+def _reduce32(x):
+    """(k, exp(r) - 1) with x = k·ln 2 + r, |r| <= ln(2)/2, k integral (a float32)."""
     # k = round(x·log2(e)): adding 1.5·2^23 pushes the fraction bits out, subtracting it back
-    # leaves the rounded value. Valid for |x·log2 e| < 2^22; the clamp keeps it below 151.
+    # leaves the rounded value. Valid for |x·log2 e| < 2^22; the callers' clamps keep it below 151.
     t = x * np.float32(1.44269504088896341) + np.float32(12582912.0)
     kf = t - np.float32(12582912.0)
     r = x - kf * np.float32(0.693359375)  # ln2_hi = 0.693359375: 9 significant bits
     r = r - kf * np.float32(-2.12194440e-4)  # ln2_lo = ln 2 - ln2_hi
-    # Cephes expf polynomial on |r| <= ln(2)/2.
+    # Cephes expf polynomial on |r| <= ln(2)/2: exp(r) - 1 = r + r²·P(r).
     p = np.float32(1.9875691500e-4)
     p = p * r + np.float32(1.3981999507e-3)
     p = p * r + np.float32(8.3334519073e-3)
     p = p * r + np.float32(4.1665795894e-2)
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
-    p = p * (r * r) + r + np.float32(1.0)
-    k = np.int32(kf)
-    k1 = k >> np.int32(1)
-    k2 = k - k1
-    s1 = _i32_as_f32((k1 + np.int32(127)) << np.int32(23))
-    s2 = _i32_as_f32((k2 + np.int32(127)) << np.int32(23))
-    return (p * s1) * s2
+    return kf, p * (r * r) + r
 
 
 @numba.njit(fastmath=_CONTRACT, cache=True)
-def exp64(x):
-    """exp of a float64, vectorisable; <= 1 ulp (see the module docstring)."""
-    x = np.float64(x)
-    if x < -746.0:
-        x = -746.0
-    if x > 710.0:
-        x = 710.0
+def _reduce64(x):
+    """(k, exp(r) - 1) with x = k·ln 2 + r, |r| <= 0.347, k integral (a float64)."""
     t = x * 1.4426950408889634074 + 6755399441055744.0  # 1.5·2^52
     kf = t - 6755399441055744.0
     r = x - kf * 6.93145751953125e-1  # ln2_hi: 19 significant bits
@@ -154,7 +138,37 @@ def exp64(x):
     p = p * r + 1.0 / 24.0
     p = p * r + 1.0 / 6.0
     p = p * r + 0.5
-    p = p * (r * r) + r + 1.0
+    return kf, p * (r * r) + r
+
+
+@numba.njit(fastmath=_CONTRACT, cache=True)
+def exp32(x):
+    """exp of a float32, vectorisable; <= 1.01 ulp (see the module docstring)."""
+    x = np.float32(x)
+    if x < np.float32(-104.0):
+        x = np.float32(-104.0)
+    if x > np.float32(89.0):
+        x = np.float32(89.0)
+    kf, em1 = _reduce32(x)
+    p = em1 + np.float32(1.0)  # exp(r)
+    k = np.int32(kf)
+    k1 = k >> np.int32(1)
+    k2 = k - k1
+    s1 = _i32_as_f32((k1 + np.int32(127)) << np.int32(23))
+    s2 = _i32_as_f32((k2 + np.int32(127)) << np.int32(23))
+    return (p * s1) * s2
+
+
+@numba.njit(fastmath=_CONTRACT, cache=True)
+def exp64(x):
+    """exp of a float64, vectorisable; <= 1 ulp (see the module docstring)."""
+    x = np.float64(x)
+    if x < -746.0:
+        x = -746.0
+    if x > 710.0:
+        x = 710.0
+    kf, em1 = _reduce64(x)
+    p = em1 + 1.0  # exp(r)
     k = np.int64(kf)
     k1 = k >> np.int64(1)
     k2 = k - k1
@@ -212,17 +226,7 @@ def fcopysign(typingctx, a, b):
 @numba.njit(fastmath=_CONTRACT, cache=True)
 def expm1_32(x):
     """exp(x) - 1 of a float32 in [0, 20] (the range tanh32 needs), vectorisable."""
-    t = x * np.float32(1.44269504088896341) + np.float32(12582912.0)
-    kf = t - np.float32(12582912.0)
-    r = x - kf * np.float32(0.693359375)
-    r = r - kf * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    em1 = p * (r * r) + r  # exp(r) - 1
+    kf, em1 = _reduce32(x)  # exp(r) - 1
     s = _i32_as_f32((np.int32(kf) + np.int32(127)) << np.int32(23))  # 2^k, k in [0, 29]
     return s * em1 + (s - np.float32(1.0))
 
@@ -230,23 +234,7 @@ def expm1_32(x):
 @numba.njit(fastmath=_CONTRACT, cache=True)
 def expm1_64(x):
     """exp(x) - 1 of a float64 in [0, 40] (the range tanh64 needs), vectorisable."""
-    t = x * 1.4426950408889634074 + 6755399441055744.0
-    kf = t - 6755399441055744.0
-    r = x - kf * 6.93145751953125e-1
-    r = r - kf * 1.42860682030941723212e-6
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    em1 = p * (r * r) + r
+    kf, em1 = _reduce64(x)  # exp(r) - 1
     s = _i64_as_f64((np.int64(kf) + np.int64(1023)) << np.int64(52))  # 2^k, k in [0, 58]
     return s * em1 + (s - 1.0)
 
