@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import subprocess
 import sys
 import threading
@@ -181,6 +182,14 @@ def test_limit_parsing(value, expected):
 def test_bad_limits_are_rejected(value, error, message):
     with pytest.raises(error, match=message):
         xent.set_cache_limit(value)
+
+
+def test_default_limit_is_2gib_or_an_eighth_of_memory():
+    code = "import xent; print(xent.get_cache_limit())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PATH": ""}, check=True)
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert int(out.stdout) == min(2 << 30, physical // 8)
 
 
 def test_environment_variable_sets_the_limit_at_import():

@@ -12,8 +12,9 @@ How it stays safe: every cached array is a view of a block (an object NumPy sees
 memoryviews all keep a reference to the block, so the storage cannot come back to the cache
 while anything can still reach it. When the last of them is gone the block is finalised and its
 storage joins the idle list, to be handed out again (a fresh array with undefined contents, like
-``np.empty``). The idle list keeps at most :func:`get_cache_limit` bytes, releasing the oldest
-first; nothing in use is ever counted against it or released.
+``np.empty``). The idle list keeps at most :func:`get_cache_limit` bytes (2 GiB, or an eighth of
+the machine's memory where that is less), releasing the oldest first; nothing in use is ever
+counted against it or released.
 
 Only arrays of at least ``MIN_BYTES`` go through the cache: smaller ones come from the C
 allocator's heap, which already reuses its memory.
@@ -42,7 +43,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 MIN_BYTES = 4 << 20  # 4 MiB; below this glibc's heap reuses freed memory by itself
-DEFAULT_LIMIT = 2 << 30  # idle bytes kept; XENT_CACHE_LIMIT or set_cache_limit() change it
+
+
+def _default_limit() -> int:
+    """2 GiB, or an eighth of the machine's memory where that is less."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX, or not reported
+        physical = 0
+    return min(2 << 30, physical // 8) if physical > 0 else 2 << 30
+
+
+DEFAULT_LIMIT = _default_limit()  # idle bytes kept; XENT_CACHE_LIMIT or set_cache_limit() change it
 
 
 class CacheInfo(NamedTuple):
@@ -182,8 +194,9 @@ def empty_cache() -> None:
 def set_cache_limit(nbytes: int | str) -> None:
     """Keep at most ``nbytes`` of idle output buffers for reuse; 0 turns the cache off.
 
-    Accepts an int or a string with a K/M/G suffix ("512M"). The default is 2 GiB, or the
-    environment variable ``XENT_CACHE_LIMIT`` at import. Lowering it releases idle buffers now.
+    Accepts an int or a string with a K/M/G suffix ("512M"). The default is 2 GiB (an eighth of
+    the machine's memory where that is less), or the environment variable ``XENT_CACHE_LIMIT`` at
+    import. Lowering it releases idle buffers now.
     """
     global _limit
     limit = _parse_limit(nbytes, "cache limit")
