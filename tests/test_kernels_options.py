@@ -26,9 +26,9 @@ def calls(monkeypatch):
     for name in count:
         real = getattr(kernels, name)
 
-        def spy(*args, _real=real, _name=name):
+        def spy(*args, _real=real, _name=name, **kwargs):
             count[_name] += 1
-            return _real(*args)
+            return _real(*args, **kwargs)
 
         monkeypatch.setattr(kernels, name, spy)
     return count
@@ -122,6 +122,32 @@ def test_prob_kernel_matches_torch_ops(calls, dtype, shape, cap, eps, zscale, we
     assert calls["ce_prob_options"] == 1
     ref = _run("numpy", _rows.rows_prob, z, *args)
     _assert_same(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("prob", [False, True])
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_src_copies_the_logits_in_row_by_row(calls, prob, backend):
+    """With ``src`` the block's contents are ignored: the same results, bit for bit, as copying
+    the logits into it first, on the kernel and on the torch ops; the logits are not touched."""
+    dtype, m, C = torch.float32, 37, 3000
+    z, t, y, w = _case(dtype, m, C, seed=5, nonfinite=True)
+    t[::4] = -100
+    sce = torch.linspace(0.1, 1.0, m, dtype=dtype)
+    sz = torch.full((m,), 0.5, dtype=dtype)
+    fn, target = (_rows.rows_prob, y) if prob else (_rows.rows_index, t)
+    args = (target, w) + (() if prob else (-100,)) + (0.1, 0.01, 3.0, sce, sz)
+    logits = z.clone()
+    copied = z.clone()
+    garbage = torch.full_like(z, float("nan"))
+    with xent.use_backend(backend):
+        want = fn(copied, *args)
+        got = fn(garbage, *args, src=logits)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(garbage, copied, rtol=0, atol=0, equal_nan=True)  # the gradients
+    torch.testing.assert_close(logits, z, rtol=0, atol=0, equal_nan=True)
+    kernel = "ce_prob_options" if prob else "ce_index_options"
+    assert calls[kernel] == (2 if backend == "numba" else 0)
 
 
 @pytest.mark.parametrize("cap", [None, 3.0])

@@ -174,26 +174,35 @@ def _options_common(z, weight, zscale, cap, scale_ce, scale_z):
 
 
 def ce_index_options(z, target, weight, ignore_index, label_smoothing, zscale, cap, scale_ce,
-                     scale_z):
+                     scale_z, src=None):
     """Index-target cross-entropy with soft-capping and z-loss, in place over ``z`` (see
     ``_options.py`` for the math): the kernel form of ``xent.torch._rows.rows_index``.
 
     ``z`` (M, C) C-contiguous float32/float64 with M, C >= 1, overwritten by the capped logits,
     or by the gradient of Σ_i scale_ce_i·ce_i + scale_z_i·zscale·lse_i² when ``scale_ce`` is
     given; ``target`` int (M,); ``weight`` (C,) or None; ``cap`` a float or None; ``scale_ce``,
-    ``scale_z`` None, a scalar or (M,). Returns (ce (M,), lse (M,)) in z's dtype.
+    ``scale_z`` None, a scalar or (M,); ``src`` None, or (M, C) logits copied into ``z`` row by
+    row as the kernel goes (``z``'s contents are then ignored). Returns (ce (M,), lse (M,)) in
+    z's dtype.
     """
     M, C = z.shape
     w, wsum, zs, cap, has_cap, sce, sz, grad, loss, lse = _options_common(
         z, weight, zscale, cap, scale_ce, scale_z)
     tgt = _contiguous(target, np.int64)
-    args = (z, tgt, w, wsum, _ignore_key(ignore_index), float(label_smoothing), zs, cap, has_cap,
-            sce, sz, grad, loss, lse)
+    args = (z, *_source(z, src), tgt, w, wsum, _ignore_key(ignore_index), float(label_smoothing),
+            zs, cap, has_cap, sce, sz, grad, loss, lse)
     run_rows(_options.ce_index_options_rows, M, C, args)
     return loss, lse
 
 
-def ce_prob_options(z, y, weight, label_smoothing, zscale, cap, scale_ce, scale_z):
+def _source(z, src):
+    """(src as a C-contiguous array of z's dtype, whether there is one) for the option kernels."""
+    if src is None:
+        return z, False
+    return _contiguous(src, z.dtype), True
+
+
+def ce_prob_options(z, y, weight, label_smoothing, zscale, cap, scale_ce, scale_z, src=None):
     """:func:`ce_index_options` for class-probability targets ``y`` (M, C): the kernel form of
     ``xent.torch._rows.rows_prob``. Returns (ce (M,), lse (M,))."""
     M, C = z.shape
@@ -203,7 +212,7 @@ def ce_prob_options(z, y, weight, label_smoothing, zscale, cap, scale_ce, scale_
     yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
     eps = float(label_smoothing)
     a1, a0 = dt.type(1.0 - eps), dt.type(eps / C)
-    args = (z, yc, w, wsum, a1, a0, zs, cap, has_cap, sce, sz, grad, loss, lse)
+    args = (z, *_source(z, src), yc, w, wsum, a1, a0, zs, cap, has_cap, sce, sz, grad, loss, lse)
     run_rows(_options.ce_prob_options_rows, M, C, args)
     return loss, lse
 

@@ -327,16 +327,30 @@ def _prob_row(i, z, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, grad, los
 _jit_rows = numba.njit(nogil=True, cache=True)
 
 
+# With ``has_src``, row i of ``src`` is first copied into row i of ``z`` (the caller's logits into
+# the block the kernel works in): the row then crosses memory once, instead of once for a separate
+# copy of the whole block and once more here.
+@_jit_vec
+def _copy(src, dst):
+    """dst_c = src_c."""
+    for j in range(src.shape[0]):
+        dst[j] = src[j]
+
+
 @_jit_rows
-def ce_index_options_rows(z, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, sce, sz,
-                          grad, loss, lse, lo, hi):
+def ce_index_options_rows(z, src, has_src, target, w, wsum, ignore_index, eps, zscale, cap,
+                          has_cap, sce, sz, grad, loss, lse, lo, hi):
     for i in range(lo, hi):
+        if has_src:
+            _copy(src[i], z[i])
         _index_row(i, z, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, sce, sz, grad,
                    loss, lse)
 
 
 @_jit_rows
-def ce_prob_options_rows(z, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, grad, loss, lse,
-                         lo, hi):
+def ce_prob_options_rows(z, src, has_src, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz,
+                         grad, loss, lse, lo, hi):
     for i in range(lo, hi):
+        if has_src:
+            _copy(src[i], z[i])
         _prob_row(i, z, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, grad, loss, lse)

@@ -509,7 +509,11 @@ def _cross_entropy_options_fast(input, target, weight, ignore_index, reduction, 
     # The block the kernels work on (and the gradient they leave in it), from xent's output-buffer
     # cache: filling fresh memory cost more than the fused option kernels themselves.
     z = torch.from_numpy(_buffers.empty(tuple(moved.shape), _NP_DTYPES[cdt]))
-    z.copy_(moved)
+    src = None  # contiguous logits are copied into z row by row by the kernel (one pass less)
+    if moved.is_contiguous() and not moved.is_neg():
+        src = moved.view(-1, num_classes)
+    else:
+        z.copy_(moved)
     z = z.view(-1, num_classes)
     rows = z.shape[0]
     out_shape = moved.shape[:-1]
@@ -548,11 +552,11 @@ def _cross_entropy_options_fast(input, target, weight, ignore_index, reduction, 
 
     def compute():
         if prob:
-            ce, lse = _rows.rows_prob(z, y, w, eps, zscale, softcap, s_ce, s_z)
+            ce, lse = _rows.rows_prob(z, y, w, eps, zscale, softcap, s_ce, s_z, src=src)
             zl = zscale * lse * lse if zscale else None
         else:
             ce, lse, vmask = _rows.rows_index(z, t, w, ignore_index, eps, zscale, softcap, s_ce,
-                                              s_z)
+                                              s_z, src=src)
             zl = zscale * lse * lse * vmask if zscale else None
         if reduction == "none":
             loss = ce if zl is None else ce + zl

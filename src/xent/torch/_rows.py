@@ -117,16 +117,21 @@ def rows_index(
     z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
     eps: float, zscale: float, cap: float | None, scale_ce: torch.Tensor | None,
     scale_z: torch.Tensor | None, aux: torch.Tensor | None = None,
+    src: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cross-entropy per row (z-loss not included), log-sum-exp per row and the valid-row mask
     for index targets; the gradient of the total (z-loss included, ``scale_ce`` for the
     cross-entropy and ``scale_z`` for the z-loss of each row) into ``z`` when ``scale_ce`` is
-    given (``aux``: a ``z``-sized scratch buffer, used with ``cap``)."""
+    given (``aux``: a ``z``-sized scratch buffer, used with ``cap``). With ``src`` (the logits,
+    z's shape), ``z`` is only a buffer: the logits are copied into it first (by the kernel, row by
+    row)."""
     kernel = _kernel(z, "ce_index_options")
     if kernel is not None:
         loss, lse = kernel(_np(z), _np(target), _np(weight), ignore_index, eps, zscale, cap,
-                           _np(scale_ce), _np(scale_z))
+                           _np(scale_ce), _np(scale_z), src=_np(src))
         return torch.from_numpy(loss), torch.from_numpy(lse), target != ignore_index
+    if src is not None:
+        z.copy_(src)
     want_grad = scale_ce is not None
     if cap is not None:
         if want_grad and aux is None:
@@ -150,15 +155,17 @@ def rows_index(
 def rows_prob(
     z: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, eps: float, zscale: float,
     cap: float | None, scale_ce: torch.Tensor | None, scale_z: torch.Tensor | None,
-    aux: torch.Tensor | None = None,
+    aux: torch.Tensor | None = None, src: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """As `rows_index` for class-probability targets ``y`` ``(m, C)`` (no ignored rows; returns
     the cross-entropy and the log-sum-exp of each row)."""
     kernel = _kernel(z, "ce_prob_options")
     if kernel is not None:
         loss, lse = kernel(_np(z), _np(y), _np(weight), eps, zscale, cap, _np(scale_ce),
-                           _np(scale_z))
+                           _np(scale_z), src=_np(src))
         return torch.from_numpy(loss), torch.from_numpy(lse)
+    if src is not None:
+        z.copy_(src)
     want_grad = scale_ce is not None
     if cap is not None:
         if want_grad and aux is None:
