@@ -3,9 +3,11 @@ float64 gradcheck for every option, the fallbacks, and the modules' constructor 
 
 from __future__ import annotations
 
+import gc
 import inspect
 import itertools
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -381,12 +383,18 @@ def test_gradient_penalty_other_losses_match_torch(case):
     t = torch.randint(0, 300, (32,), generator=g)
     y = torch.rand(32, 300, generator=g, dtype=torch.float64)
     w = torch.rand(300, generator=g, dtype=torch.float64) + 0.5
+    held = []  # a double backward needs the loss's input kept alive by the caller
+
+    def keep(v):
+        held.append(v)
+        return v
+
     cases = {
-        "nll": (lambda a: xt.nll_loss(torch.log_softmax(a, 1), t, w),
+        "nll": (lambda a: xt.nll_loss(keep(torch.log_softmax(a, 1)), t, w),
                 lambda a: F.nll_loss(torch.log_softmax(a, 1), t, w)),
         "bce_logits": (lambda a: xt.binary_cross_entropy_with_logits(a, y, w, pos_weight=w),
                        lambda a: F.binary_cross_entropy_with_logits(a, y, w, pos_weight=w)),
-        "bce": (lambda a: xt.binary_cross_entropy(torch.sigmoid(a), y, w),
+        "bce": (lambda a: xt.binary_cross_entropy(keep(torch.sigmoid(a)), y, w),
                 lambda a: F.binary_cross_entropy(torch.sigmoid(a), y, w)),
         "zloss_softcap": (
             lambda a: xt.cross_entropy(a, t, w, lse_square_scale=0.01, softcap=3.0),
@@ -403,6 +411,30 @@ def test_gradient_penalty_other_losses_match_torch(case):
         out.append((gx.detach(), x.grad))
     torch.testing.assert_close(out[0][0], out[1][0])
     torch.testing.assert_close(out[0][1], out[1][1])
+
+
+def test_the_loss_does_not_keep_its_logits_alive():
+    """Only the gradient is kept for backward: logits nobody holds are freed after the forward;
+    a double backward then asks for them to be kept."""
+    w = torch.randn(50, 600, requires_grad=True)
+    h = torch.randn(16, 50)
+    t = torch.randint(0, 600, (16,))
+    logits = h @ w
+    alive = weakref.ref(logits)
+    loss = xt.cross_entropy(logits, t)
+    del logits
+    gc.collect()
+    assert alive() is None
+    with pytest.raises(RuntimeError, match="keep a reference to the logits"):
+        torch.autograd.grad(loss, w, create_graph=True)
+    logits = h @ w  # kept: the double backward reaches w through them
+    loss = xt.cross_entropy(logits, t)
+    (gw,) = torch.autograd.grad(loss, w, create_graph=True)
+    gw.square().sum().backward()
+    w2 = w.detach().clone().requires_grad_(True)
+    (gw2,) = torch.autograd.grad(F.cross_entropy(h @ w2, t), w2, create_graph=True)
+    gw2.square().sum().backward()
+    torch.testing.assert_close(w.grad, w2.grad)
 
 
 def test_double_backward_after_an_in_place_change_raises():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -149,9 +150,11 @@ class _SavedGrad(torch.autograd.Function):
     Double backward (``create_graph=True``, e.g. a gradient penalty): the saved gradient is a
     constant, so backward then differentiates ``reference(input)``, the same loss written with
     PyTorch's differentiable ops, and returns a gradient with a graph (PyTorch's own cost for
-    that call). The input is kept for it by reference, not with ``save_for_backward``: the
-    first-order backward never reads it, so modifying the logits in place after the loss stays
-    allowed there, as with ``F.cross_entropy``; the double backward checks the version itself.
+    that call). The input is held only by a weak reference: the first-order backward never reads
+    it, so the loss keeps nothing of size N×C but the gradient (logits nobody else holds are
+    freed after the forward, as before), and modifying them in place after the loss stays
+    allowed, as with ``F.cross_entropy``. A double backward therefore needs the caller to keep
+    the logits (it raises otherwise) and checks that they were not modified in place.
     """
 
     @staticmethod
@@ -159,7 +162,8 @@ class _SavedGrad(torch.autograd.Function):
         loss, grad = compute()
         ctx.class_dim = class_dim
         ctx.save_for_backward(grad)
-        ctx.input, ctx.input_version, ctx.reference = input, input._version, reference
+        ctx.input = weakref.ref(input)
+        ctx.input_version, ctx.reference = input._version, reference
         return loss
 
     @staticmethod
@@ -185,11 +189,17 @@ class _SavedGrad(torch.autograd.Function):
 
     @staticmethod
     def _differentiable_grad(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        x = ctx.input
         if ctx.reference is None:
             raise RuntimeError(
                 "xent.torch: this loss has no double backward (create_graph=True); compute it "
                 "with PyTorch's ops for a second derivative"
+            )
+        x = ctx.input()
+        if x is None:
+            raise RuntimeError(
+                "xent.torch: a double backward (create_graph=True) needs the loss's input: keep a "
+                "reference to the logits until then (e.g. logits = model(x); loss = "
+                "cross_entropy(logits, target)); the loss itself keeps only its gradient"
             )
         if x._version != ctx.input_version:
             raise RuntimeError(
