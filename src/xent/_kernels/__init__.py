@@ -96,6 +96,29 @@ def _finish(g, copy_back):
         copy_back[...] = g
 
 
+def _no_elements(shape: int | tuple[int, ...], dt, grad_out) -> np.ndarray:
+    """A cross-entropy over no element: zero loss of ``shape``, zero gradient."""
+    if grad_out is not None:
+        grad_out[...] = 0
+    return np.zeros(shape, dt)
+
+
+def _weights(weight, C: int, dt) -> tuple[np.ndarray, float]:
+    """(w, Σ_c w_c): the class weights as a contiguous (C,) array (ones for None), and their sum."""
+    if weight is None:
+        return np.ones(C, dt), float(C)
+    w = _contiguous(weight, dt)
+    return w, float(w.sum(dtype=np.float64))
+
+
+def _ignore_key(ignore_index) -> np.int64:
+    """``ignore_index`` as an int64 a kernel can compare targets with (none equals it if it is
+    None or outside int64)."""
+    info = np.iinfo(np.int64)
+    ign = int(ignore_index) if ignore_index is not None else info.min
+    return np.int64(ign if info.min <= ign <= info.max else info.min)
+
+
 def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_out):
     """Cross-entropy with class-index targets, per row, with the gradient fused into the call.
 
@@ -110,19 +133,13 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_o
     M, C = x.shape
     dt = x.dtype
     if M == 0 or C == 0:
-        if grad_out is not None:
-            grad_out[...] = 0
-        return np.zeros(M, dt)
+        return _no_elements(M, dt, grad_out)
     xc, g, mode, copy_back = _prepare(x, grad_out)
     tgt = _contiguous(target, np.int64)
-    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
-    wsum = float(C) if weight is None else float(w.sum(dtype=np.float64))
-    info = np.iinfo(np.int64)
-    ign = int(ignore_index) if ignore_index is not None else info.min
-    ign = ign if info.min <= ign <= info.max else info.min  # no int64 target can equal it
+    w, wsum = _weights(weight, C, dt)
     rs = _row_vector(row_scale, M, dt)
     loss = np.empty(M, dt)
-    args = (xc, tgt, w, wsum, np.int64(ign), float(label_smoothing), rs, g, mode, loss)
+    args = (xc, tgt, w, wsum, _ignore_key(ignore_index), float(label_smoothing), rs, g, mode, loss)
     run_rows(_rows.ce_index_rows, M, C, args)
     _finish(g, copy_back)
     return loss
@@ -138,12 +155,10 @@ def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
     M, C = x.shape
     dt = x.dtype
     if M == 0 or C == 0:
-        if grad_out is not None:
-            grad_out[...] = 0
-        return np.zeros(M, dt)
+        return _no_elements(M, dt, grad_out)
     xc, g, mode, copy_back = _prepare(x, grad_out)
     yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
-    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
+    w, _ = _weights(weight, C, dt)
     eps = float(label_smoothing)
     a1 = dt.type(1.0 - eps)
     a0 = dt.type(eps / C)
@@ -154,17 +169,10 @@ def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
     return loss
 
 
-def _ignore_key(ignore_index) -> np.int64:
-    info = np.iinfo(np.int64)
-    ign = int(ignore_index) if ignore_index is not None else info.min
-    return np.int64(ign if info.min <= ign <= info.max else info.min)  # no int64 target equals it
-
-
 def _options_common(z, weight, zscale, cap, scale_ce, scale_z):
     M, C = z.shape
     dt = z.dtype
-    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
-    wsum = float(C) if weight is None else float(w.sum(dtype=np.float64))
+    w, wsum = _weights(weight, C, dt)
     grad = scale_ce is not None
     sce = _row_vector(scale_ce, M, dt)
     sz = _row_vector(scale_z if (grad and zscale) else None, M, dt)
@@ -292,22 +300,12 @@ def _run_tiles(fn, A: int, C: int, B: int, itemsize: int, args: tuple) -> None:
     run_rows(fn, A * ((B + bt - 1) // bt), C * bt, (*args, bt, R, cc))
 
 
-def _kdim_empty(x, grad_out) -> np.ndarray:
-    """The result of a cross-entropy over (A, C, B) with no element: zero loss and gradient."""
-    if grad_out is not None:
-        grad_out[...] = 0
-    return np.zeros((x.shape[0], x.shape[2]), x.dtype)
-
-
 def _kdim_operands(x, weight, grad_out):
     """(xc, g, copy_back, w, wsum): contiguous logits, gradient buffer, weights and their sum."""
     dt = x.dtype
     xc = _contiguous(x, dt)
     g, copy_back = _kdim_out(xc, grad_out)
-    C = x.shape[1]
-    w = np.ones(C, dt) if weight is None else _contiguous(weight, dt)
-    wsum = float(C) if weight is None else float(w.sum(dtype=np.float64))
-    return xc, g, copy_back, w, wsum
+    return (xc, g, copy_back, *_weights(weight, x.shape[1], dt))
 
 
 def ce_index_kdim(x, target, weight, ignore_index, label_smoothing, row_scale, grad_out):
@@ -322,16 +320,14 @@ def ce_index_kdim(x, target, weight, ignore_index, label_smoothing, row_scale, g
     A, C, B = x.shape
     dt = x.dtype
     if A == 0 or B == 0 or C == 0:
-        return _kdim_empty(x, grad_out)
+        return _no_elements((A, B), dt, grad_out)
     xc, g, copy_back, w, wsum = _kdim_operands(x, weight, grad_out)
     tgt = _contiguous(target, np.int64).reshape(A, B)
-    info = np.iinfo(np.int64)
-    ign = int(ignore_index) if ignore_index is not None else info.min
-    ign = ign if info.min <= ign <= info.max else info.min  # no int64 target can equal it
     rs = _row_vector(row_scale, A * B, dt).reshape(A, B)
     loss = np.empty((A, B), dt)
     eps, has_g = float(label_smoothing), grad_out is not None
-    args = (xc, _flat(xc), tgt, w, wsum, np.int64(ign), eps, rs, g, _flat(g), has_g, loss)
+    args = (xc, _flat(xc), tgt, w, wsum, _ignore_key(ignore_index), eps, rs, g, _flat(g), has_g,
+            loss)
     _run_tiles(_kdim.ce_index_tiles, A, C, B, dt.itemsize, args)
     _finish(g, copy_back)
     return loss
@@ -346,7 +342,7 @@ def ce_prob_kdim(x, y, weight, label_smoothing, row_scale, grad_out):
     A, C, B = x.shape
     dt = x.dtype
     if A == 0 or B == 0 or C == 0:
-        return _kdim_empty(x, grad_out)
+        return _no_elements((A, B), dt, grad_out)
     xc, g, copy_back, w, wsum = _kdim_operands(x, weight, grad_out)
     yc = _contiguous(np.broadcast_to(y, (A, C, B)), dt)
     eps = float(label_smoothing)

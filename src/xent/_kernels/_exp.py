@@ -44,7 +44,7 @@ _CONTRACT = {"contract"}
 
 
 # ---------------------------------------------------------------------------------------------
-# Intrinsics: bit casts between same-width integers and floats, and LLVM's maxnum.
+# Intrinsics: bit casts between same-width integers and floats.
 # ---------------------------------------------------------------------------------------------
 @intrinsic
 def _i32_as_f32(typingctx, x):
@@ -74,26 +74,6 @@ def _i64_as_f64(typingctx, x):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(x), codegen
-
-
-@intrinsic
-def fmaxnum(typingctx, a, b):
-    """IEEE ``maxNum(a, b)`` (LLVM ``llvm.maxnum``): the larger; a NaN operand is ignored.
-
-    Unlike ``a if a > b else b``, a loop reducing with this intrinsic is vectorised by LLVM
-    without any fast-math flag. NaN being ignored is harmless in the kernels: a NaN anywhere in a
-    row makes that row's sum of exponentials NaN, and the row is then handled as non-finite.
-    """
-    if a != b or not isinstance(a, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        lt = args[0].type
-        fnty = ir.FunctionType(lt, [lt, lt])
-        fn = builder.module.declare_intrinsic("llvm.maxnum", [lt], fnty)
-        return builder.call(fn, args)
-
-    return a(a, b), codegen
 
 
 # ---------------------------------------------------------------------------------------------
