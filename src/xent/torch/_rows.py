@@ -113,6 +113,22 @@ def index_grad_(
             z.addr_(a, weight, alpha=-1.0)
 
 
+def _capped_lse(
+    z: torch.Tensor, src: torch.Tensor | None, cap: float | None, want_grad: bool,
+    aux: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The torch-op start of `rows_index`/`rows_prob`: the logits into ``z`` (from ``src``), the
+    cap in place (its derivative into ``aux`` when the gradient is wanted), the row log-sum-exp.
+    Returns (aux, lse)."""
+    if src is not None:
+        z.copy_(src)
+    if cap is not None:
+        if want_grad and aux is None:
+            aux = torch.empty_like(z)
+        softcap_(z, cap, aux if want_grad else None)
+    return aux, torch.logsumexp(z, 1)
+
+
 def rows_index(
     z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
     eps: float, zscale: float, cap: float | None, scale_ce: torch.Tensor | None,
@@ -130,15 +146,9 @@ def rows_index(
         loss, lse = kernel(_np(z), _np(target), _np(weight), ignore_index, eps, zscale, cap,
                            _np(scale_ce), _np(scale_z), src=_np(src))
         return torch.from_numpy(loss), torch.from_numpy(lse), target != ignore_index
-    if src is not None:
-        z.copy_(src)
     want_grad = scale_ce is not None
-    if cap is not None:
-        if want_grad and aux is None:
-            aux = torch.empty_like(z)
-        softcap_(z, cap, aux if want_grad else None)
+    aux, lse = _capped_lse(z, src, cap, want_grad, aux)
     num_classes = z.shape[1]
-    lse = torch.logsumexp(z, 1)
     valid, tt, zt, wz = index_stats(z, target, weight, ignore_index, bool(eps))
     vf = valid.to(z.dtype)
     wt = vf if weight is None else weight[tt] * vf
@@ -164,15 +174,9 @@ def rows_prob(
         loss, lse = kernel(_np(z), _np(y), _np(weight), eps, zscale, cap, _np(scale_ce),
                            _np(scale_z), src=_np(src))
         return torch.from_numpy(loss), torch.from_numpy(lse)
-    if src is not None:
-        z.copy_(src)
     want_grad = scale_ce is not None
-    if cap is not None:
-        if want_grad and aux is None:
-            aux = torch.empty_like(z)
-        softcap_(z, cap, aux if want_grad else None)
+    aux, lse = _capped_lse(z, src, cap, want_grad, aux)
     num_classes = z.shape[1]
-    lse = torch.logsumexp(z, 1)
     wy = y * (1.0 - eps) + eps / num_classes if eps else y.clone()
     if weight is not None:
         wy.mul_(weight)
