@@ -68,7 +68,7 @@ def test_ce_index_matches_torch(shape, dtype, weighted, eps):
     for mode in ("forward", "grad", "inplace"):
         xx = x.copy()
         g = None if mode == "forward" else (xx if mode == "inplace" else np.empty_like(x))
-        loss = K.ce_index(xx, t, w, -100, eps, scale, g)
+        loss = K.ce_index(xx, t, w, -100, eps, 0.0, None, scale, None, g)[0]
         assert_close(loss, want_loss.astype(dtype), context=f"loss {mode}")
         if mode != "forward":
             assert_close(g, want_grad.astype(dtype), context=f"grad {mode}")
@@ -92,7 +92,7 @@ def test_ce_prob_matches_torch(shape, dtype, eps):
     for mode in ("forward", "grad", "inplace"):
         xx = x.copy()
         g = None if mode == "forward" else (xx if mode == "inplace" else np.empty_like(x))
-        loss = K.ce_prob(xx, y, w, eps, scale, g)
+        loss = K.ce_prob(xx, y, w, eps, 0.0, None, scale, None, g)[0]
         assert_close(loss, want_loss.astype(dtype), context=f"loss {mode}")
         if mode != "forward":
             assert_close(g, want_grad.astype(dtype), context=f"grad {mode}")
@@ -122,7 +122,7 @@ def test_online_max_rescales_earlier_blocks():
     for dtype in (np.float32, np.float64):
         xd = x.astype(dtype)
         g = np.empty_like(xd)
-        loss = K.ce_index(xd, t, None, -100, 0.0, np.ones(3, dtype), g)
+        loss = K.ce_index(xd, t, None, -100, 0.0, 0.0, None, np.ones(3, dtype), None, g)[0]
         assert_close(loss, want_loss.astype(dtype))
         assert_close(g, want_grad.astype(dtype))
         p = K.softmax(xd, np.empty_like(xd))
@@ -159,7 +159,7 @@ def test_nonfinite_rows_follow_torch(dtype, C):
     t = np.array([0, 0, 0, C - 1, 0, 2, 1, 0, C - 1, 0, 1])
     want_loss, want_grad = torch_ce(x.astype(np.float64), t)
     g = np.empty_like(x)
-    loss = K.ce_index(x, t, None, -100, 0.0, np.ones(11, dtype), g)
+    loss = K.ce_index(x, t, None, -100, 0.0, 0.0, None, np.ones(11, dtype), None, g)[0]
     assert_close(loss, want_loss.astype(dtype))
     assert_close(g, want_grad.astype(dtype))
     for op in ("softmax", "log_softmax"):
@@ -173,7 +173,8 @@ def test_large_logit_offsets_lose_nothing():
         x = np.array([[1e8, 1e8], [1e4 + 1, 1e4]], dtype=dtype)
         want = torch.log_softmax(torch.tensor(x.astype(np.float64)), 1).numpy()
         assert_close(K.log_softmax(x, np.empty_like(x)), want.astype(dtype))
-        loss = K.ce_index(x, np.array([0, 1]), None, -100, 0.3, np.ones(2, dtype), None)
+        loss = K.ce_index(x, np.array([0, 1]), None, -100, 0.3, 0.0, None, np.ones(2, dtype), None,
+                          None)[0]
         want_loss, _ = torch_ce(x.astype(np.float64), np.array([0, 1]), eps=0.3)
         assert_close(loss, want_loss.astype(dtype))
 
@@ -227,7 +228,7 @@ def test_kernel_called_directly_with_bad_targets_stays_in_bounds():
     x, g = xbuf[1:6], gbuf[1:6]
     t = np.array([C, -1, 2**62, -(2**62), 3])
     for grad in (g, x):  # into a buffer, and in place
-        loss = K.ce_index(x, t, None, -100, 0.0, np.ones(5, np.float32), grad)
+        loss = K.ce_index(x, t, None, -100, 0.0, 0.0, None, np.ones(5, np.float32), None, grad)[0]
         assert np.isnan(loss[:4]).all() and np.isfinite(loss[4])
         assert np.isnan(grad[:4]).all() and np.isfinite(grad[4]).all()
     for buf in (xbuf, gbuf):

@@ -57,9 +57,9 @@ def calls(monkeypatch):
     for name in KERNELS:
         fn = getattr(K, name)
 
-        def spy(*args, _fn=fn, _name=name):
+        def spy(*args, _fn=fn, _name=name, **kwargs):
             counts[_name] += 1
-            return _fn(*args)
+            return _fn(*args, **kwargs)
 
         monkeypatch.setattr(K, name, spy)
     with xent.use_backend("numba"):

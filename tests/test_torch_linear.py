@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import xent.torch as xt
-from xent.torch import _functional
+from xent.torch import _reference
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -39,12 +39,12 @@ def _grads(fn, x, W, b, grad_output=None):
     return [loss.detach()] + [p.grad if p is not None else None for p in leaves]
 
 
-def _reference(t, w, reduction, eps, zscale=0.0, cap=None):
+def _ref_fn(t, w, reduction, eps, zscale=0.0, cap=None):
     def fn(x, W, b):
         logits = F.linear(x, W, b)
         if not zscale and cap is None:
             return F.cross_entropy(logits, t, w, reduction=reduction, label_smoothing=eps)
-        return _functional._cross_entropy_options_torch(logits, t, w, -100, reduction, eps,
+        return _reference.cross_entropy(logits, t, w, -100, reduction, eps,
                                                         zscale, cap, False)
     return fn
 
@@ -69,7 +69,7 @@ def test_matches_torch_float64(reduction, eps, weighted, bias, chunk):
     ours = _grads(lambda a, B, c: xt.linear_cross_entropy(
         a, B, t, linear_bias=c, weight=w, reduction=reduction, label_smoothing=eps,
         chunk_size=chunk), x, W, b, go)
-    ref = _grads(_reference(t, w, reduction, eps), x, W, b, go)
+    ref = _grads(_ref_fn(t, w, reduction, eps), x, W, b, go)
     _compare(ours, ref, torch.float64, f"{reduction} eps={eps} w={weighted} b={bias} c={chunk}")
 
 
@@ -83,7 +83,7 @@ def test_options_match_torch(reduction, prob, dtype):
         ours = _grads(lambda a, B, c, zs=zscale, cp=cap: xt.linear_cross_entropy(
             a, B, t, linear_bias=c, chunk_size=6, lse_square_scale=zs, softcap=cp, **kw),
             x, W, b)
-        ref = _grads(_reference(t, w, reduction, 0.1, zscale, cap), x, W, b)
+        ref = _grads(_ref_fn(t, w, reduction, 0.1, zscale, cap), x, W, b)
         _compare(ours, ref, dtype, f"{reduction} prob={prob} z={zscale} cap={cap}")
 
 

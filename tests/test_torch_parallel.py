@@ -137,5 +137,5 @@ def test_vocab_parallel_validates():
         xt.vocab_parallel_cross_entropy(z, torch.tensor([0, 1, 2]), vocab_start=2, vocab_size=5)
     with pytest.raises(IndexError, match="out of bounds for 5 classes"):
         xt.vocab_parallel_cross_entropy(z, torch.tensor([0, 1, 7]), vocab_start=0, vocab_size=5)
-    with pytest.raises(ValueError, match="int64 class indices of shape \\(3,\\)"):
+    with pytest.raises(ValueError, match="input batch_size \\(3\\) to match target batch_size"):
         xt.vocab_parallel_cross_entropy(z, torch.tensor([0, 1]), vocab_start=0, vocab_size=5)

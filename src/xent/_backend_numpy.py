@@ -46,11 +46,37 @@ def softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_out):
-    """Cross-entropy with class-index targets, per row, with its gradient written to ``grad_out``.
+def _capped(x: np.ndarray, cap: float | None, buf: np.ndarray | None):
+    """(z, chain): the soft-capped logits z = cap·tanh(x/cap) (into ``buf`` when given, which
+    may be ``x``) and the cap's chain-rule factor 1 - (z/cap)² = d z / d x; (x, None) without a
+    cap."""
+    if cap is None:
+        return x, None
+    z = np.divide(x, cap, out=buf)
+    np.tanh(z, out=z)
+    chain = 1 - z * z
+    z *= cap
+    return z, chain
 
-    loss_i = (1-ε)·w[t_i]·(lse_i - x[i, t_i]) + (ε/C)·Σ_c w_c·(lse_i - x[i, c]); 0 if ignored.
-    grad_i = s_i·[(1-ε)·w[t_i]·(p_i - e_{t_i}) + (ε/C)·(W·p_i - w)], W = Σ_c w_c.
+
+def _lse_rows(m: np.ndarray, lse_m: np.ndarray) -> np.ndarray:
+    """log Σ exp per row from the row max m and log Σ exp(x - m): torch.logsumexp's value also
+    for non-finite rows (nan with a NaN, +inf with a +inf, -inf when all are -inf)."""
+    m = m[:, 0]
+    return np.where(np.isfinite(m), m + lse_m, m)
+
+
+def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale, softcap,
+             row_scale, z_row_scale, grad_out, *, ignored_lse=True):
+    """Cross-entropy with class-index targets per row, with the options; gradient into
+    ``grad_out``. Returns (loss (M,), lse (M,)).
+
+    z = cap·tanh(x/cap) (no cap: z = x), lse = log Σ_c exp(z_c),
+    loss_i = (1-ε)·w[t_i]·(lse_i - z[i, t_i]) + (ε/C)·Σ_c w_c·(lse_i - z[i, c]); 0 if ignored
+    (the z-loss ζ·lse_i² is added by the caller, which owns its reduction). The lse of every
+    row is returned (``ignored_lse`` exists for the kernels, which skip ignored rows without it).
+    grad_i = [s_i·((1-ε)·w[t_i]·(p_i - e_{t_i}) + (ε/C)·(W·p_i - w)) + 2ζ·s^z_i·lse_i·p_i]
+             ·(1 - (z_i/cap)²),  W = Σ_c w_c.
     """
     M, C = x.shape
     dt = x.dtype
@@ -62,18 +88,20 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_o
         if C == 0:
             if grad_out is not None:
                 grad_out[...] = 0
-            return np.zeros(M, dt)
-        # Work in coordinates shifted by the row max m: d = x - m, lse - m = log Σ exp(d).
-        # Every term then stays small, so (lse - x_t) and Σ_c w_c (lse - x_c) lose nothing to
+            return np.zeros(M, dt), np.full(M, -np.inf, dt)
+        z, chain = _capped(x, softcap, grad_out)
+        # Work in coordinates shifted by the row max m: d = z - m, lse - m = log Σ exp(d).
+        # Every term then stays small, so (lse - z_t) and Σ_c w_c (lse - z_c) lose nothing to
         # cancellation even when all logits sit near 1e4. d goes into grad_out (in place).
-        m = x.max(axis=1, keepdims=True)
-        d = np.subtract(x, m, out=grad_out)
+        m = z.max(axis=1, keepdims=True)
+        d = np.subtract(z, m, out=grad_out)
         d_t = d[rows, t]
         if eps > 0:
             wd = d.sum(axis=1) if weight is None else d @ weight  # Σ_c w_c·d_c
         np.exp(d, out=d)
         sum_e = d.sum(axis=1)
         lse_d = np.log(sum_e)  # lse - m
+        lse = _lse_rows(m, lse_d).astype(dt, copy=False)
         w_t = np.ones(M, dt) if weight is None else weight[t]
         loss = w_t * (lse_d - d_t)
         if eps > 0:
@@ -82,16 +110,17 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_o
             loss = (1 - eps) * loss + (eps / C) * smooth
         loss = np.where(keep, loss, dt.type(0)).astype(dt, copy=False)
         if grad_out is None:
-            return loss
-        # d now holds e = exp(x - m), p = e / Σe. Fold the normaliser and the row's scale
+            return loss, lse
+        # d now holds e = exp(z - m), p = e / Σe. Fold the normaliser and the row's scale
         # into one factor per row.
         s = np.where(keep, row_scale, dt.type(0)).astype(dt, copy=False)
         a = (1 - eps) * w_t * s  # coefficient of (p - onehot)
+        coef = a
         if eps > 0:
             b = (eps / C) * s  # coefficient of (W·p - w)
             coef = a + b * W
-        else:
-            coef = a
+        if lse_square_scale:
+            coef = coef + np.where(keep, 2 * lse_square_scale * z_row_scale * lse, 0)
         d *= (coef / sum_e)[:, None]
         grad_out[rows, t] -= a
         if eps > 0:
@@ -99,17 +128,21 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_o
                 grad_out -= b[:, None]
             else:
                 grad_out -= b[:, None] * weight[None, :]
+        if chain is not None:
+            grad_out *= chain
         # Ignored rows: coef is 0 so p·0 = 0, unless p is nan (non-finite row); force 0.
         if not keep.all():
             grad_out[~keep] = 0
-    return loss
+    return loss, lse
 
 
-def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
-    """Cross-entropy with class-probability targets, per row.
+def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale, z_row_scale,
+            grad_out):
+    """Cross-entropy with class-probability targets per row, with the options. Returns
+    (loss (M,), lse (M,)).
 
-    y' = (1-ε)·y + ε/C;  loss_i = -Σ_c w_c·y'_ic·logp_ic;
-    grad_i = s_i·(p_i·Σ_c w_c y'_ic - w∘y'_i).
+    z as in :func:`ce_index`, y' = (1-ε)·y + ε/C;  loss_i = -Σ_c w_c·y'_ic·log softmax(z_i)_c;
+    grad_i = [s_i·(p_i·Σ_c w_c y'_ic - w∘y'_i) + 2ζ·s^z_i·lse_i·p_i]·(1 - (z_i/cap)²).
     """
     M, C = x.shape
     dt = x.dtype
@@ -118,19 +151,27 @@ def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
         if C == 0:
             if grad_out is not None:
                 grad_out[...] = 0
-            return np.zeros(M, dt)
+            return np.zeros(M, dt), np.full(M, -np.inf, dt)
+        z, chain = _capped(x, softcap, None)
         yy = y * dt.type(1 - eps) + dt.type(eps / C) if eps > 0 else y
         wy = yy if weight is None else yy * weight
-        logp = log_softmax(x, np.empty_like(x))
-        loss = -(wy * logp).sum(axis=1)
+        m = z.max(axis=1, keepdims=True)
+        logp = np.subtract(z, m)
+        lse_d = np.log(np.exp(logp).sum(axis=1))
+        lse = _lse_rows(m, lse_d).astype(dt, copy=False)
+        logp -= lse_d[:, None]
+        loss = -(wy * logp).sum(axis=1).astype(dt, copy=False)
         if grad_out is None:
-            return loss.astype(dt, copy=False)
-        total = wy.sum(axis=1, keepdims=True)
+            return loss, lse
+        coef = wy.sum(axis=1) * row_scale
+        if lse_square_scale:
+            coef = coef + 2 * lse_square_scale * z_row_scale * lse
         np.exp(logp, out=grad_out)
-        grad_out *= total
-        grad_out -= wy
-        grad_out *= row_scale[:, None]
-    return loss.astype(dt, copy=False)
+        grad_out *= coef[:, None]
+        grad_out -= wy * np.reshape(row_scale, (-1, 1))
+        if chain is not None:
+            grad_out *= chain
+    return loss, lse
 
 
 def _sigmoid_neg(x: np.ndarray) -> np.ndarray:

@@ -9,9 +9,8 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from . import _buffers, _dispatch
+from . import _buffers, _dispatch, _reduction
 from ._backend_numpy import _QUIET
-from ._cross_entropy import _reduce
 from ._validation import (
     as_float,
     as_float_like,
@@ -112,11 +111,12 @@ def binary_cross_entropy(
         loss = (y - 1) * log_1mx - y * log_x
         if w is not None:
             loss = loss * w
-        loss = _reduce(loss.astype(dt, copy=False), reduction, dt.type(x.size), x.shape)
+        loss = loss.astype(dt, copy=False)
+        loss = np.asarray(_reduction.reduce(loss, reduction, dt.type(x.size)))
         loss = as_result(loss, rdt)
         if not return_grad:
             return loss
-        s = g / dt.type(x.size) if reduction == "mean" else g
+        s = _reduction.row_scale(reduction, g, dt.type(x.size))
         grad = (x - y) / np.maximum((1 - x) * x, dt.type(_EPSILON)) * s
         if w is not None:
             grad = grad * w
@@ -202,7 +202,7 @@ def binary_cross_entropy_with_logits(
             if reduction == "none":
                 scale = g
             else:
-                scale = np.asarray(g / dt.type(x.size) if reduction == "mean" else g, dt)
+                scale = np.asarray(_reduction.row_scale(reduction, g, dt.type(x.size)), dt)
             scale = np.broadcast_to(scale, x.shape)
             grad = _buffers.empty(shape2, dt)
         else:
@@ -212,7 +212,7 @@ def binary_cross_entropy_with_logits(
             np.ascontiguousarray(x).reshape(shape2), y.reshape(shape2), flat(w), flat(pw),
             flat(scale), grad,
         )
-        loss = _reduce(loss.reshape(x.shape), reduction, dt.type(x.size), x.shape)
+        loss = np.asarray(_reduction.reduce(loss.reshape(x.shape), reduction, dt.type(x.size)))
     loss = as_result(loss, rdt)
     if not return_grad:
         return loss

@@ -17,77 +17,12 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from . import _buffers, _dispatch
+from . import _buffers, _dispatch, _reduction
 from ._backend_numpy import _QUIET
-from ._validation import (
-    as_float,
-    as_float_like,
-    as_result,
-    check_ignore_index,
-    check_label_smoothing,
-    check_reduction,
-    grad_output_for,
-)
+from ._problem import Problem, check_options, cross_entropy_problem
+from ._validation import as_float, as_result, grad_output_for
 
 Array = np.ndarray
-
-
-def _class_axis(x: np.ndarray, fn: str) -> int:
-    if x.ndim == 0:
-        raise ValueError(
-            f"{fn}: input must have shape (C,), (N, C) or (N, C, d1, ..., dK), got a 0-d array"
-        )
-    return 0 if x.ndim == 1 else 1
-
-
-def _weight(weight: Any, C: int, dtype: np.dtype) -> np.ndarray | None:
-    if weight is None:
-        return None
-    w = as_float_like(weight, dtype, "weight")
-    if w.shape != (C,):
-        raise ValueError(f"weight must have shape ({C},), one value per class, got {w.shape}")
-    return np.ascontiguousarray(w)
-
-
-def _index_target(
-    target: np.ndarray, x: np.ndarray, class_axis: int, C: int, ignore_index: int
-) -> np.ndarray:
-    """Validate class-index targets and return them as a flat int64 array."""
-    if target.dtype.kind not in "iu":
-        raise TypeError(
-            "target must hold integer class indices of shape "
-            f"{x.shape[:class_axis] + x.shape[class_axis + 1:]} or float class probabilities "
-            f"of the input's shape {x.shape}; got dtype {target.dtype} and shape {target.shape}"
-        )
-    expected = x.shape[:class_axis] + x.shape[class_axis + 1 :]
-    if target.shape != expected:
-        if x.ndim >= 2 and target.ndim >= 1 and target.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"Expected input batch_size ({x.shape[0]}) to match target batch_size "
-                f"({target.shape[0]})"
-            )
-        raise ValueError(
-            f"target of class indices must have shape {expected} for input of shape "
-            f"{x.shape}, got {target.shape}"
-        )
-    t = target.reshape(-1)
-    if t.size:
-        if t.dtype.kind == "u" and t.max() > np.iinfo(np.int64).max:
-            bad = int(t.max())
-            raise IndexError(
-                f"target {bad} is out of bounds for {C} classes "
-                f"(valid: 0..{C - 1}, or ignore_index={ignore_index})"
-            )
-        t = t.astype(np.int64, copy=False)
-        invalid = ((t < 0) | (t >= C)) & (t != ignore_index)
-        if invalid.any():
-            pos = int(np.flatnonzero(invalid)[0])
-            where = np.unravel_index(pos, expected) if expected else ()
-            raise IndexError(
-                f"target {int(t[pos])} at position {tuple(int(i) for i in where)} is out of "
-                f"bounds for {C} classes (valid: 0..{C - 1}, or ignore_index={ignore_index})"
-            )
-    return t.astype(np.int64, copy=False)
 
 
 def _rows(x: np.ndarray, class_axis: int) -> np.ndarray:
@@ -108,14 +43,16 @@ def _unrows(g: np.ndarray, shape: tuple[int, ...], class_axis: int) -> np.ndarra
 def cross_entropy(
     input: Any, target: Any, weight: Any = ..., ignore_index: int = ...,
     reduction: str = ..., label_smoothing: float = ..., *,
+    lse_square_scale: float = ..., softcap: float | None = ..., return_lse: Literal[False] = ...,
     return_grad: Literal[False] = ..., grad_output: Any = ..., inplace: bool = ...,
 ) -> Array: ...
 @overload
 def cross_entropy(
     input: Any, target: Any, weight: Any = ..., ignore_index: int = ...,
     reduction: str = ..., label_smoothing: float = ..., *,
-    return_grad: Literal[True], grad_output: Any = ..., inplace: bool = ...,
-) -> tuple[Array, Array]: ...
+    lse_square_scale: float = ..., softcap: float | None = ..., return_lse: bool = ...,
+    return_grad: bool = ..., grad_output: Any = ..., inplace: bool = ...,
+) -> Array | tuple[Array, ...]: ...
 def cross_entropy(
     input: Any,
     target: Any,
@@ -124,10 +61,13 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
+    lse_square_scale: float = 0.0,
+    softcap: float | None = None,
+    return_lse: bool = False,
     return_grad: bool = False,
     grad_output: Any = None,
     inplace: bool = False,
-) -> Array | tuple[Array, Array]:
+) -> Array | tuple[Array, ...]:
     r"""Cross-entropy between logits and class indices or class probabilities.
 
     For class-index targets :math:`t_n` (with :math:`\varepsilon` = ``label_smoothing``,
@@ -157,6 +97,13 @@ def cross_entropy(
         reduction: ``'none'`` (shape of ``target`` for indices, input's shape without the class
             axis for probabilities), ``'mean'`` or ``'sum'`` (0-d arrays).
         label_smoothing: :math:`\varepsilon \in [0, 1]`.
+        lse_square_scale: :math:`\zeta`, the z-loss coefficient (PaLM): adds
+            :math:`\zeta\,\mathrm{lse}(z_n)^2` per position not ignored; ``mean`` divides its
+            sum by the number of positions not ignored (as Liger-Kernel does).
+        softcap: logit soft-capping :math:`z = c \tanh(x / c)` before everything else (Gemma
+            2 uses 30); a positive finite number, or None.
+        return_lse: also return :math:`\mathrm{lse}(z_n)` of every position (after capping),
+            the shape of the unreduced loss.
         return_grad: also return dL/d input, computed analytically in the same pass.
         grad_output: upstream gradient: a scalar for ``mean``/``sum``, the unreduced loss's shape
             for ``none`` (default ones).
@@ -165,7 +112,8 @@ def cross_entropy(
             the class axis last, i.e. shape ``(C,)`` or ``(N, C)``).
 
     Returns:
-        ``loss``, or ``(loss, grad_input)`` with ``return_grad=True``; the input's float dtype
+        ``loss``, then ``lse`` if ``return_lse``, then ``grad_input`` if ``return_grad``, as a
+        tuple when there is more than the loss; in the input's float dtype
         (float16 is computed in float32; integer logits are promoted to float64).
 
     Edge cases: every target ignored, or an empty batch: ``mean`` gives nan, ``sum`` gives 0, the
@@ -185,96 +133,111 @@ def cross_entropy(
     Reference: ``torch.nn.functional.cross_entropy``; Szegedy et al. 2016 (label smoothing).
     """
     x, rdt = as_float(input, "input")
-    reduction = check_reduction(reduction)
-    eps = check_label_smoothing(label_smoothing)
-    ignore_index = check_ignore_index(ignore_index)
-    class_axis = _class_axis(x, "cross_entropy")
-    C = x.shape[class_axis]
-    dt = x.dtype
-    w = _weight(weight, C, dt)
-    tgt = np.asarray(target)
-    prob = tgt.shape == x.shape
-    if prob:
-        if tgt.dtype.kind != "f":
-            raise TypeError(
-                f"target has the input's shape {x.shape}, so it must hold float class "
-                f"probabilities, got dtype {tgt.dtype} (class indices have shape "
-                f"{x.shape[:class_axis] + x.shape[class_axis + 1:]})"
-            )
-        if ignore_index != -100:
-            raise ValueError(
-                f"ignore_index={ignore_index} is not supported with class-probability targets "
-                "(leave it at the default -100)"
-            )
-        y = as_float_like(tgt, dt, "target")
-        t = None
-    else:
-        t = _index_target(tgt, x, class_axis, C, ignore_index)
-    loss_shape = x.shape[:class_axis] + x.shape[class_axis + 1 :]
-    g = grad_output_for(grad_output, loss_shape, reduction, dt) if return_grad else None
+    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
+    problem = cross_entropy_problem(x.shape, x.dtype, target, weight, ignore_index, reduction,
+                                    options)
     if inplace:
-        if not return_grad:
-            raise ValueError(
-                "inplace=True writes the gradient into input: it needs return_grad=True"
-            )
-        if not (
-            isinstance(input, np.ndarray) and input.dtype == dt and input.ndim <= 2
-            and input.flags.c_contiguous and input.flags.writeable
-        ):
-            raise ValueError(
-                "inplace=True needs input to be a writable C-contiguous float32 or float64 "
-                f"ndarray of shape (C,) or (N, C); got {type(input).__name__} "
-                f"{getattr(input, 'dtype', '')} {np.shape(input)}"
-            )
+        _check_inplace(input, x, return_grad)
+    out = solve(problem, x, rdt, return_grad=return_grad, grad_output=grad_output,
+                inplace=inplace)
+    return (*out[:-1], input) if inplace else out
 
-    kdim = _kdim_kernel("ce_prob" if prob else "ce_index", x, dt)
-    if kdim is not None:  # (A, C, B) view, no move of the class axis
-        A, B = x.shape[0], math.prod(x.shape[2:])
-        rows = np.ascontiguousarray(x).reshape(A, C, B)
-        M = A * B
-    else:
-        rows = x.reshape(1, C) if x.ndim == 1 else _rows(x, class_axis)
-        M = rows.shape[0]
-        if prob:
-            y = y.reshape(1, C) if x.ndim == 1 else _rows(y, class_axis)
-    with np.errstate(**_QUIET):
-        if prob:
-            denom = dt.type(M if C else 0)  # torch divides by numel / C: 0/0 when C == 0
-        elif w is None:
-            denom = dt.type(np.count_nonzero(t != ignore_index))
-        else:
-            keep = t != ignore_index
-            denom = w[t[keep]].sum(dtype=dt)
-        if return_grad:
-            if reduction == "none":
-                row_scale = g.reshape(-1)
-            else:
-                scale = g / denom if reduction == "mean" else g
-                row_scale = np.broadcast_to(np.asarray(scale, dt), (M,))
-            grad = rows if inplace else _buffers.empty_like(rows)
-        else:
-            row_scale, grad = None, None
-        if kdim is not None and prob:  # the kernel makes y contiguous only if it is not
-            loss_rows = kdim(rows, y.reshape(rows.shape), w, eps, row_scale, grad).reshape(M)
-        elif kdim is not None:
-            loss_rows = kdim(rows, t, w, ignore_index, eps, row_scale, grad).reshape(M)
-        else:
-            backend = _dispatch.backend_for("ce_prob" if prob else "ce_index", M, C, dt)
-            if prob:
-                loss_rows = backend.ce_prob(rows, y, w, eps, row_scale, grad)
-            else:
-                loss_rows = backend.ce_index(rows, t, w, ignore_index, eps, row_scale, grad)
-        loss = _reduce(loss_rows, reduction, denom, loss_shape)
-    loss = as_result(loss, rdt)
+
+def _check_inplace(input: Any, x: np.ndarray, return_grad: bool) -> None:
     if not return_grad:
-        return loss
-    if inplace:
-        return loss, input
-    if x.ndim <= 2 or kdim is not None:
-        grad = grad.reshape(x.shape)
+        raise ValueError("inplace=True writes the gradient into input: it needs return_grad=True")
+    if not (
+        isinstance(input, np.ndarray) and input.dtype == x.dtype and input.ndim <= 2
+        and input.flags.c_contiguous and input.flags.writeable
+    ):
+        raise ValueError(
+            "inplace=True needs input to be a writable C-contiguous float32 or float64 "
+            f"ndarray of shape (C,) or (N, C); got {type(input).__name__} "
+            f"{getattr(input, 'dtype', '')} {np.shape(input)}"
+        )
+
+
+def backend_rows(
+    problem: Problem, x: np.ndarray, target: np.ndarray, row_scale: Any = None,
+    z_row_scale: Any = None, grad_out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One backend call on rows ``x`` (m, C) of a validated problem, classes last: the
+    cross-entropy of each row and its log-sum-exp (after soft-capping), the gradient into
+    ``grad_out`` (which may be ``x``) with the rows' scales (see ``docs/ARCHITECTURE.md``).
+
+    ``target``: the rows' int64 class indices (m,), or their probabilities (m, C).
+    """
+    o = problem.options
+    m, C = x.shape
+    op = "ce_prob" if problem.prob else "ce_index"
+    backend = _dispatch.backend_for(op, m, C, x.dtype)
+    if problem.prob:
+        return backend.ce_prob(x, target, problem.weight, o.label_smoothing, o.lse_square_scale,
+                               o.softcap, row_scale, z_row_scale, grad_out)
+    return backend.ce_index(x, target, problem.weight, problem.ignore_index, o.label_smoothing,
+                            o.lse_square_scale, o.softcap, row_scale, z_row_scale, grad_out,
+                            ignored_lse=o.return_lse)
+
+
+def rows_loss(problem: Problem, ce: Any, lse: Any, valid: Any = None) -> Any:
+    """The loss from the cross-entropy and lse of every position (``_reduction.total``, the
+    z-loss included)."""
+    zscale = problem.options.lse_square_scale
+    zl = _reduction.z_loss_rows(lse, zscale, valid) if zscale else None
+    return _reduction.total(problem.reduction, ce, problem.denom, zl, problem.denom_z)
+
+
+def solve(
+    problem: Problem, x: np.ndarray, rdt: np.dtype, *, return_grad: bool = False,
+    grad_output: Any = None, inplace: bool = False,
+) -> Array | tuple[Array, ...]:
+    """Compute a validated cross-entropy ``problem`` on the logits ``x`` (its shape, in the
+    compute dtype): the loss, then the lse and the gradient as asked, in ``rdt``."""
+    p, o = problem, problem.options
+    C, M, dt = p.num_classes, p.positions, p.dtype
+    g = grad_output_for(grad_output, p.loss_shape, p.reduction, dt) if return_grad else None
+    kdim = None if o.extended else _kdim_kernel("ce_prob" if p.prob else "ce_index", x, dt)
+    if kdim is not None:  # (A, C, B) view, no move of the class axis
+        rows = np.ascontiguousarray(x).reshape(x.shape[0], C, math.prod(x.shape[2:]))
     else:
-        grad = _unrows(grad, x.shape, class_axis)
-    return loss, as_result(grad, rdt)
+        rows = x.reshape(1, C) if x.ndim == 1 else _rows(x, p.class_axis)
+    with np.errstate(**_QUIET):
+        scale = scale_z = grad = None
+        if return_grad:
+            flat = g.reshape(-1) if p.reduction == "none" else g
+            scale = np.broadcast_to(_reduction.row_scale(p.reduction, flat, p.denom), (M,))
+            if o.lse_square_scale:
+                scale_z = np.broadcast_to(_reduction.row_scale(p.reduction, flat, p.denom_z),
+                                          (M,))
+            grad = rows if inplace else _buffers.empty_like(rows)
+        if kdim is not None and p.prob:
+            ce = kdim(rows, p.y.reshape(rows.shape), p.weight, o.label_smoothing, scale, grad)
+            lse = None
+        elif kdim is not None:
+            ce = kdim(rows, p.target, p.weight, p.ignore_index, o.label_smoothing, scale, grad)
+            lse = None
+        else:
+            if p.prob:
+                tgt = p.y.reshape(1, C) if x.ndim == 1 else _rows(p.y, p.class_axis)
+            else:
+                tgt = p.target
+            ce, lse = backend_rows(p, rows, tgt, scale, scale_z, grad)
+        ce = ce.reshape(M)
+        loss = rows_loss(p, ce, lse, None if p.all_valid else p.valid)
+        loss = as_result(np.asarray(loss).reshape(p.loss_shape) if p.reduction == "none"
+                         else np.asarray(loss, dtype=dt), rdt)
+    out: list[Array] = [loss]
+    if o.return_lse:
+        out.append(as_result(lse.reshape(p.loss_shape), rdt))
+    if return_grad:
+        if inplace:
+            grad = grad.reshape(x.shape)
+        elif x.ndim <= 2 or kdim is not None:
+            grad = as_result(grad.reshape(x.shape), rdt)
+        else:
+            grad = as_result(_unrows(grad, x.shape, p.class_axis), rdt)
+        out.append(grad)
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def _kdim_kernel(op: str, x: np.ndarray, dt: np.dtype) -> Callable[..., np.ndarray] | None:
@@ -292,19 +255,6 @@ def _kdim_kernel(op: str, x: np.ndarray, dt: np.dtype) -> Callable[..., np.ndarr
     name = op + "_kdim"
     backend = _dispatch.backend_for(name, x.shape[0] * B, x.shape[1], dt)
     return getattr(backend, name, None)
-
-
-def _reduce(loss_rows: np.ndarray, reduction: str, denom: Any, shape: tuple[int, ...]) -> Array:
-    if reduction == "none":
-        return np.asarray(loss_rows).reshape(shape)  # a 0-d input's loss is a scalar: wrap it
-    total = loss_rows.sum(dtype=loss_rows.dtype)
-    if reduction == "sum":
-        return np.asarray(total)
-    if denom == 0:
-        # Nothing counted (all ignored, zero total weight, empty): 0/0 is nan, as in torch, even
-        # where label smoothing left a positive sum (torch: nan + inf).
-        return np.asarray(np.nan, dtype=loss_rows.dtype)
-    return np.asarray(total / denom, dtype=loss_rows.dtype)
 
 
 @overload
@@ -359,41 +309,37 @@ def nll_loss(
     Reference: ``torch.nn.functional.nll_loss``.
     """
     x, rdt = as_float(input, "input")
-    reduction = check_reduction(reduction)
-    ignore_index = check_ignore_index(ignore_index)
-    class_axis = _class_axis(x, "nll_loss")
-    C = x.shape[class_axis]
-    dt = x.dtype
-    w = _weight(weight, C, dt)
-    tgt = np.asarray(target)
-    if tgt.shape == x.shape and tgt.dtype.kind == "f":
-        raise TypeError(
-            "nll_loss takes integer class indices of shape "
-            f"{x.shape[:class_axis] + x.shape[class_axis + 1:]}, got float targets of the "
-            "input's shape (for class probabilities use cross_entropy)"
-        )
-    t = _index_target(tgt, x, class_axis, C, ignore_index)
-    loss_shape = x.shape[:class_axis] + x.shape[class_axis + 1 :]
-    g = grad_output_for(grad_output, loss_shape, reduction, dt) if return_grad else None
-    rows = x.reshape(1, C) if x.ndim == 1 else _rows(x, class_axis)
-    M = rows.shape[0]
-    keep = t != ignore_index
-    ts = np.where(keep, t, 0)
+    p = cross_entropy_problem(x.shape, x.dtype, target, weight, ignore_index, reduction,
+                              fn="nll_loss", probabilities=False)
+    return nll_solve(p, x, rdt, return_grad=return_grad, grad_output=grad_output)
+
+
+def nll_solve(
+    p: Problem, x: np.ndarray, rdt: np.dtype, *, return_grad: bool = False,
+    grad_output: Any = None,
+) -> Array | tuple[Array, Array]:
+    """Compute a validated NLL problem ``p`` on the log-probabilities ``x`` (its shape, in the
+    compute dtype): loss_n = -w[t_n]·x[n, t_n], 0 where ignored; the gradient is -w[t_n]·s_n at
+    the target and 0 elsewhere."""
+    C, M, dt = p.num_classes, p.positions, p.dtype
+    g = grad_output_for(grad_output, p.loss_shape, p.reduction, dt) if return_grad else None
+    rows = x.reshape(1, C) if x.ndim == 1 else _rows(x, p.class_axis)
+    keep = p.valid
+    ts = np.where(keep, p.target, 0)
     ar = np.arange(M)
     with np.errstate(**_QUIET):
-        w_t = np.where(keep, 1 if w is None else (w[ts] if C else 0), 0).astype(dt)
+        w_t = np.where(keep, 1 if p.weight is None else (p.weight[ts] if C else 0), 0).astype(dt)
         x_t = rows[ar, ts] if C else np.zeros(M, dt)
         loss_rows = np.where(keep, -w_t * x_t, dt.type(0)).astype(dt, copy=False)
-        denom = w_t.sum(dtype=dt)
-        loss = as_result(_reduce(loss_rows, reduction, denom, loss_shape), rdt)
+        loss = _reduction.reduce(loss_rows, p.reduction, p.denom)
+        loss = as_result(np.asarray(loss, dtype=dt).reshape(p.loss_shape)
+                         if p.reduction == "none" else np.asarray(loss, dtype=dt), rdt)
         if not return_grad:
             return loss
-        if reduction == "none":
-            s = g.reshape(-1)
-        else:
-            s = g / denom if reduction == "mean" else g
+        s = _reduction.row_scale(p.reduction, g.reshape(-1) if p.reduction == "none" else g,
+                                 p.denom)
         grad = _buffers.zeros(rows.shape, rows.dtype)
         if C:
             grad[ar, ts] = np.where(keep, -w_t * s, dt.type(0))
-    grad = grad.reshape(x.shape) if x.ndim <= 2 else _unrows(grad, x.shape, class_axis)
+    grad = grad.reshape(x.shape) if x.ndim <= 2 else _unrows(grad, x.shape, p.class_axis)
     return loss, as_result(grad, rdt)

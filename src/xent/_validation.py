@@ -36,6 +36,29 @@ def check_label_smoothing(label_smoothing: Any) -> float:
     return eps
 
 
+def check_real(value: Any, name: str, *, positive: bool = False) -> float:
+    """``value`` as a finite Python float (``positive``: also > 0), else a TypeError/ValueError
+    that names ``name``. Booleans and strings are not numbers here."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a real number, got {type(value).__name__} {value!r}"
+        ) from None
+    if not np.isfinite(v) or (positive and not v > 0):
+        what = "a positive finite number" if positive else "a finite number"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return v
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def check_ignore_index(ignore_index: Any) -> int:
     try:
         return operator.index(ignore_index)

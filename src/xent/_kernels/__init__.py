@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _buffers
-from . import _bce, _kdim, _options, _rows
+from . import _bce, _kdim, _rows
 from ._exp import vexp_array
 from ._threads import PARALLEL_MIN_ELEMENTS, run_rows
 
@@ -34,10 +34,8 @@ __all__ = [
     "bce_logits",
     "ce_index",
     "ce_index_kdim",
-    "ce_index_options",
     "ce_prob",
     "ce_prob_kdim",
-    "ce_prob_options",
     "log_softmax",
     "log_softmax_kdim",
     "softmax",
@@ -119,109 +117,71 @@ def _ignore_key(ignore_index) -> np.int64:
     return np.int64(ign if info.min <= ign <= info.max else info.min)
 
 
-def ce_index(x, target, weight, ignore_index, label_smoothing, row_scale, grad_out):
-    """Cross-entropy with class-index targets, per row, with the gradient fused into the call.
+def _option_args(x, label_smoothing, lse_square_scale, softcap, row_scale, z_row_scale):
+    """(ε, ζ, cap, has_cap, s, s_z): the options and the rows' scales as the kernels take them."""
+    M = x.shape[0]
+    dt = x.dtype
+    has_cap = softcap is not None
+    zscale = float(lse_square_scale)
+    return (float(label_smoothing), zscale, float(softcap) if has_cap else 1.0, has_cap,
+            _row_vector(row_scale, M, dt), _row_vector(z_row_scale if zscale else None, M, dt))
 
-    loss_i = (1-ε)·w[t_i]·(lse_i - x[i,t_i]) + (ε/C)·Σ_c w_c·(lse_i - x[i,c]);  0 if t_i is ignored.
-    grad_i = s_i·[(1-ε)·w[t_i]·(p_i - e_{t_i}) + (ε/C)·(W·p_i - w)],  W = Σ_c w_c.
+
+def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale, softcap,
+             row_scale, z_row_scale, grad_out, *, ignored_lse=True):
+    """Cross-entropy with class-index targets and the options, per row, gradient fused.
+
+    z = cap·tanh(x/cap) (no cap: z = x), lse_i = log Σ_c exp(z_ic),
+    loss_i = (1-ε)·w[t_i]·(lse_i - z[i,t_i]) + (ε/C)·Σ_c w_c·(lse_i - z[i,c]);  0 if ignored.
+    grad_i = [s_i·((1-ε)·w[t_i]·(p_i - e_{t_i}) + (ε/C)·(W·p_i - w)) + 2ζ·s^z_i·lse_i·p_i]
+             ·(1 - (z_i/cap)²),  W = Σ_c w_c.
 
     ``x`` (M, C), ``target`` int (M,), ``weight`` (C,) or None, ``row_scale`` (M,) = s_i,
-    ``grad_out`` (M, C) or ``x`` (in place) or None. Returns the loss (M,) in x's dtype.
-    A row with NaN or +inf, or all -inf, gets NaN loss and gradient (as PyTorch); an ignored row
-    gets 0 for both.
+    ``z_row_scale`` (M,) = s^z_i or None, ``grad_out`` (M, C) or ``x`` (in place) or None.
+    Returns (loss (M,), lse (M,)) in x's dtype. A row with NaN or +inf, or all -inf (after the
+    cap), gets NaN loss and gradient (as PyTorch) and torch.logsumexp's lse; an ignored row
+    gets 0 for both, and its lse only with ``ignored_lse`` (NaN otherwise: the row is not read).
     """
     M, C = x.shape
     dt = x.dtype
     if M == 0 or C == 0:
-        return _no_elements(M, dt, grad_out)
+        return _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
     xc, g, mode, copy_back = _prepare(x, grad_out)
     tgt = _contiguous(target, np.int64)
     w, wsum = _weights(weight, C, dt)
-    rs = _row_vector(row_scale, M, dt)
-    loss = np.empty(M, dt)
-    args = (xc, tgt, w, wsum, _ignore_key(ignore_index), float(label_smoothing), rs, g, mode, loss)
+    eps, zscale, cap, has_cap, rs, rz = _option_args(x, label_smoothing, lse_square_scale,
+                                                     softcap, row_scale, z_row_scale)
+    loss, lse = np.empty(M, dt), np.full(M, np.nan, dt)
+    args = (xc, tgt, w, wsum, _ignore_key(ignore_index), eps, zscale, cap, has_cap,
+            bool(ignored_lse), rs, rz,
+            g, mode, loss, lse)
     run_rows(_rows.ce_index_rows, M, C, args)
     _finish(g, copy_back)
-    return loss
-
-
-def ce_prob(x, y, weight, label_smoothing, row_scale, grad_out):
-    """Cross-entropy with class-probability targets, per row, gradient fused.
-
-    y' = (1-ε)·y + ε/C;  loss_i = -Σ_c w_c·y'_ic·logp_ic;
-    grad_i = s_i·(p_i·Σ_c w_c·y'_ic - w∘y'_i).
-    ``x``, ``y`` (M, C); ``weight`` (C,) or None; ``row_scale`` (M,); ``grad_out`` as ``ce_index``.
-    """
-    M, C = x.shape
-    dt = x.dtype
-    if M == 0 or C == 0:
-        return _no_elements(M, dt, grad_out)
-    xc, g, mode, copy_back = _prepare(x, grad_out)
-    yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
-    w, _ = _weights(weight, C, dt)
-    eps = float(label_smoothing)
-    a1 = dt.type(1.0 - eps)
-    a0 = dt.type(eps / C)
-    rs = _row_vector(row_scale, M, dt)
-    loss = np.empty(M, dt)
-    run_rows(_rows.ce_prob_rows, M, C, (xc, yc, w, a1, a0, rs, g, mode, loss))
-    _finish(g, copy_back)
-    return loss
-
-
-def _options_common(z, weight, zscale, cap, scale_ce, scale_z):
-    M, C = z.shape
-    dt = z.dtype
-    w, wsum = _weights(weight, C, dt)
-    grad = scale_ce is not None
-    sce = _row_vector(scale_ce, M, dt)
-    sz = _row_vector(scale_z if (grad and zscale) else None, M, dt)
-    has_cap = cap is not None
-    cap = float(cap) if has_cap else 1.0
-    return w, wsum, float(zscale), cap, has_cap, sce, sz, grad, np.empty(M, dt), np.empty(M, dt)
-
-
-def ce_index_options(z, target, weight, ignore_index, label_smoothing, zscale, cap, scale_ce,
-                     scale_z, src=None):
-    """Index-target cross-entropy with soft-capping and z-loss, in place over ``z`` (see
-    ``_options.py`` for the math): the kernel form of ``xent.torch._rows.rows_index``.
-
-    ``z`` (M, C) C-contiguous float32/float64 with M, C >= 1, overwritten by the capped logits,
-    or by the gradient of Σ_i scale_ce_i·ce_i + scale_z_i·zscale·lse_i² when ``scale_ce`` is
-    given; ``target`` int (M,); ``weight`` (C,) or None; ``cap`` a float or None; ``scale_ce``,
-    ``scale_z`` None, a scalar or (M,); ``src`` None, or (M, C) logits copied into ``z`` row by
-    row as the kernel goes (``z``'s contents are then ignored). Returns (ce (M,), lse (M,)) in
-    z's dtype.
-    """
-    M, C = z.shape
-    w, wsum, zs, cap, has_cap, sce, sz, grad, loss, lse = _options_common(
-        z, weight, zscale, cap, scale_ce, scale_z)
-    tgt = _contiguous(target, np.int64)
-    args = (z, *_source(z, src), tgt, w, wsum, _ignore_key(ignore_index), float(label_smoothing),
-            zs, cap, has_cap, sce, sz, grad, loss, lse)
-    run_rows(_options.ce_index_options_rows, M, C, args)
     return loss, lse
 
 
-def _source(z, src):
-    """(src as a C-contiguous array of z's dtype, whether there is one) for the option kernels."""
-    if src is None:
-        return z, False
-    return _contiguous(src, z.dtype), True
+def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale, z_row_scale,
+            grad_out):
+    """Cross-entropy with class-probability targets and the options, per row, gradient fused.
 
-
-def ce_prob_options(z, y, weight, label_smoothing, zscale, cap, scale_ce, scale_z, src=None):
-    """:func:`ce_index_options` for class-probability targets ``y`` (M, C): the kernel form of
-    ``xent.torch._rows.rows_prob``. Returns (ce (M,), lse (M,))."""
-    M, C = z.shape
-    dt = z.dtype
-    w, wsum, zs, cap, has_cap, sce, sz, grad, loss, lse = _options_common(
-        z, weight, zscale, cap, scale_ce, scale_z)
+    z as in :func:`ce_index`, y' = (1-ε)·y + ε/C;  loss_i = -Σ_c w_c·y'_ic·log softmax(z_i)_c;
+    grad_i = [s_i·(p_i·Σ_c w_c·y'_ic - w∘y'_i) + 2ζ·s^z_i·lse_i·p_i]·(1 - (z_i/cap)²).
+    ``x``, ``y`` (M, C); the rest as :func:`ce_index`. Returns (loss (M,), lse (M,)).
+    """
+    M, C = x.shape
+    dt = x.dtype
+    if M == 0 or C == 0:
+        return _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
+    xc, g, mode, copy_back = _prepare(x, grad_out)
     yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
-    eps = float(label_smoothing)
+    w, wsum = _weights(weight, C, dt)
+    eps, zscale, cap, has_cap, rs, rz = _option_args(x, label_smoothing, lse_square_scale,
+                                                     softcap, row_scale, z_row_scale)
     a1, a0 = dt.type(1.0 - eps), dt.type(eps / C)
-    args = (z, *_source(z, src), yc, w, wsum, a1, a0, zs, cap, has_cap, sce, sz, grad, loss, lse)
-    run_rows(_options.ce_prob_options_rows, M, C, args)
+    loss, lse = np.empty(M, dt), np.empty(M, dt)
+    args = (xc, yc, w, wsum, a1, a0, zscale, cap, has_cap, rs, rz, g, mode, loss, lse)
+    run_rows(_rows.ce_prob_rows, M, C, args)
+    _finish(g, copy_back)
     return loss, lse
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ._exp import _i32_as_f32, _i64_as_f64, vexp
+from ._exp import _i32_as_f32, _i64_as_f64, vexp, vtanh
 
 # Reassociation (vectorised sums), FMA contraction, no signed zeros. Never nnan/ninf: the
 # non-finite checks below rely on NaN and inf keeping their IEEE meaning.
@@ -304,13 +304,13 @@ def _prob_loss(r, y, w, m, a1, a0):
 
 @_jit_fast
 def _prob_grad_to(r, y, w, m, a1, a0, c, sc, out):
-    """out_c = sc·(exp(r_c - m)·c - w_c·y'_c); returns Σ_c w_c·y'_c·(r_c - m)."""
+    """out_c = exp(r_c - m)·c - sc·w_c·y'_c; returns Σ_c w_c·y'_c·(r_c - m)."""
     acc = r.dtype.type(0)
     for j in range(r.shape[0]):
         d = r[j] - m
         wy = w[j] * (a1 * y[j] + a0)
         acc += wy * d
-        out[j] = sc * (vexp(d) * c - wy)
+        out[j] = vexp(d) * c - sc * wy
     return acc
 
 
@@ -322,8 +322,70 @@ def _prob_grad_inplace(r, y, w, m, a1, a0, c, sc):
         d = r[j] - m
         wy = w[j] * (a1 * y[j] + a0)
         acc += wy * d
-        r[j] = sc * (vexp(d) * c - wy)
+        r[j] = vexp(d) * c - sc * wy
     return acc
+
+
+# Soft-capping z = cap·tanh(x/cap). The capped row is written where the gradient will be (or
+# into a scratch row for the forward pass) and the gradient loops then work over it in place,
+# multiplying by the cap's chain-rule factor 1 - tanh² = 1 - (z/cap)², recomputed from z.
+@_jit_vec
+def _cap_to(r, out, cap):
+    """out_c = cap·tanh(r_c/cap)."""
+    for j in range(r.shape[0]):
+        out[j] = cap * vtanh(r[j] / cap)
+
+
+@_jit_vec
+def _cap_inplace(r, cap):
+    """r_c ← cap·tanh(r_c/cap)."""
+    for j in range(r.shape[0]):
+        r[j] = cap * vtanh(r[j] / cap)
+
+
+@_jit_fast
+def _grad_index_cap(r, w, m, c, b, inv_cap):
+    """r_c ← (exp(r_c - m)·c - b·w_c)·(1 - (r_c/cap)²); returns Σ_c w_c·(r_c - m) of the values
+    read."""
+    acc = r.dtype.type(0)
+    one = r.dtype.type(1)
+    for j in range(r.shape[0]):
+        z = r[j]
+        d = z - m
+        acc += w[j] * d
+        q = z * inv_cap
+        r[j] = (vexp(d) * c - b * w[j]) * (one - q * q)
+    return acc
+
+
+@_jit_fast
+def _grad_prob_cap(r, y, w, m, a1, a0, c, sc, inv_cap):
+    """r_c ← (exp(r_c - m)·c - sc·w_c·y'_c)·(1 - (r_c/cap)²); returns Σ_c w_c·y'_c·(r_c - m)."""
+    acc = r.dtype.type(0)
+    one = r.dtype.type(1)
+    for j in range(r.shape[0]):
+        z = r[j]
+        d = z - m
+        wy = w[j] * (a1 * y[j] + a0)
+        acc += wy * d
+        q = z * inv_cap
+        r[j] = (vexp(d) * c - sc * wy) * (one - q * q)
+    return acc
+
+
+@_jit
+def _nonfinite_lse(r):
+    """torch.logsumexp of a row known to be non-finite (a NaN or +inf, or all -inf): NaN if it
+    holds a NaN, else +inf if it holds a +inf, else -inf. Blocks that an in-place pass already
+    overwrote held finite values, so they change nothing here."""
+    has_inf = False
+    for j in range(r.shape[0]):
+        v = r[j]
+        if v != v:
+            return np.nan
+        if v == np.inf:
+            has_inf = True
+    return np.inf if has_inf else -np.inf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,86 +402,140 @@ def _nan_row(i, x, g, mode, loss):
 
 
 @_jit
-def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss):
-    """Cross-entropy of row i with class index target[i]; see ``ce_index`` for the math."""
-    C = x.shape[1]
-    r = x[i]
-    dt = r.dtype.type
-    t = target[i]
-    if t == ignore_index:
-        loss[i] = 0
-        if mode == 1:
-            _fill(g[i], dt(0))
-        elif mode == 2:
-            _fill(r, dt(0))
-        return
-    if t < 0 or t >= C:  # impossible after validation; never index out of bounds
-        _nan_row(i, x, g, mode, loss)
-        return
-    # Everything in coordinates shifted by the row max m (d = x - m, lse - m = log s), so
-    # (lse - x_t) and Σ_c w_c (lse - x_c) lose nothing to cancellation at large logits.
-    x_t = np.float64(r[t])
-    w_t = np.float64(w[t])
-    wd = 0.0
-    if eps > 0:  # Σ_c w_c·(x_c - m), read before an in-place overwrite
-        wd = np.float64(_dot_shift(r, w, _max(r)))  # the same max as the pass below
-    if mode == 0:
-        m, s = _max_sum_exp(r)
-        mblk = np.empty(0)
-    else:
-        mblk = np.empty((C + _BLOCK - 1) // _BLOCK)
-        m, s = _max_sum_exp_store(r, g[i] if mode == 1 else r, mode == 2, mblk)
-    if not math.isfinite(s):
-        _nan_row(i, x, g, mode, loss)
-        return
-    log_s = math.log(np.float64(s))  # lse - m
-    li = w_t * (log_s - (x_t - np.float64(m)))
-    if eps > 0:
-        li = (1.0 - eps) * li + (eps / C) * (wsum * log_s - wd)
-    loss[i] = li
-    if mode == 0:
-        return
-    gr = g[i] if mode == 1 else r
-    sc = np.float64(row_scale[i])
-    a = (1.0 - eps) * w_t * sc  # coefficient of (p - onehot)
-    b = (eps / C) * sc  # coefficient of (W·p - w)
-    # gr holds exp(x - m_b) per block: scale to p·(a + b·W), subtract b·w, then a at the target.
-    _finish_blocks(gr, m, mblk, (a + b * wsum) / np.float64(s), b, w, eps > 0)
-    gr[t] -= dt(a)
+def _zero_row(i, x, g, mode, loss):
+    """An ignored row: loss 0 and gradient 0."""
+    loss[i] = 0
+    if mode == 1:
+        _fill(g[i], g.dtype.type(0))
+    elif mode == 2:
+        _fill(x[i], x.dtype.type(0))
 
 
 @_jit
-def _ce_prob_row(i, x, y, w, a1, a0, row_scale, g, mode, loss):
-    """Cross-entropy of row i with probability targets y[i]; see ``ce_prob`` for the math."""
+def _capped_row(i, x, cap, g, mode, work):
+    """Soft-cap row i where its gradient goes (g[i] in mode 1, x[i] itself in mode 2) or, for
+    the forward pass, into the scratch row ``work``; returns that row."""
     r = x[i]
+    if mode == 2:
+        _cap_inplace(r, r.dtype.type(cap))
+        return r
+    z = g[i] if mode == 1 else work
+    _cap_to(r, z, r.dtype.type(cap))
+    return z
+
+
+@_jit
+def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
+                  sce, sz, g, mode, loss, lse_out, work):
+    """Cross-entropy of row i with class index target[i] and the options; see ``ce_index``.
+
+    Without a cap, pass 1 stores the exponentials where the gradient goes and pass 2 scales
+    them (every exp computed once). With a cap, the capped row is formed first (in the gradient
+    row), pass 1 reads it for (m, s) and pass 2 recomputes exp while writing the gradient, with
+    the cap's factor, over it.
+    """
+    C = x.shape[1]
+    dt = x.dtype.type
+    t = target[i]
+    valid = t != ignore_index
+    if valid and (t < 0 or t >= C):  # impossible after validation; never index out of bounds
+        _nan_row(i, x, g, mode, loss)
+        lse_out[i] = np.nan
+        return
+    if not valid and not want_lse:
+        _zero_row(i, x, g, mode, loss)
+        return
+    tt = t if valid else 0
+    if has_cap:
+        r = _capped_row(i, x, cap, g, mode, work)
+        z_t = np.float64(r[tt])
+        m, s = _max_sum_exp(r)
+        mblk = np.empty(0)
+    else:
+        r = x[i]
+        z_t = np.float64(r[tt])  # read before an in-place overwrite
+        if valid and eps > 0:  # Σ_c w_c·(x_c - m), read before an in-place overwrite
+            wd = np.float64(_dot_shift(r, w, _max(r)))  # the same max as the pass below
+        if mode == 0 or not valid:
+            m, s = _max_sum_exp(r)
+            mblk = np.empty(0)
+        else:
+            mblk = np.empty((C + _BLOCK - 1) // _BLOCK)
+            m, s = _max_sum_exp_store(r, g[i] if mode == 1 else r, mode == 2, mblk)
+    if not math.isfinite(s):
+        lse_out[i] = _nonfinite_lse(r)
+        if valid:
+            _nan_row(i, x, g, mode, loss)
+        else:
+            _zero_row(i, x, g, mode, loss)
+        return
+    log_s = math.log(np.float64(s))  # lse - m
+    lse = np.float64(m) + log_s
+    lse_out[i] = lse
+    if not valid:
+        _zero_row(i, x, g, mode, loss)
+        return
+    # Everything in coordinates shifted by the row max m (d = z - m, lse - m = log s), so
+    # (lse - z_t) and Σ_c w_c (lse - z_c) lose nothing to cancellation at large logits.
+    w_t = np.float64(w[t])
+    if mode != 0:
+        sc = np.float64(sce[i])
+        a = (1.0 - eps) * w_t * sc  # coefficient of (p - onehot)
+        b = (eps / C) * sc  # coefficient of (W·p - w)
+        coef = a + b * wsum
+        if zscale:
+            coef += np.float64(sz[i]) * (2.0 * zscale) * lse
+        if has_cap:
+            wd = np.float64(_grad_index_cap(r, w, m, dt(coef / np.float64(s)), dt(b),
+                                            dt(1.0 / cap)))
+            q = z_t / cap
+            r[t] -= dt(a * (1.0 - q * q))
+        else:
+            gr = g[i] if mode == 1 else r
+            # gr holds exp(x - m_b) per block: scale to p·coef, subtract b·w, a at the target.
+            _finish_blocks(gr, m, mblk, coef / np.float64(s), b, w, eps > 0)
+            gr[t] -= dt(a)
+    elif has_cap and eps > 0:
+        wd = np.float64(_dot_shift(r, w, m))
+    li = w_t * (log_s - (z_t - np.float64(m)))
+    if eps > 0:
+        li = (1.0 - eps) * li + (eps / C) * (wsum * log_s - wd)
+    loss[i] = li
+
+
+@_jit
+def _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss,
+                 lse_out, work):
+    """Cross-entropy of row i with probability targets y[i] and the options; see ``ce_prob``."""
     yr = y[i]
-    dt = r.dtype.type
+    dt = x.dtype.type
+    r = _capped_row(i, x, cap, g, mode, work) if has_cap else x[i]
     m, s = _max_sum_exp(r)
     if not math.isfinite(s):
+        lse_out[i] = _nonfinite_lse(r)
         _nan_row(i, x, g, mode, loss)
         return
-    # loss = -Σ w y' (x - m - log s) = T·log s - Σ w y' (x - m), T = Σ w y'. The large term
-    # Σ w y' (x - m) is summed from exact per-element differences.
-    tot = np.float64(a1) * np.float64(_dot(yr, w)) + np.float64(a0) * np.float64(_sum(w))
+    log_s = math.log(np.float64(s))
+    lse = np.float64(m) + log_s
+    lse_out[i] = lse
+    # loss = -Σ w y' (z - m - log s) = T·log s - Σ w y' (z - m), T = Σ w y'. The large term
+    # Σ w y' (z - m) is summed from exact per-element differences.
+    tot = np.float64(a1) * np.float64(_dot(yr, w)) + np.float64(a0) * wsum
     if mode == 0:
         acc = _prob_loss(r, yr, w, m, a1, a0)
     else:
-        c = dt(tot / np.float64(s))
-        sc = dt(row_scale[i])
-        if mode == 1:
-            acc = _prob_grad_to(r, yr, w, m, a1, a0, c, sc, g[i])
+        sc = np.float64(sce[i])
+        coef = sc * tot
+        if zscale:
+            coef += np.float64(sz[i]) * (2.0 * zscale) * lse
+        c = dt(coef / np.float64(s))
+        if has_cap:
+            acc = _grad_prob_cap(r, yr, w, m, a1, a0, c, dt(sc), dt(1.0 / cap))
+        elif mode == 1:
+            acc = _prob_grad_to(r, yr, w, m, a1, a0, c, dt(sc), g[i])
         else:
-            acc = _prob_grad_inplace(r, yr, w, m, a1, a0, c, sc)
-    loss[i] = tot * math.log(np.float64(s)) - np.float64(acc)
-
-
-@_jit_fast
-def _sum(w):
-    """Σ_c w_c."""
-    s = w.dtype.type(0)
-    for j in range(w.shape[0]):
-        s += w[j]
-    return s
+            acc = _prob_grad_inplace(r, yr, w, m, a1, a0, c, dt(sc))
+    loss[i] = tot * log_s - np.float64(acc)
 
 
 @_jit
@@ -460,15 +576,21 @@ _jit_rows = numba.njit(nogil=True, cache=True)
 
 
 @_jit_rows
-def ce_index_rows(x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss, lo, hi):
+def ce_index_rows(x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse, sce, sz,
+                  g, mode, loss, lse, lo, hi):
+    work = np.empty(x.shape[1] if (has_cap and mode == 0) else 0, x.dtype)
     for i in range(lo, hi):
-        _ce_index_row(i, x, target, w, wsum, ignore_index, eps, row_scale, g, mode, loss)
+        _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
+                      sce, sz, g, mode, loss, lse, work)
 
 
 @_jit_rows
-def ce_prob_rows(x, y, w, a1, a0, row_scale, g, mode, loss, lo, hi):
+def ce_prob_rows(x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse, lo,
+                 hi):
+    work = np.empty(x.shape[1] if (has_cap and mode == 0) else 0, x.dtype)
     for i in range(lo, hi):
-        _ce_prob_row(i, x, y, w, a1, a0, row_scale, g, mode, loss)
+        _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse,
+                     work)
 
 
 @_jit_rows

@@ -4,14 +4,12 @@ large vocabularies, and vocabulary-parallel cross-entropy over `torch.distribute
 See ``docs/torch.md``.
 """
 
+from ._bridge import get_min_elements, min_elements, set_min_elements
 from ._functional import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     cross_entropy,
-    get_min_elements,
-    min_elements,
     nll_loss,
-    set_min_elements,
 )
 from ._linear import DEFAULT_CHUNK_BYTES, default_chunk_size, linear_cross_entropy
 from ._modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss

@@ -1,26 +1,30 @@
 """Chunked linear cross-entropy: ``cross_entropy(input @ W.T + b, target)`` and its gradients
 without ever holding the ``(N, V)`` logits.
 
-For each chunk of ``m`` rows the logits ``x[i:i+m] @ W.T + b`` go into one reusable ``(m, V)``
-buffer; the core's fused kernel (``xent.cross_entropy(..., inplace=True)``) turns the buffer into
-d loss / d logits in place (z-loss and soft-capping use the torch row math of `_rows` instead);
-then ``grad_x[i:i+m] = dz @ W``, ``grad_W += dz.T @ x[i:i+m]`` and ``grad_b += dz.sum(0)``. The
-gradients are computed in the forward pass (as Liger-Kernel and PyTorch's chunked path do) so
-that ``backward`` is a scale by ``grad_output``; for ``reduction='none'`` the chunks are
-recomputed in ``backward`` with each row's ``grad_output``.
+The call is validated once by the core's validation step (for logits of shape ``(N, V)``, never
+built), which also gives the reduction's denominators. For each chunk of ``m`` rows the logits
+``x[i:i+m] @ W.T + b`` go into one reusable ``(m, V)`` buffer; the core's row kernel
+(``xent._cross_entropy.backend_rows``, every option included) turns the buffer into
+d loss / d logits in place; then ``grad_x[i:i+m] = dz @ W``, ``grad_W += dz.T @ x[i:i+m]``
+and ``grad_b += dz.sum(0)``. The gradients are computed in the forward pass (as Liger-Kernel
+and PyTorch's chunked path do) so that ``backward`` is a scale by ``grad_output``; for
+``reduction='none'`` the chunks are recomputed in ``backward`` with each row's
+``grad_output``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-import xent
+from xent import _cross_entropy, _reduction
+from xent._problem import Problem, check_options
 
-from . import _functional, _rows
+from . import _bridge, _functional, _reference
 
 #: Bytes of the ``(chunk_size, V)`` logits buffer when ``chunk_size`` is not given: the chunk's
 #: row count is ``DEFAULT_CHUNK_BYTES // (V * itemsize)``, at least 64 rows (512 rows at V=65536
@@ -44,80 +48,24 @@ def default_chunk_size(num_classes: int, itemsize: int = 4) -> int:
 class _Spec:
     """Everything about a call but the differentiable tensors."""
 
-    target: torch.Tensor  # (N,) int64 or (N, V) probabilities
-    prob: bool
-    weight: torch.Tensor | None
-    ignore_index: int
-    reduction: str
-    eps: float
-    zscale: float
-    cap: float | None
+    problem: Problem  # the validated call, logits (N, V)
+    target: np.ndarray  # (N,) int64 or (N, V) probabilities, rows as the kernels take them
     chunk: int
-    return_lse: bool
     allow_retain_graph: bool
-    count_ce: torch.Tensor | None = None  # the mean's denominators, set by _denominators
-    count_z: torch.Tensor | None = None
 
 
-def _denominators(spec: _Spec, n: int, dtype: torch.dtype) -> None:
-    if spec.prob:
-        spec.count_ce = spec.count_z = torch.tensor(float(n), dtype=dtype)
-        return
-    valid = spec.target != spec.ignore_index
-    spec.count_z = valid.sum().to(dtype)
-    if spec.weight is None:
-        spec.count_ce = spec.count_z
-    else:
-        tt = torch.where(valid, spec.target, 0)
-        spec.count_ce = (spec.weight[tt] * valid).sum()
-
-
-def _inv(count: torch.Tensor) -> torch.Tensor:
-    return torch.where(count > 0, 1.0 / count, torch.zeros_like(count))
-
-
-def _chunk_rows(z, spec, t, scale_ce, scale_z, aux):
-    """Loss per row, lse per row (or None) and, when ``scale_ce`` is given, the gradient in z."""
-    options = spec.zscale or spec.cap is not None
-    if not options:
-        lse = torch.logsumexp(z, 1) if spec.return_lse else None
-        zn = _functional.as_numpy(z)
-        tn = _functional.as_numpy(t)
-        wn = _functional.as_numpy(spec.weight)
-        ii = -100 if spec.prob else spec.ignore_index
-        if scale_ce is None:
-            loss = xent.cross_entropy(zn, tn, wn, ii, "none", spec.eps)
-        else:
-            loss, _ = xent.cross_entropy(zn, tn, wn, ii, "none", spec.eps, return_grad=True,
-                                         grad_output=_functional.as_numpy(scale_ce),
-                                         inplace=True)
-        return torch.from_numpy(loss), lse
-    if spec.prob:
-        ce, lse = _rows.rows_prob(z, t, spec.weight, spec.eps, spec.zscale, spec.cap, scale_ce,
-                                  scale_z, aux)
-        zl = spec.zscale * lse * lse
-    else:
-        ce, lse, valid = _rows.rows_index(z, t, spec.weight, spec.ignore_index, spec.eps,
-                                          spec.zscale, spec.cap, scale_ce, scale_z, aux)
-        zl = spec.zscale * lse * lse * valid
-    return ce, lse, zl
-
-
-def _run_chunks(x, W, b, spec, row_scale_ce, row_scale_z, need):
-    """One pass over the chunks. ``row_scale_*``: (N,) per-row scales of the cross-entropy and
-    of the z-loss, or None for forward only. ``need``: which of (gx, gW, gb) to compute.
-
-    Returns (ce rows, z-loss rows or None, lse rows or None, gx, gW, gb)."""
+def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
+    """One pass over the chunks. ``row_scale``, ``z_row_scale``: (N,) per-row scales of the
+    cross-entropy and of the z-loss, or None for forward only. ``need``: which of (gx, gW, gb)
+    to compute. Returns (ce rows, lse rows, gx, gW, gb); ce and lse are (N,) NumPy arrays."""
     n, v = x.shape[0], W.shape[0]
     dt = x.dtype
-    want_grad = row_scale_ce is not None and any(need)
+    want_grad = row_scale is not None and any(need)
     chunk = max(1, min(spec.chunk, n))
     buf = torch.empty(chunk, v, dtype=dt)
-    aux = torch.empty(chunk, v, dtype=dt) if (want_grad and spec.cap is not None) else None
-    ce_rows = torch.empty(n, dtype=dt)
-    options = bool(spec.zscale) or spec.cap is not None
-    zl_rows = torch.empty(n, dtype=dt) if spec.zscale else None
-    lse_rows = torch.empty(n, dtype=dt) if (spec.return_lse or options) else None
+    bufn = buf.numpy()
+    ndt = bufn.dtype
+    ce, lse = np.empty(n, ndt), np.empty(n, ndt)
     gx = torch.empty_like(x) if (want_grad and need[0]) else None
     gW = torch.zeros_like(W) if (want_grad and need[1]) else None
     gb = torch.zeros(v, dtype=dt) if (want_grad and need[2]) else None
@@ -129,14 +77,11 @@ def _run_chunks(x, W, b, spec, row_scale_ce, row_scale_z, need):
             torch.mm(xs, W.t(), out=z)
         else:
             torch.addmm(b, xs, W.t(), out=z)
-        sc = row_scale_ce[s:e] if want_grad else None
-        sz = row_scale_z[s:e] if (want_grad and row_scale_z is not None) else None
-        out = _chunk_rows(z, spec, spec.target[s:e], sc, sz, None if aux is None else aux[: e - s])
-        ce_rows[s:e] = out[0]
-        if out[1] is not None and lse_rows is not None:
-            lse_rows[s:e] = out[1]
-        if zl_rows is not None:
-            zl_rows[s:e] = out[2]
+        zn = bufn[: e - s]
+        rs = row_scale[s:e] if want_grad else None
+        rz = z_row_scale[s:e] if (want_grad and z_row_scale is not None) else None
+        ce[s:e], lse[s:e] = _cross_entropy.backend_rows(spec.problem, zn, spec.target[s:e], rs, rz,
+                                                        zn if want_grad else None)
         if not want_grad:
             continue
         if gx is not None:
@@ -145,27 +90,25 @@ def _run_chunks(x, W, b, spec, row_scale_ce, row_scale_z, need):
             gW.addmm_(z.t(), xs)
         if gb is not None:
             gb += z.sum(0)
-    return ce_rows, zl_rows, lse_rows, gx, gW, gb
+    return ce, lse, gx, gW, gb
 
 
-def _row_scales(spec: _Spec, n: int, dt: torch.dtype, grad_output: torch.Tensor | None):
-    if spec.reduction == "none":
-        g = grad_output.reshape(n).to(dt)
-        return g, g
-    g = torch.ones((), dtype=dt) if grad_output is None else grad_output.reshape(()).to(dt)
-    if spec.reduction == "sum":
-        return g.expand(n), g.expand(n)
-    return (g * _inv(spec.count_ce)).expand(n), (g * _inv(spec.count_z)).expand(n)
+def _row_scales(p: Problem, n: int, grad_output: np.ndarray | None):
+    """(N,) scales of the cross-entropy rows and of the z-loss rows (None without z-loss)."""
+    if p.reduction == "none":
+        g = grad_output.reshape(n).astype(p.dtype)
+    else:
+        g = p.dtype.type(1) if grad_output is None else grad_output.reshape(()).astype(p.dtype)
+    rs = np.broadcast_to(_reduction.row_scale(p.reduction, g, p.denom), (n,))
+    if not p.options.lse_square_scale:
+        return rs, None
+    return rs, np.broadcast_to(_reduction.row_scale(p.reduction, g, p.denom_z), (n,))
 
 
-def _reduce(spec: _Spec, ce_rows, zl_rows):
-    if spec.reduction == "none":
-        return ce_rows if zl_rows is None else ce_rows + zl_rows
-    if spec.reduction == "sum":
-        loss = ce_rows.sum()
-        return loss if zl_rows is None else loss + zl_rows.sum()
-    loss = ce_rows.sum() / spec.count_ce
-    return loss if zl_rows is None else loss + zl_rows.sum() / spec.count_z
+def _loss(spec: _Spec, ce: np.ndarray, lse: np.ndarray) -> torch.Tensor:
+    p = spec.problem
+    return torch.as_tensor(np.asarray(_cross_entropy.rows_loss(
+        p, ce, lse, None if p.all_valid else p.valid), dtype=p.dtype))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -174,29 +117,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need = tuple(ctx.needs_input_grad[:3])
         ctx.spec = spec
         ctx.need = need
-        n, dt = x.shape[0], x.dtype
-        if spec.reduction != "none" and any(need):
-            sce, sz = _row_scales(spec, n, dt, None)
-            ce, zl, lse, gx, gW, gb = _run_chunks(x, W, b, spec, sce, sz, need)
+        n = x.shape[0]
+        if spec.problem.reduction != "none" and any(need):
+            ce, lse, gx, gW, gb = _run_chunks(x, W, b, spec, *_row_scales(spec.problem, n, None),
+                                              need)
             ctx.grads = [gx, gW, gb]
         else:
-            ce, zl, lse, *_ = _run_chunks(x, W, b, spec, None, None, need)
+            ce, lse, *_ = _run_chunks(x, W, b, spec, None, None, need)
             ctx.grads = None
             if any(need):
                 ctx.save_for_backward(x, W, b)
-        loss = _reduce(spec, ce, zl)
-        lse = lse if lse is not None else torch.empty(0, dtype=dt)
-        ctx.mark_non_differentiable(lse)
-        return loss, lse
+        lse_t = torch.from_numpy(lse)
+        ctx.mark_non_differentiable(lse_t)
+        return _loss(spec, ce, lse), lse_t
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, grad_lse):  # noqa: D102
         spec = ctx.spec
-        if spec.reduction == "none":
+        if spec.problem.reduction == "none":
             x, W, b = ctx.saved_tensors
-            sce, sz = _row_scales(spec, x.shape[0], x.dtype, grad_loss)
-            _, _, _, gx, gW, gb = _run_chunks(x, W, b, spec, sce, sz, ctx.need)
+            g = _bridge.as_numpy(grad_loss.contiguous())
+            _, _, gx, gW, gb = _run_chunks(x, W, b, spec, *_row_scales(spec.problem, x.shape[0], g),
+                                           ctx.need)
             return gx, gW, gb, None
         grads = ctx.grads
         if grads is None:
@@ -219,17 +162,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return out[0], out[1], out[2], None
 
 
-def _fallback(input, linear_weight, target, linear_bias, weight, reduction, ignore_index, eps,
-              options, zscale, cap, return_lse):
-    if not (zscale or cap is not None or return_lse):
+def _fallback(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+              options, torch_options):
+    if not options.extended:
         return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias,
                                       weight=weight, reduction=reduction,
-                                      ignore_index=ignore_index, label_smoothing=eps,
-                                      options=options)
-    logits = F.linear(input, linear_weight, linear_bias)
-    return _functional._cross_entropy_options_torch(
-        logits, target, weight, -100 if ignore_index is None else ignore_index, reduction, eps,
-        zscale, cap, return_lse)
+                                      ignore_index=ignore_index, label_smoothing=
+                                      options.label_smoothing, options=torch_options)
+    return _reference.cross_entropy(
+        F.linear(input, linear_weight, linear_bias), target, weight, ignore_index, reduction,
+        options.label_smoothing, options.lse_square_scale, options.softcap, options.return_lse)
 
 
 def linear_cross_entropy(
@@ -313,63 +255,46 @@ def linear_cross_entropy(
     linear cross-entropy; Wijmans et al., Cut Your Losses in Large-Vocabulary Language Models
     (2024).
     """
-    _functional._check_reduction(reduction)
-    eps = float(label_smoothing)
-    zscale = float(lse_square_scale)
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"softcap must be a positive number or None, got {softcap!r}")
+    opts = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
     if options is not None:
         chunk_size = chunk_size or getattr(options, "batch_chunk_size", None)
         allow_retain_graph = allow_retain_graph or bool(
             getattr(options, "allow_retain_graph", False))
-    eligible = (
-        _functional.fast_path_ok(input, target, weight, small_ok=True)
-        and isinstance(linear_weight, torch.Tensor) and linear_weight.dim() == 2
-        and _functional._plain_cpu(linear_weight) and linear_weight.dtype == input.dtype
-        and input.dim() in (1, 2)
-        and (linear_bias is None or (_functional._plain_cpu(linear_bias)
-                                     and linear_bias.dtype == input.dtype
-                                     and linear_bias.shape == linear_weight.shape[:1]))
-    )
-    if not eligible:
-        return _fallback(input, linear_weight, target, linear_bias, weight, reduction,
-                         ignore_index, eps, options, zscale, softcap, return_lse)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
+    ii = -100 if ignore_index is None else ignore_index
+    fallback = (input, linear_weight, target, linear_bias, weight, reduction, ii, opts, options)
+    if (_bridge.tracing() or not isinstance(input, torch.Tensor) or input.dim() not in (1, 2)
+            or not isinstance(linear_weight, torch.Tensor) or linear_weight.dim() != 2):
+        return _fallback(*fallback)  # PyTorch's own checks (and its K-dimensional weights)
     single = input.dim() == 1
-    x = input[None] if single else input
-    n, h = x.shape
-    v = linear_weight.shape[0]
+    h, v = input.shape[-1], linear_weight.shape[0]
     if linear_weight.shape[1] != h:
         raise ValueError(f"input has {h} features but linear_weight has shape "
                          f"{tuple(linear_weight.shape)}: expected (V, {h})")
-    dt = x.dtype
-    prob = target.dim() == input.dim() and target.shape[-1] == v and target.is_floating_point()
-    if prob:
-        t = target.detach().reshape(n, v).to(dt).contiguous()
-        ii = -100
-    else:
-        if target.dtype != torch.int64:
-            raise TypeError(f"expected class-index target of dtype int64 (or float probabilities "
-                            f"of shape {(n, v) if not single else (v,)}), got {target.dtype}")
-        t = target.reshape(-1)
-        if t.shape[0] != n:
-            raise ValueError(f"Expected input batch_size ({n}) to match target batch_size "
-                             f"({t.shape[0]})")
-        ii = -100 if ignore_index is None else int(ignore_index)
-        bad = (t != ii) & ((t < 0) | (t >= v))
-        if bool(bad.any()):
-            raise IndexError(f"target {int(t[bad][0])} is out of bounds for {v} classes "
-                             f"(valid: 0..{v - 1}, or ignore_index={ii})")
-    if weight is not None and weight.shape != (v,):
-        raise ValueError(f"weight must have shape ({v},), got {tuple(weight.shape)}")
-    if chunk_size is not None and int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
-    spec = _Spec(
-        target=t, prob=prob, weight=None if weight is None else weight.detach().to(dt),
-        ignore_index=ii, reduction=reduction, eps=eps, zscale=zscale, cap=softcap,
-        chunk=int(chunk_size) if chunk_size else default_chunk_size(v, x.element_size()),
-        return_lse=return_lse, allow_retain_graph=allow_retain_graph,
+    if linear_bias is not None and tuple(linear_bias.shape) != (v,):
+        raise ValueError(f"linear_bias must have shape ({v},), got {tuple(linear_bias.shape)}")
+    shape = (v,) if single else (input.shape[0], v)
+    problem = _functional.problem_for(input, target, weight, ii, reduction, opts, shape=shape)
+    if problem.prob and ignore_index is not None:
+        raise ValueError(f"ignore_index={ignore_index} cannot be given with class-probability "
+                         "targets (as torch.nn.functional.linear_cross_entropy)")
+    eligible = (
+        _bridge.fast_path_ok(input, target, weight, small_ok=True)
+        and _bridge.plain_cpu(linear_weight) and linear_weight.dtype == input.dtype
+        and (linear_bias is None or (_bridge.plain_cpu(linear_bias)
+                                     and linear_bias.dtype == input.dtype))
     )
-    _denominators(spec, n, dt)
+    if not eligible:
+        return _fallback(*fallback)
+    x = input[None] if single else input
+    n = x.shape[0]
+    rows = problem.y.reshape(n, v) if problem.prob else problem.target
+    spec = _Spec(
+        problem=problem, target=np.ascontiguousarray(rows),
+        chunk=int(chunk_size) if chunk_size else default_chunk_size(v, x.element_size()),
+        allow_retain_graph=allow_retain_graph,
+    )
     xc = x.contiguous()
     Wc = linear_weight.contiguous()
     grad_on = torch.is_grad_enabled() and (
@@ -379,10 +304,9 @@ def linear_cross_entropy(
         loss, lse = _LinearCrossEntropy.apply(xc, Wc, linear_bias, spec)
     else:
         with torch.no_grad():
-            ce, zl, lse, *_ = _run_chunks(xc.detach(), Wc.detach(), None if linear_bias is None
-                                          else linear_bias.detach(), spec, None, None,
-                                          (False,) * 3)
-            loss = _reduce(spec, ce, zl)
+            ce, lse_n, *_ = _run_chunks(xc.detach(), Wc.detach(), None if linear_bias is None
+                                        else linear_bias.detach(), spec, None, None, (False,) * 3)
+            loss, lse = _loss(spec, ce, lse_n), torch.from_numpy(lse_n)
     if single and reduction == "none":
         loss = loss.reshape(())
     if not return_lse:

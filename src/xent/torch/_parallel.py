@@ -16,11 +16,69 @@ same loss; ``backward`` on each rank fills the gradient of that rank's shard.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from . import _functional, _linear, _rows
+from xent import _reduction
+from xent._problem import Problem, check_options, class_weight, cross_entropy_problem
+
+from . import _bridge, _linear
+
+
+# The row math of the shards in PyTorch ops (the shards may live on any device), with
+# ``lse`` the row's global log-sum-exp, ``w`` the class weights (ones when absent), ``eps`` the
+# label smoothing, ζ the z-loss scale::
+#     loss = (1-eps)·w_t·(lse - z_t) + (eps/V)·Σ_c w_c·(lse - z_c)
+#     grad = p·((1-eps)·w_t + (eps/V)·Σ_c w_c + 2ζ·lse) - (1-eps)·w_t·e_t - (eps/V)·w
+# each term summed over the shards by the collectives; through a cap: ·(1 - tanh²(z/cap)).
+def softcap_(z: torch.Tensor, cap: float, aux: torch.Tensor | None) -> None:
+    """``z ← cap·tanh(z/cap)`` in place; ``aux ← 1 - tanh²(z/cap)`` (its derivative) if given."""
+    z.div_(cap).tanh_()
+    if aux is not None:
+        torch.mul(z, z, out=aux)
+        aux.neg_().add_(1.0)
+    z.mul_(cap)
+
+
+def index_loss(
+    lse: torch.Tensor, zt: torch.Tensor, wz: torch.Tensor | None, wt: torch.Tensor,
+    wsum: float | torch.Tensor, valid: torch.Tensor, num_classes: int, eps: float,
+) -> torch.Tensor:
+    """Unreduced cross-entropy of each row from its statistics, z-loss not included."""
+    loss = (1.0 - eps) * wt * (lse - zt)
+    if eps:
+        loss = loss + (eps / num_classes) * (wsum * lse - wz) * valid
+    return loss
+
+
+def index_grad_(
+    z: torch.Tensor, lse: torch.Tensor, tt: torch.Tensor, wt: torch.Tensor, valid: torch.Tensor,
+    weight: torch.Tensor | None, wsum: float | torch.Tensor, num_classes: int, eps: float,
+    zscale: float, scale_ce: torch.Tensor, scale_z: torch.Tensor, owned: torch.Tensor | None = None,
+    col_offset: int = 0,
+) -> None:
+    """Overwrite the (soft-capped) logits ``z`` with d(Σ_i scale_i·loss_i)/dz, before the cap's
+    chain rule. ``owned``/``col_offset`` restrict the one-hot term to the targets that fall in
+    this block's columns (vocabulary shards); ``lse`` is the row's global log-sum-exp."""
+    vf = valid.to(z.dtype)
+    coef = scale_ce * ((1.0 - eps) * wt + (eps / num_classes) * wsum * vf)
+    if zscale:
+        coef = coef + scale_z * (2.0 * zscale) * lse * vf
+    z.sub_(lse[:, None]).exp_().mul_(coef[:, None])
+    onehot = -(scale_ce * (1.0 - eps) * wt)
+    if owned is None:
+        z.scatter_add_(1, tt[:, None], onehot[:, None])
+    else:
+        local = torch.where(owned, tt - col_offset, torch.zeros((), dtype=tt.dtype))
+        z.scatter_add_(1, local[:, None], (onehot * owned.to(z.dtype))[:, None])
+    if eps:
+        a = scale_ce * vf * (eps / num_classes)
+        if weight is None:
+            z.sub_(a[:, None])
+        else:
+            z.addr_(a, weight, alpha=-1.0)
 
 
 def _vocab_range(local: int, vocab_start, vocab_size, group) -> tuple[int, int]:
@@ -60,6 +118,12 @@ class _Stats:
         if self.wz is not None:
             self.wz[s:e] = z.sum(1) if self.weight is None else torch.mv(z, self.weight)
 
+    def counts(self, problem: Problem, dt):
+        """The mean's denominators (after `combine`): the problem's, except the weighted one,
+        which sums the row weights the collectives gathered from the shards."""
+        count_z = torch.tensor(float(problem.denom_z), dtype=dt)
+        return (count_z if self.weight is None else self.wt.sum()), count_z
+
     def combine(self, group):
         """The two collectives; afterwards lse, zt, wt, wz, wsum are global."""
         m = self.lse_local.clone()
@@ -78,54 +142,48 @@ class _Stats:
             self.wz = rows[3]
         self.wsum = packed[-1]
 
-    def losses(self, num_classes, zscale):
-        ce = _rows.index_loss(self.lse, self.zt, self.wz, self.wt, self.wsum, self.valid,
-                              num_classes, self.eps)
-        zl = zscale * self.lse * self.lse * self.valid if zscale else None
-        return ce, zl
-
     def grad_(self, s, e, z, num_classes, zscale, scale_ce, scale_z, aux):
         """Overwrite this slice's logits ``z`` of rows ``s:e`` with the gradient."""
-        _rows.index_grad_(z, self.lse[s:e], self.tt[s:e], self.wt[s:e], self.valid[s:e],
-                          self.weight, self.wsum, num_classes, self.eps, zscale, scale_ce,
-                          scale_z, owned=self.owned[s:e], col_offset=self.start)
+        index_grad_(z, self.lse[s:e], self.tt[s:e], self.wt[s:e], self.valid[s:e],
+                    self.weight, self.wsum, num_classes, self.eps, zscale, scale_ce, scale_z,
+                    owned=self.owned[s:e], col_offset=self.start)
         if aux is not None:
             z.mul_(aux)
 
 
-def _scales(reduction, n, dt, count_ce, count_z, grad_output=None):
-    if reduction == "none":
+def _scales(problem: Problem, n, dt, count_ce, count_z, grad_output=None):
+    """(N,) scales of the cross-entropy rows and of the z-loss rows (``xent._reduction``)."""
+    if problem.reduction == "none":
         g = torch.ones(n, dtype=dt) if grad_output is None else grad_output.reshape(n).to(dt)
         return g, g
     g = torch.ones((), dtype=dt) if grad_output is None else grad_output.reshape(()).to(dt)
-    if reduction == "sum":
-        return g.expand(n), g.expand(n)
-    return (g * _linear._inv(count_ce)).expand(n), (g * _linear._inv(count_z)).expand(n)
+    return (_reduction.row_scale(problem.reduction, g, count_ce).expand(n),
+            _reduction.row_scale(problem.reduction, g, count_z).expand(n))
 
 
-def _reduce(reduction, ce, zl, count_ce, count_z):
-    if reduction == "none":
-        return ce if zl is None else ce + zl
-    if reduction == "sum":
-        return ce.sum() if zl is None else ce.sum() + zl.sum()
-    loss = ce.sum() / count_ce
-    return loss if zl is None else loss + zl.sum() / count_z
+def _loss(problem: Problem, st: _Stats, count_ce, count_z) -> torch.Tensor:
+    zscale = problem.options.lse_square_scale
+    ce = index_loss(st.lse, st.zt, st.wz, st.wt, st.wsum, st.valid, problem.num_classes,
+                    problem.options.label_smoothing)
+    zl = _reduction.z_loss_rows(st.lse, zscale, st.valid) if zscale else None
+    return _reduction.total(problem.reduction, ce, count_ce, zl, count_z)
 
 
-def _check_common(reduction, softcap, target, n, ignore_index, vocab_size, start, local):
-    _functional._check_reduction(reduction)
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"softcap must be a positive number or None, got {softcap!r}")
-    if target.dtype != torch.int64 or target.dim() != 1 or target.shape[0] != n:
-        raise ValueError(f"target must be int64 class indices of shape ({n},), got "
-                         f"{target.dtype} {tuple(target.shape)}")
-    if not 0 <= start <= start + local <= vocab_size:
+def _problem(logits_shape, target, weight, ignore_index, reduction, options, dt, start, local):
+    """The core's validation step for this rank's call (targets against the whole vocabulary,
+    the weight against this shard), and the shard's weight in ``dt``."""
+    n, vocab = logits_shape
+    if not 0 <= start <= start + local <= vocab:
         raise ValueError(f"this rank's classes [{start}, {start + local}) do not fit in a "
-                         f"vocabulary of {vocab_size}")
-    bad = (target != ignore_index) & ((target < 0) | (target >= vocab_size))
-    if bool(bad.any()):
-        raise IndexError(f"target {int(target[bad][0])} is out of bounds for {vocab_size} classes"
-                         f" (valid: 0..{vocab_size - 1}, or ignore_index={ignore_index})")
+                         f"vocabulary of {vocab}")
+    if not isinstance(target, torch.Tensor) or target.is_floating_point():
+        raise TypeError("target must be a tensor of int64 class indices (probability targets "
+                        "are not supported by the vocabulary-parallel forms)")
+    cdt = np.dtype(np.float64 if dt == torch.float64 else np.float32)
+    class_weight(_bridge.numpy_operand(weight, cdt), local, cdt)
+    problem = cross_entropy_problem(logits_shape, cdt, _bridge.numpy_operand(target, cdt), None,
+                                    ignore_index, reduction, options)
+    return problem, None if weight is None else weight.detach().to(dt)
 
 
 def vocab_parallel_cross_entropy(
@@ -180,36 +238,36 @@ def vocab_parallel_cross_entropy(
         0.1755
         >>> dist.destroy_process_group()
     """
+    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
     n, local = logits.shape
     start, vocab = _vocab_range(local, vocab_start, vocab_size, group)
-    _check_common(reduction, softcap, target, n, ignore_index, vocab, start, local)
     dt = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+    problem, w = _problem((n, vocab), target, weight, ignore_index, reduction, options, dt, start,
+                          local)
     z = logits.detach().to(dt, copy=True).contiguous()
-    w = None if weight is None else weight.detach().to(dt)
     want_grad = torch.is_grad_enabled() and logits.requires_grad
-    aux = torch.empty_like(z) if (want_grad and softcap is not None) else None
-    zscale, eps = float(lse_square_scale), float(label_smoothing)
+    cap = options.softcap
+    aux = torch.empty_like(z) if (want_grad and cap is not None) else None
     holder = {}
 
     def compute():
-        if softcap is not None:
-            _rows.softcap_(z, softcap, aux)
-        st = _Stats(n, dt, target, w, ignore_index, start, local, eps)
+        if cap is not None:
+            softcap_(z, cap, aux)
+        st = _Stats(n, dt, target, w, problem.ignore_index, start, local,
+                    options.label_smoothing)
         st.add_chunk(0, n, z)
         st.combine(group)
-        count_z = st.valid.sum().to(dt)
-        count_ce = st.wt.sum()
-        ce, zl = st.losses(vocab, zscale)
+        count_ce, count_z = st.counts(problem, dt)
         holder["lse"] = st.lse
-        loss = _reduce(reduction, ce, zl, count_ce, count_z).to(logits.dtype)
+        loss = _loss(problem, st, count_ce, count_z).to(logits.dtype)
         if not want_grad:
             return loss, None
-        sce, sz = _scales(reduction, n, dt, count_ce, count_z)
-        st.grad_(0, n, z, vocab, zscale, sce, sz, aux)
+        sce, sz = _scales(problem, n, dt, count_ce, count_z)
+        st.grad_(0, n, z, vocab, options.lse_square_scale, sce, sz, aux)
         return loss, z.to(logits.dtype)
 
     if want_grad:
-        loss = _functional._SavedGrad.apply(logits, compute, 1 if reduction == "none" else None)
+        loss = _bridge.SavedGrad.apply(logits, compute, 1 if reduction == "none" else None)
     else:
         loss, _ = compute()
     return (loss, holder["lse"].to(logits.dtype)) if return_lse else loss
@@ -225,7 +283,8 @@ class _ParallelLinear(torch.autograd.Function):
         single = chunk >= n
         buf = torch.empty(chunk, local, dtype=dt)
         cap = cfg["softcap"]
-        st = _Stats(n, dt, cfg["target"], cfg["weight"], cfg["ignore_index"], cfg["start"],
+        problem = cfg["problem"]
+        st = _Stats(n, dt, cfg["target"], cfg["weight"], problem.ignore_index, cfg["start"],
                     local, cfg["eps"])
         want_grad = any(need)
         aux = torch.empty(chunk, local, dtype=dt) if (want_grad and cap is not None) else None
@@ -237,21 +296,19 @@ class _ParallelLinear(torch.autograd.Function):
             else:
                 torch.addmm(b, x[s:e], W.t(), out=z)
             if cap is not None:
-                _rows.softcap_(z, cap, None if aux is None else aux[: e - s])
+                softcap_(z, cap, None if aux is None else aux[: e - s])
             return z
 
         for s in range(0, n, chunk):  # pass 1: statistics only
             st.add_chunk(s, min(n, s + chunk), logits(s, min(n, s + chunk)))
         st.combine(cfg["group"])
-        count_z = st.valid.sum().to(dt)
-        count_ce = st.wt.sum()
-        ce, zl = st.losses(cfg["vocab"], cfg["zscale"])
-        loss = _reduce(cfg["reduction"], ce, zl, count_ce, count_z)
+        count_ce, count_z = st.counts(problem, dt)
+        loss = _loss(problem, st, count_ce, count_z)
         ctx.cfg, ctx.need, ctx.st = cfg, need, st
         ctx.counts = (count_ce, count_z)
         ctx.grads = None
         if want_grad and cfg["reduction"] != "none":
-            sce, sz = _scales(cfg["reduction"], n, dt, count_ce, count_z)
+            sce, sz = _scales(problem, n, dt, count_ce, count_z)
             ctx.grads = _ParallelLinear._grads(x, W, b, st, cfg, need, sce, sz, chunk, buf, aux,
                                                logits, reuse=single)
         elif want_grad:
@@ -302,10 +359,10 @@ class _ParallelLinear(torch.autograd.Function):
                 else:
                     torch.addmm(b, x[s:e], W.t(), out=z)
                 if cap is not None:
-                    _rows.softcap_(z, cap, aux[: e - s])
+                    softcap_(z, cap, aux[: e - s])
                 return z
 
-            sce, sz = _scales("none", n, dt, *ctx.counts, grad_output=grad_loss)
+            sce, sz = _scales(cfg["problem"], n, dt, *ctx.counts, grad_output=grad_loss)
             grads = _ParallelLinear._grads(x, W, b, ctx.st, cfg, ctx.need, sce, sz, chunk, buf,
                                            aux, logits, reuse=False)
             return grads[0], grads[1], grads[2], None
@@ -379,18 +436,20 @@ def vocab_parallel_linear_cross_entropy(
     if linear_weight.shape[1] != h:
         raise ValueError(f"input has {h} features but linear_weight has shape "
                          f"{tuple(linear_weight.shape)}: expected (V_r, {h})")
+    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
     start, vocab = _vocab_range(local, vocab_start, vocab_size, group)
-    _check_common(reduction, softcap, target, n, ignore_index, vocab, start, local)
-    if chunk_size is not None and int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
     dt = input.dtype
+    problem, w = _problem((n, vocab), target, weight, ignore_index, reduction, options, dt, start,
+                          local)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
     cfg = dict(
-        target=target, weight=None if weight is None else weight.detach().to(dt),
-        ignore_index=int(ignore_index), start=start, vocab=vocab, eps=float(label_smoothing),
-        zscale=float(lse_square_scale), softcap=softcap, reduction=reduction, group=group,
+        problem=problem, target=target, weight=w, start=start, vocab=vocab,
+        eps=options.label_smoothing, zscale=options.lse_square_scale, softcap=options.softcap,
+        reduction=problem.reduction, group=group,
         chunk=int(chunk_size) if chunk_size else _linear.default_chunk_size(
             local, input.element_size()),
-        return_lse=return_lse, reduce_input_grad=reduce_input_grad,
+        return_lse=options.return_lse, reduce_input_grad=reduce_input_grad,
     )
     x, W = input.contiguous(), linear_weight.contiguous()
     if torch.is_grad_enabled() and (input.requires_grad or linear_weight.requires_grad or (

@@ -1,0 +1,238 @@
+"""The zero-copy bridge between torch tensors and xent's NumPy core.
+
+`fast_path_ok` decides whether xent's kernels can compute a call (plain strided CPU tensors of
+float32/float64, outside tracing/compiling and functorch transforms, only ``input`` requiring
+grad, at least `MIN_ELEMENTS` elements); `as_numpy` / `from_numpy` share memory with the
+tensors; `SavedGrad` is the `torch.autograd.Function` that hands the gradient the core computed
+in the forward pass to ``backward``; `run_core` wires a core call into it. The drop-ins
+(`_functional`), linear (`_linear`) and parallel (`_parallel`) forms import these public names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import weakref
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad  # noqa: F401  (read by tracing)
+from torch.nn import _reduction as _Reduction
+
+from xent import _buffers
+
+_FAST_DTYPES = (torch.float32, torch.float64)
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+#: Below this many input elements PyTorch's own op runs even where xent's could: the bridge costs
+#: tens of microseconds (autograd Function, NumPy views), more than the whole loss of a small
+#: batch. Measured by benchmarks/bench_linear.py (bridge table); 0 sends everything to xent.
+#: Change it with `set_min_elements` or, for a block, `min_elements`.
+MIN_ELEMENTS = 8192
+
+
+def get_min_elements() -> int:
+    """Inputs with fewer elements than this run PyTorch's own op instead of xent's kernels."""
+    return MIN_ELEMENTS
+
+
+def set_min_elements(n: int) -> int:
+    """Set the small-input cut-off (0: every eligible call runs xent's); returns the old one.
+
+    Example:
+        >>> import xent.torch
+        >>> old = xent.torch.set_min_elements(0)
+        >>> xent.torch.get_min_elements()
+        0
+        >>> _ = xent.torch.set_min_elements(old)
+    """
+    global MIN_ELEMENTS
+    n = operator.index(n)
+    if n < 0:
+        raise ValueError(f"min_elements must be >= 0, got {n}")
+    old, MIN_ELEMENTS = MIN_ELEMENTS, n
+    return old
+
+
+@contextlib.contextmanager
+def min_elements(n: int) -> Iterator[None]:
+    """Run a block with another small-input cut-off, e.g. ``min_elements(0)`` to send every
+    eligible call to xent's functions however small (as ``xent train`` does)."""
+    old = set_min_elements(n)
+    try:
+        yield
+    finally:
+        set_min_elements(old)
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    """torch's handling of the deprecated ``size_average``/``reduce`` (it warns, as torch does)."""
+    if size_average is not None or reduce is not None:
+        return _Reduction.legacy_get_string(size_average, reduce)
+    return reduction
+
+
+def tracing() -> bool:
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0  # inside dual_level()
+    )
+
+
+def plain_cpu(t: torch.Tensor) -> bool:
+    return (
+        type(t) in _PLAIN_TYPES
+        and t.device.type == "cpu"
+        and t.layout == torch.strided
+        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+    )
+
+
+def fast_path_ok(input: object, *others: object, small_ok: bool = False) -> bool:
+    """Whether xent's kernels can compute this call: see the module docstring. Inputs of fewer
+    than `MIN_ELEMENTS` elements go to PyTorch unless ``small_ok``."""
+    if not isinstance(input, torch.Tensor) or tracing():
+        return False
+    if not small_ok and input.numel() < MIN_ELEMENTS:
+        return False
+    if input.dtype not in _FAST_DTYPES or not plain_cpu(input):
+        return False
+    for t in others:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or not plain_cpu(t) or t.requires_grad:
+            return False
+    return True
+
+
+def as_numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    """A NumPy view of a CPU tensor (zero-copy; a copy only for negated-bit views)."""
+    if t is None:
+        return None
+    return t.detach().resolve_neg().numpy()
+
+
+def from_numpy(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``a``'s memory (a copy only when ``a`` is read-only)."""
+    a = np.asarray(a)
+    if not a.flags.writeable:
+        a = a.copy()
+    return torch.from_numpy(a)
+
+
+class SavedGrad(torch.autograd.Function):
+    """``loss`` whose gradient was computed in the same pass; backward scales it.
+
+    ``compute()`` returns ``(loss, grad)``: for ``reduction='none'`` ``grad`` is the VJP with
+    ones, so the VJP with ``grad_output`` is ``grad * grad_output`` broadcast along the class
+    dimension ``class_dim`` (None for elementwise losses and for reduced ones).
+
+    Double backward (``create_graph=True``, e.g. a gradient penalty): the saved gradient is a
+    constant, so backward then differentiates ``reference(input)``, the same loss written with
+    PyTorch's differentiable ops, and returns a gradient with a graph (PyTorch's own cost for
+    that call). The input is held only by a weak reference: the first-order backward never reads
+    it, so the loss keeps nothing of size N×C but the gradient (logits nobody else holds are
+    freed after the forward, as before), and modifying them in place after the loss stays
+    allowed, as with ``F.cross_entropy``. A double backward therefore needs the caller to keep
+    the logits (it raises otherwise) and checks that they were not modified in place.
+    """
+
+    @staticmethod
+    def forward(ctx, input, compute, class_dim, reference=None):  # noqa: D102
+        loss, grad = compute()
+        ctx.class_dim = class_dim
+        ctx.save_for_backward(grad)
+        ctx.input = weakref.ref(input)
+        ctx.input_version, ctx.reference = input._version, reference
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: D102
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+            return SavedGrad._differentiable_grad(ctx, grad_output), None, None, None
+        (grad,) = ctx.saved_tensors
+        if grad_output.dim() == 0 and bool(grad_output == 1):
+            # The usual `loss.backward()`: hand the saved gradient over as it is. Unless the
+            # graph is retained, autograd has released our reference by the time it
+            # accumulates, so it takes the buffer without a copy.
+            return grad, None, None, None
+        if ctx.class_dim is not None and grad_output.dim() > 0:
+            grad_output = grad_output.unsqueeze(ctx.class_dim)
+        if grad.device.type != "cpu" or grad_output.device.type != "cpu":
+            return grad * grad_output, None, None, None
+        # Into xent's output-buffer cache (memory already touched when a gradient of this size
+        # was dropped before; e.g. `(loss / accumulation_steps).backward()` every step).
+        g, go = as_numpy(grad), as_numpy(grad_output)
+        out = _buffers.empty(np.broadcast_shapes(g.shape, go.shape), np.result_type(g, go))
+        np.multiply(g, go, out=out)
+        return torch.from_numpy(out), None, None, None
+
+    @staticmethod
+    def _differentiable_grad(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        if ctx.reference is None:
+            raise RuntimeError(
+                "xent.torch: this loss has no double backward (create_graph=True); compute it "
+                "with PyTorch's ops for a second derivative"
+            )
+        x = ctx.input()
+        if x is None:
+            raise RuntimeError(
+                "xent.torch: a double backward (create_graph=True) needs the loss's input: keep a "
+                "reference to the logits until then (e.g. logits = model(x); loss = "
+                "cross_entropy(logits, target)); the loss itself keeps only its gradient"
+            )
+        if x._version != ctx.input_version:
+            raise RuntimeError(
+                "xent.torch: the loss's input was modified in place after the loss was computed;"
+                " a double backward (create_graph=True) needs it unchanged"
+            )
+        with torch.enable_grad():
+            xr = x if x.requires_grad else x.detach().requires_grad_(True)
+            loss = ctx.reference(xr)
+            (g,) = torch.autograd.grad(loss, xr, grad_output, create_graph=True)
+        return g
+
+
+def wants_grad(input: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and input.requires_grad
+
+
+def run_core(input: torch.Tensor, compute, class_dim: int | None, reference) -> torch.Tensor:
+    """The loss of ``input`` from ``compute(grad: bool) -> (loss, grad or None)`` (NumPy arrays
+    from the core, on a NumPy view of ``input``), through `SavedGrad` when autograd wants the
+    gradient. ``reference(input)``: the same loss in PyTorch ops, for a double backward."""
+    if not wants_grad(input):
+        return from_numpy(compute(False)[0])
+
+    def both():
+        loss, grad = compute(True)
+        return from_numpy(loss), from_numpy(grad)
+
+    return SavedGrad.apply(input, both, class_dim, reference)
+
+
+def class_dim_for_none(input: torch.Tensor, reduction: str) -> int | None:
+    return 1 if reduction == "none" and input.dim() >= 2 else None
+
+
+def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype) -> np.ndarray | None:
+    """What the core's validation step reads of a target or weight tensor ``t``: a NumPy view of
+    a CPU tensor NumPy can hold; class indices (or weights) of any other tensor copied to the
+    CPU (O(N) values); a float tensor that NumPy cannot view (CUDA, bfloat16, ...) as a
+    zero-stride stand-in of its shape in ``float_dtype`` (only its shape and kind are checked)."""
+    if t is None:
+        return None
+    if t.device.type == "cpu" and t.dtype in _NUMPY_VIEWABLE and plain_cpu(t):
+        return as_numpy(t)
+    if t.is_floating_point() and t.dim() > 1:
+        return np.broadcast_to(np.zeros((), float_dtype), tuple(t.shape))
+    return t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype).numpy()
+
+
+_NUMPY_VIEWABLE = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32,
+                   torch.int16, torch.int8, torch.uint8, torch.bool)
