@@ -43,12 +43,9 @@ def _numba_unavailable_reason() -> str | None:
     except ImportError as exc:
         return f"numba cannot be imported ({exc})"
     try:
-        kernels = importlib.import_module("xent._kernels")
-    except ImportError as exc:  # the kernels are not written yet, or fail to import
+        importlib.import_module("xent._kernels")
+    except ImportError as exc:  # a broken install of the kernels
         return f"xent._kernels cannot be imported: {exc}"
-    if getattr(kernels, "__file__", None) is None:
-        # An empty src/xent/_kernels/ directory imports as a namespace package: no kernels yet.
-        return "xent._kernels has no __init__.py yet"
     return None
 
 

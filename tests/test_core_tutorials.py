@@ -1,4 +1,4 @@
-"""Every worked number in the tutorials (/work/shared/seeds, the project's specification),
+"""Every worked number in the tutorials (the three tutorial notebooks the project was created from, its specification),
 reproduced by xent to the digits the tutorials show.
 
 The tutorials' PyTorch numbers were computed in float32 (``torch.tensor([2.0, 1.0, 0.1])``), and

@@ -1,10 +1,9 @@
 """A cache of large output buffers: calls of one shape reuse memory the OS has already given.
 
 Why: a fresh N×C gradient or softmax output is new memory, and the operating system hands out
-new memory one page at a time, zero-filled, on first touch. On the 2-core development machine
-(a VM, transparent huge pages on ``madvise``) the first write into a fresh 512 MiB array took
-33 ms to 1.4 s, against 20-35 ms into memory already touched: for a (4096, 32768) float32
-cross-entropy forward + backward that is most of the call. PyTorch's CUDA allocator caches
+new memory one page at a time, zero-filled, on first touch; on a VM that first write into a
+fresh 512 MiB gradient can cost more than the fused cross-entropy forward + backward itself
+(measurements: benchmarks/README.md). PyTorch's CUDA allocator caches
 freed blocks for the same reason; this is the CPU counterpart, for xent's own large outputs.
 
 How it stays safe: every cached array is a view of a block (an object NumPy sees through

@@ -33,13 +33,10 @@ from . import _backend_numpy
 
 BACKENDS = ("auto", "numpy", "numba")
 
-# ``auto`` uses a kernel from this many elements (rows × cols) on. Measured with
-# ``benchmarks/bench_kernels.py --crossover`` on the 2-core development machine (float32, one
-# call, steady state): the row kernels (softmax, log_softmax, ce_index, ce_prob) are as fast as or
-# faster than NumPy at every size (1.0-2x below 64K elements, 1.5-10x above), bce_logits breaks
-# even near 16-32K elements (its host function does more argument handling). Below 64K elements
-# the saving is a few microseconds per call, which does not pay for importing Numba (~0.4 s) and
-# loading or compiling the kernels on first use, so small calls stay on NumPy.
+# ``auto`` uses a kernel from this many elements (rows × cols) on, chosen from
+# ``benchmarks/bench_kernels.py --crossover`` (results in benchmarks/README.md): below it the
+# kernels save a few microseconds per call, which does not pay for importing Numba and loading
+# or compiling the kernels on first use, so small calls stay on NumPy.
 AUTO_MIN_ELEMENTS = 1 << 16
 AUTO_MIN_ELEMENTS_BY_OP = {"bce_logits": 1 << 16}
 

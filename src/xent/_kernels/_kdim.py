@@ -46,9 +46,8 @@ out-of-bounds access.
 Row groups: with B = 16 or 32 a loop over the tile's nb lanes is mostly loop overhead. When a
 tile is all of B, R consecutive class rows are R·B contiguous values, so passes 1 and 3 (without
 per-class terms) run R rows per step over R·B lanes of the flat ``(A, C·B)`` view and fold the R
-partial results per position (``_max_sum_exp``, ``_write_rows``; R·B ≈ 128, chosen by the host).
-Measured single-threaded on the development machine, pass 1 on float32 (64, 1000, 32) went from
-0.45 to 0.40 ns per element, (8, 50257, 16) from 0.78 to 0.47.
+partial results per position (``_max_sum_exp``, ``_write_rows``; R·B ≈ 128, chosen by the host;
+the measured gain is in benchmarks/README.md).
 
 Indexing: the innermost index ``b0 + j`` is unsigned (uint64), so Numba emits no negative-index
 wraparound for it and LLVM sees a unit-stride access it can vectorise. (Numba types

@@ -65,8 +65,7 @@ _BLOCK = 2048
 # sign bit is kept, a negative float's magnitude bits are flipped), and key is its own inverse.
 # A signed integer max is one exact, associative instruction (vpmaxsd/q) that LLVM vectorises
 # without any fast-math flag; ``llvm.maximum`` lowers to six dependent instructions on x86.
-# Measured on the development machine, a 2048-float32 block in L1: 0.031 against 0.110 ns per
-# element, a quarter of a cross-entropy row's arithmetic.
+# (About a quarter of a cross-entropy row's arithmetic before; benchmarks/README.md.)
 # NaN: a positive NaN has the largest key (the max is NaN); a negative NaN (x86 produces those,
 # e.g. 0·inf) the smallest, so it is skipped here and caught by the sum of exponentials, which it
 # makes NaN; a block whose max is -inf is not summed, so it is scanned for NaN instead

@@ -1,10 +1,9 @@
 """Run a row kernel over blocks of rows on several threads, the calling thread included.
 
 Why not Numba's ``parallel=True``/``prange``: its OpenMP regions end in a barrier that waits for
-every worker thread. When the cores are shared with other processes (this project's 2-core
-development machine runs tests and benchmarks side by side), a worker that is not scheduled in
-time stalls the whole call: measured there under load, a (512, 4096) float32 softmax took a
-median of 8.0 ms in a ``prange`` kernel against 0.9 ms serial. Here instead:
+every worker thread. When the cores are shared with other processes, a worker that is not
+scheduled in time stalls the whole call (a ``prange`` softmax ran several times slower than the
+serial one under load; benchmarks/README.md). Here instead:
 
 * the kernels are compiled with ``nogil=True`` and take a row range ``[lo, hi)``;
 * the rows are cut into a few blocks per thread; the calling thread and ``n - 1`` helper threads
