@@ -1,5 +1,5 @@
-"""Every worked number in the tutorials (the three tutorial notebooks the project was created from, its specification),
-reproduced by xent to the digits the tutorials show.
+"""Every worked number in the tutorials (the three notebooks the project was created from, its
+specification), reproduced by xent to the digits the tutorials show.
 
 The tutorials' PyTorch numbers were computed in float32 (``torch.tensor([2.0, 1.0, 0.1])``), and
 their NumPy numbers in float64; each is checked in the dtype it was computed in, and printed
