@@ -211,7 +211,8 @@ def softmax(x, out):
 # ---------------------------------------------------------------------------------------------
 # A tile (one a, up to bt positions b, all C classes) of at most TILE_BYTES stays in L2 between
 # its passes (half of a 1 MiB per-core L2, leaving room for the gradient being written); a
-# chunk of CHUNK_BYTES (cc classes × bt positions) stays in L1 between the online max and the exps of pass 1. MAX_TILE keeps the per-position scratch in L1.
+# chunk of CHUNK_BYTES (cc classes × bt positions) stays in L1 between the online max and the
+# exps of pass 1. MAX_TILE keeps the per-position scratch in L1.
 TILE_BYTES = 256 << 10
 CHUNK_BYTES = 16 << 10
 MAX_TILE = 2048
