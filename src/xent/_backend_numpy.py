@@ -13,9 +13,12 @@ the nan/inf *values* are the documented result.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-_QUIET = {"over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
+_QUIET: dict[str, Any] = {
+    "over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
 def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ AUTO_MIN_ELEMENTS_BY_OP = {"bce_logits": 1 << 16}
 def _check(name: object) -> str:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    return name  # type: ignore[return-value]
+    return str(name)
 
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar(

@@ -74,7 +74,7 @@ def _key_max(r):
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
-@overload(_key_max, jit_options={"cache": True})
+@overload(_key_max, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
 def _key_max_overload(r):
     if r.dtype == types.float32:
 

@@ -260,7 +260,8 @@ def binary_cross_entropy(
     x, y, w = _bridge.as_numpy(input), _bridge.as_numpy(target), _bridge.as_numpy(weight)
 
     def compute(grad: bool):
-        out = xent.binary_cross_entropy(x, y, w, reduction, return_grad=grad)
+        out = xent.binary_cross_entropy(  # type: ignore[call-overload]
+            x, y, w, reduction, return_grad=grad)
         return out if grad else (out, None)
 
     return _bridge.run_core(input, compute, None, reference)
@@ -316,7 +317,8 @@ def binary_cross_entropy_with_logits(
     w, pw = _bridge.as_numpy(weight), _bridge.as_numpy(pos_weight)
 
     def compute(grad: bool):
-        out = xent.binary_cross_entropy_with_logits(x, y, w, reduction, pw, return_grad=grad)
+        out = xent.binary_cross_entropy_with_logits(  # type: ignore[call-overload]
+            x, y, w, reduction, pw, return_grad=grad)
         return out if grad else (out, None)
 
     return _bridge.run_core(input, compute, None, reference)

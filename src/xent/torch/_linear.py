@@ -15,6 +15,7 @@ and PyTorch's chunked path do) so that ``backward`` is a scale by ``grad_output`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +96,7 @@ def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
 
 def _row_scales(p: Problem, n: int, grad_output: np.ndarray | None):
     """(N,) scales of the cross-entropy rows and of the z-loss rows (None without z-loss)."""
+    g: Any
     if p.reduction == "none":
         g = grad_output.reshape(n).astype(p.dtype)
     else:

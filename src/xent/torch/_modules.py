@@ -7,6 +7,8 @@ constructor signatures, the legacy ``size_average``/``reduce`` handling, the reg
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from . import _functional
@@ -34,10 +36,10 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _functional.cross_entropy(
+        return cast(torch.Tensor, _functional.cross_entropy(  # no return_lse: one tensor
             input, target, weight=self.weight, ignore_index=self.ignore_index,
             reduction=self.reduction, label_smoothing=self.label_smoothing,
-        )
+        ))
 
 
 class NLLLoss(torch.nn.NLLLoss):

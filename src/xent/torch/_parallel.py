@@ -87,9 +87,9 @@ def _vocab_range(local: int, vocab_start, vocab_size, group) -> tuple[int, int]:
         return int(vocab_start), int(vocab_size)
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([local], dtype=torch.int64), group=group)
-    sizes = [int(s) for s in sizes]
+    gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor([local], dtype=torch.int64), group=group)
+    sizes = [int(s) for s in gathered]
     start = sum(sizes[:rank]) if vocab_start is None else int(vocab_start)
     return start, sum(sizes) if vocab_size is None else int(vocab_size)
 
