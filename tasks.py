@@ -7,7 +7,8 @@ pinned by ``requirements/constraints.txt`` (torch's CPU build). It needs only Py
 the package registry. Afterwards each task runs inside that environment.
 
     python3 tasks.py train [xent train options]   # the main job: train the tutorial classifiers
-    python3 tasks.py test [pytest options]        # the whole test suite, as CI runs it
+    python3 tasks.py test [pytest options]        # ruff, mypy, then the whole test suite (CI)
+    python3 tasks.py test-fast [pytest options]   # the tests not marked slow (under a minute)
     python3 tasks.py bench [benchmark options]    # kernel benchmark (installs JAX too)
     python3 tasks.py examples                     # the tutorials' worked examples
 """
@@ -28,6 +29,7 @@ EXTRAS = {
     "train": "all",
     "examples": "all",
     "test": "dev",
+    "test-fast": "dev",
     "bench": "dev,bench",
     "bench-linear": "dev",
     "shell": "dev",
@@ -72,7 +74,16 @@ def main(argv: list[str]) -> int:
     py = str(ensure_env(EXTRAS[task]))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if task == "test":
+        # The style the project keeps is checked, not hoped for: lint and types before tests.
+        lint = [py, "-m", "ruff", "check", "src", "tests", "benchmarks", "tasks.py"]
+        for check in (lint, [py, "-m", "mypy"]):
+            print(f"[tasks] {' '.join(check[2:])}", flush=True)
+            code = subprocess.run(check, cwd=ROOT, env=env).returncode
+            if code:
+                return code
         cmd = [py, "-m", "pytest", *rest]
+    elif task == "test-fast":
+        cmd = [py, "-m", "pytest", "-m", "not slow", *rest]
     elif task == "train":
         cmd = [py, "-m", "xent", "train", *rest]
     elif task == "examples":

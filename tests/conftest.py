@@ -59,3 +59,14 @@ def backend(request):
             pytest.skip(reason)
     with xent.use_backend(name):
         yield name
+
+
+# Whole files of slow tests (subprocesses of the command line, torch.distributed, scikit-learn's
+# estimator checks); single slow tests elsewhere carry @pytest.mark.slow themselves.
+_SLOW_FILES = ("test_cli_", "test_torch_parallel", "test_sklearn")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name.startswith(_SLOW_FILES):
+            item.add_marker(pytest.mark.slow)
