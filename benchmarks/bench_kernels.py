@@ -176,7 +176,7 @@ def floor_kernels():
     def read2_write1(x, out, lo, hi):
         for i in range(lo, hi):
             r = x[i]
-            s = _rows._sum(r)  # read 1
+            s = _rows._sum_exp(r, r[0])  # read 1
             s2 = _rows._dot(r, r)  # read 2
             _rows._shift_sub_to(r, out[i], s * 0, s2 * 0)  # write: out = r (depends on s, s2)
 
