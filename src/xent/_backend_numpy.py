@@ -69,6 +69,13 @@ def _lse_rows(m: np.ndarray, lse_m: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(m), m + lse_m, m)
 
 
+def _no_classes(M: int, dt: np.dtype, grad_out: np.ndarray | None):
+    """Cross-entropy rows over no class: loss 0, lse -inf (an empty sum), zero gradient."""
+    if grad_out is not None:
+        grad_out[...] = 0
+    return np.zeros(M, dt), np.full(M, -np.inf, dt)
+
+
 def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale, softcap,
              row_scale, z_row_scale, grad_out, *, ignored_lse=True):
     """Cross-entropy with class-index targets per row, with the options; gradient into
@@ -89,9 +96,7 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
     eps = label_smoothing
     with np.errstate(**_QUIET):
         if C == 0:
-            if grad_out is not None:
-                grad_out[...] = 0
-            return np.zeros(M, dt), np.full(M, -np.inf, dt)
+            return _no_classes(M, dt, grad_out)
         z, chain = _capped(x, softcap, grad_out)
         # Work in coordinates shifted by the row max m: d = z - m, lse - m = log Σ exp(d).
         # Every term then stays small, so (lse - z_t) and Σ_c w_c (lse - z_c) lose nothing to
@@ -152,9 +157,7 @@ def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale,
     eps = label_smoothing
     with np.errstate(**_QUIET):
         if C == 0:
-            if grad_out is not None:
-                grad_out[...] = 0
-            return np.zeros(M, dt), np.full(M, -np.inf, dt)
+            return _no_classes(M, dt, grad_out)
         z, chain = _capped(x, softcap, None)
         yy = y * dt.type(1 - eps) + dt.type(eps / C) if eps > 0 else y
         wy = yy if weight is None else yy * weight

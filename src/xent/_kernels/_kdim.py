@@ -173,12 +173,10 @@ def _write_rows(x, xf, out, of, a, b0, nb, R, sh, k, log):
 
 
 @_jit
-def _weighted_shift_sum(x, w, a, b0, nb, cc, wk, wk64):
-    """wk64[_ACC, j] = Σ_c w_c·(x[a, c, b0+j] - m_j), summed per chunk, then in float64."""
-    C = x.shape[1]
-    m = wk[_M]
-    part = wk[_CS]
-    acc = wk64[_ACC]
+def _weighted_shift_sum(v, w, a, b0, nb, cc, shift, part, acc):
+    """acc[j] = Σ_c w_c·(v[a, c, b0+j] - shift[j]), summed per chunk of ``cc`` classes in
+    ``part`` (v's dtype), then in float64."""
+    C = v.shape[1]
     for j in range(nb):
         acc[j] = 0.0
     for c0 in range(0, C, cc):
@@ -188,7 +186,7 @@ def _weighted_shift_sum(x, w, a, b0, nb, cc, wk, wk64):
         for c in range(c0, c1):
             wc = w[c]
             for j in range(nb):
-                part[j] += wc * (x[a, c, b0 + j] - m[j])
+                part[j] += wc * (v[a, c, b0 + j] - shift[j])
         for j in range(nb):
             acc[j] += np.float64(part[j])
 
@@ -242,22 +240,11 @@ def _ce_index_tile(
     # when label smoothing needs it.
     if has_g:
         if eps > 0:
-            part = wk[_SUM]
-            acc = wk64[_ACC]
-            for j in range(nb):
-                acc[j] = 0.0
-            for c0 in range(0, C, cc):
-                c1 = min(c0 + cc, C)
+            _weighted_shift_sum(x, w, a, b0, nb, cc, m, wk[_CS], wk64[_ACC])  # before the write
+            for c in range(C):
+                wc = w[c]
                 for j in range(nb):
-                    part[j] = 0
-                for c in range(c0, c1):
-                    wc = w[c]
-                    for j in range(nb):
-                        d = x[a, c, b0 + j] - m[j]
-                        part[j] += wc * d
-                        g[a, c, b0 + j] = vexp(d) * k[j] - beta[j] * wc
-                for j in range(nb):
-                    acc[j] += np.float64(part[j])
+                    g[a, c, b0 + j] = vexp(x[a, c, b0 + j] - m[j]) * k[j] - beta[j] * wc
         else:
             _write_rows(x, xf, g, gf, a, b0, nb, R, m, k, False)
         for j in range(nb):  # minus α at the target
@@ -273,7 +260,7 @@ def _ce_index_tile(
                     for c in range(C):
                         g[a, c, b] = 0
     elif eps > 0:
-        _weighted_shift_sum(x, w, a, b0, nb, cc, wk, wk64)
+        _weighted_shift_sum(x, w, a, b0, nb, cc, m, wk[_CS], wk64[_ACC])
     if eps > 0:
         acc = wk64[_ACC]
         for j in range(nb):
@@ -328,17 +315,8 @@ def _ce_prob_tile(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, a, b0, nb, R, c
     tot = wk64[_LOSS]  # T_b = Σ_c w_c·y'_cb = a1·Σ_c w_c·y_cb + a0·W
     acc = wk64[_ACC]  # Σ_c w_c·y'_cb·(x_cb - m_b)
     for j in range(nb):
-        tot[j] = 0.0
-    for c0 in range(0, C, cc):
-        c1 = min(c0 + cc, C)
-        for j in range(nb):
-            part[j] = 0
-        for c in range(c0, c1):
-            wc = w[c]
-            for j in range(nb):
-                part[j] += wc * y[a, c, b0 + j]
-        for j in range(nb):
-            tot[j] += np.float64(part[j])
+        k[j] = 0
+    _weighted_shift_sum(y, w, a, b0, nb, cc, k, part, tot)
     fa1 = np.float64(a1)
     fa0 = np.float64(a0)
     for j in range(nb):

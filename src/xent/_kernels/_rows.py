@@ -23,9 +23,8 @@ but the kernels check it anyway (one comparison per row) and give that row a NaN
 gradient instead of reading or writing out of bounds.
 
 The ``mode`` argument: 0 forward only (``g`` is a dummy), 1 gradient into ``g``, 2 gradient
-written over ``x`` itself (in place; ``g`` is ``x``). Mode 2 has its own loops: a loop whose load
-and store go through one pointer vectorises, while two pointers that happen to be equal would
-fail LLVM's run-time overlap check and run the scalar fallback.
+written over ``x`` itself (in place; ``g`` is ``x``). Mode 2 runs the in-place form of each
+writing loop (``_to_and_inplace``): the same source compiled with its output being its input.
 """
 
 from __future__ import annotations
@@ -161,26 +160,31 @@ def _max_sum_exp(r):
     return m, s
 
 
-@_jit_fast
-def _exp_store(r, out, m):
-    """out_c = exp(r_c - m); returns Σ_c out_c."""
-    s = r.dtype.type(0)
-    for j in range(r.shape[0]):
-        e = vexp(r[j] - m)
-        out[j] = e
-        s += e
-    return s
+# Loops that write a row come in two compiled forms from one source: into another array, and
+# over their input (``inplace``, a constant of each form). A loop whose load and store go
+# through one pointer vectorises, while two pointers that happen to be equal would fail LLVM's
+# run-time overlap check and run the scalar fallback.
+def _to_and_inplace(make):
+    """(loop into ``out``, the same loop over ``r`` itself) from ``make(inplace)``."""
+    return make(False), make(True)
 
 
-@_jit_fast
-def _exp_inplace(r, m):
-    """r_c ← exp(r_c - m); returns Σ_c r_c."""
-    s = r.dtype.type(0)
-    for j in range(r.shape[0]):
-        e = vexp(r[j] - m)
-        r[j] = e
-        s += e
-    return s
+def _make_exp(inplace):
+    @_jit_fast
+    def exp_store(r, out, m):
+        """out_c = exp(r_c - m) (over r itself in place); returns Σ_c out_c."""
+        dst = r if inplace else out
+        s = r.dtype.type(0)
+        for j in range(r.shape[0]):
+            e = vexp(r[j] - m)
+            dst[j] = e
+            s += e
+        return s
+
+    return exp_store
+
+
+_exp_store, _exp_inplace = _to_and_inplace(_make_exp)
 
 
 @_jit_vec
@@ -226,7 +230,7 @@ def _max_sum_exp_store(r, out, inplace, mblk):
             s = s * dt(math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
             m = mb
         if inplace:
-            s += _exp_inplace(blk, m)
+            s += _exp_inplace(blk, blk, m)
         else:
             s += _exp_store(blk, ob, m)
         mblk[k] = m
@@ -301,45 +305,41 @@ def _prob_loss(r, y, w, m, a1, a0):
     return acc
 
 
-@_jit_fast
-def _prob_grad_to(r, y, w, m, a1, a0, c, sc, out):
-    """out_c = exp(r_c - m)·c - sc·w_c·y'_c; returns Σ_c w_c·y'_c·(r_c - m)."""
-    acc = r.dtype.type(0)
-    for j in range(r.shape[0]):
-        d = r[j] - m
-        wy = w[j] * (a1 * y[j] + a0)
-        acc += wy * d
-        out[j] = vexp(d) * c - sc * wy
-    return acc
+def _make_prob_grad(inplace):
+    @_jit_fast
+    def prob_grad(r, y, w, m, a1, a0, c, sc, out):
+        """out_c = exp(r_c - m)·c - sc·w_c·y'_c (over r itself in place), y' = a1·y + a0;
+        returns Σ_c w_c·y'_c·(r_c - m)."""
+        dst = r if inplace else out
+        acc = r.dtype.type(0)
+        for j in range(r.shape[0]):
+            d = r[j] - m
+            wy = w[j] * (a1 * y[j] + a0)
+            acc += wy * d
+            dst[j] = vexp(d) * c - sc * wy
+        return acc
+
+    return prob_grad
 
 
-@_jit_fast
-def _prob_grad_inplace(r, y, w, m, a1, a0, c, sc):
-    """:func:`_prob_grad_to` writing over r."""
-    acc = r.dtype.type(0)
-    for j in range(r.shape[0]):
-        d = r[j] - m
-        wy = w[j] * (a1 * y[j] + a0)
-        acc += wy * d
-        r[j] = vexp(d) * c - sc * wy
-    return acc
+_prob_grad_to, _prob_grad_inplace = _to_and_inplace(_make_prob_grad)
 
 
 # Soft-capping z = cap·tanh(x/cap). The capped row is written where the gradient will be (or
 # into a scratch row for the forward pass) and the gradient loops then work over it in place,
 # multiplying by the cap's chain-rule factor 1 - tanh² = 1 - (z/cap)², recomputed from z.
-@_jit_vec
-def _cap_to(r, out, cap):
-    """out_c = cap·tanh(r_c/cap)."""
-    for j in range(r.shape[0]):
-        out[j] = cap * vtanh(r[j] / cap)
+def _make_cap(inplace):
+    @_jit_vec
+    def cap_to(r, out, cap):
+        """out_c = cap·tanh(r_c/cap) (over r itself in place)."""
+        dst = r if inplace else out
+        for j in range(r.shape[0]):
+            dst[j] = cap * vtanh(r[j] / cap)
+
+    return cap_to
 
 
-@_jit_vec
-def _cap_inplace(r, cap):
-    """r_c ← cap·tanh(r_c/cap)."""
-    for j in range(r.shape[0]):
-        r[j] = cap * vtanh(r[j] / cap)
+_cap_to, _cap_inplace = _to_and_inplace(_make_cap)
 
 
 @_jit_fast
@@ -416,7 +416,7 @@ def _capped_row(i, x, cap, g, mode, work):
     the forward pass, into the scratch row ``work``; returns that row."""
     r = x[i]
     if mode == 2:
-        _cap_inplace(r, r.dtype.type(cap))
+        _cap_inplace(r, r, r.dtype.type(cap))
         return r
     z = g[i] if mode == 1 else work
     _cap_to(r, z, r.dtype.type(cap))
@@ -533,7 +533,7 @@ def _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mod
         elif mode == 1:
             acc = _prob_grad_to(r, yr, w, m, a1, a0, c, dt(sc), g[i])
         else:
-            acc = _prob_grad_inplace(r, yr, w, m, a1, a0, c, dt(sc))
+            acc = _prob_grad_inplace(r, yr, w, m, a1, a0, c, dt(sc), r)
     loss[i] = tot * log_s - np.float64(acc)
 
 
