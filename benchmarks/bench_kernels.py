@@ -323,6 +323,32 @@ def ce_contenders(x: np.ndarray, t: np.ndarray, backward: bool, floor=None, only
     return fns, setups
 
 
+def option_contenders(x: np.ndarray, t: np.ndarray):
+    """Cross-entropy forward + backward with z-loss or soft-capping: xent's core (the one fused
+    row kernel) against the same loss composed from PyTorch ops (``xent.torch._reference``)."""
+    fns: dict[str, Callable[[], object]] = {}
+    options = {"z-loss 1e-4": dict(lse_square_scale=1e-4), "softcap 30": dict(softcap=30.0)}
+    for name, opts in options.items():
+        fns[f"xent {name}"] = lambda o=opts: xent.cross_entropy(x, t, return_grad=True, **o)
+    if HAVE_TORCH:
+        import torch
+
+        from xent.torch import _reference
+
+        xt, tt = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(t)
+        for name, opts in options.items():
+            def torch_call(o=opts):
+                xt.grad = None
+                loss = _reference.cross_entropy(
+                    xt, tt, None, -100, "mean", 0.0, o.get("lse_square_scale", 0.0),
+                    o.get("softcap"), False)
+                loss.backward()
+                return loss, xt.grad
+
+            fns[f"torch {name}"] = torch_call
+    return fns
+
+
 def softmax_contenders(x: np.ndarray, op: str):
     fns: dict[str, Callable[[], object]] = {
         "xent": lambda: getattr(xent, op)(x, axis=-1),
@@ -523,8 +549,8 @@ def _crossover_pairs(B, K, x, t, rs, y, sc, out):
         (lambda: B.softmax(x, out), lambda: K.softmax(x, out)),
         (lambda: B.log_softmax(x, out), lambda: K.log_softmax(x, out)),
         (
-            lambda: B.ce_index(x, t, None, -100, 0.0, rs, out),
-            lambda: K.ce_index(x, t, None, -100, 0.0, rs, out),
+            lambda: B.ce_index(x, t, None, -100, 0.0, 0.0, None, rs, None, out),
+            lambda: K.ce_index(x, t, None, -100, 0.0, 0.0, None, rs, None, out),
         ),
         (
             lambda: B.bce_logits(x, y, None, None, sc, out),
@@ -627,6 +653,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("  floor = read the logits twice, write an N×C array once (fresh or reused)")
                 print("  xent reuses a dropped gradient's memory (its output-buffer cache;")
                 print("  xent.empty_cache() releases it); 'xent no cache' allocates anew")
+        if shape == main_shape:
+            times = time_interleaved(option_contenders(x, t), repeats)
+            notes = {f"xent {k}": f"{times[f'torch {k}'] / times[f'xent {k}']:.2f}x torch"
+                     for k in ("z-loss 1e-4", "softcap 30") if f"torch {k}" in times}
+            table(f"cross_entropy {shape} float32 with options: forward + backward", times,
+                  notes)
         del x
 
     # -- K-dimensional input -----------------------------------------------------------------

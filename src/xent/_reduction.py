@@ -64,6 +64,8 @@ def prob_denominator(positions: int, num_classes: int, dtype: np.dtype) -> Any:
 def mean_scale(g: Any, denom: Any) -> Any:
     """``g / D``: with ``D = 0`` (nothing counted) inf, so that a counted position of zero
     weight gets 0·inf = nan as in PyTorch, while ignored positions get 0 from the kernels."""
+    if denom != 0:
+        return g / denom
     with np.errstate(divide="ignore", invalid="ignore"):
         return g / denom
 

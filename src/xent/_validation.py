@@ -6,6 +6,7 @@ expected and what arrived. Nothing here uses ``assert`` (Python drops asserts un
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -47,7 +48,7 @@ def check_real(value: Any, name: str, *, positive: bool = False) -> float:
         raise TypeError(
             f"{name} must be a real number, got {type(value).__name__} {value!r}"
         ) from None
-    if not np.isfinite(v) or (positive and not v > 0):
+    if not math.isfinite(v) or (positive and not v > 0):
         what = "a positive finite number" if positive else "a finite number"
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return v
