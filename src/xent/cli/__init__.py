@@ -1,4 +1,5 @@
-"""The ``xent`` command line: ``xent train``, ``xent predict`` and ``xent examples``.
+"""The ``xent`` command line: ``xent train``, ``xent predict``, ``xent examples`` and
+``xent explain``.
 
 ``main(argv)`` returns the exit status: 0 on success, 2 for bad input (one line on stderr,
 ``xent: error: ...``, never a traceback), 130 when interrupted. The heavy imports (PyTorch,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 
 from ._errors import CLIError
@@ -75,12 +77,16 @@ def _nonnegative_float(s: str) -> float:
     return _float(s, 0.0, math.inf, "a number >= 0", low_open=False)
 
 
+def _unit_float(s: str) -> float:
+    return _float(s, 0.0, 1.0, "a number from 0 to 1", low_open=False, high_open=False)
+
+
 def _fraction(s: str) -> float:
     return _float(s, 0.0, 1.0, "a fraction strictly between 0 and 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of all three commands."""
+    """The argument parser of all the commands."""
     p = _Parser(prog=_PROG, description="Train and use the tutorials' classifiers with xent's "
                 "losses, and print the tutorials' worked examples.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -140,6 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("examples", help="the tutorials' worked examples, xent beside PyTorch",
                    description="Every worked example in the tutorials computed by xent and, "
                    "where PyTorch is installed, by PyTorch, with a mark where they agree.")
+
+    ex = sub.add_parser(
+        "explain", help="softmax cross-entropy (or sigmoid + BCE) of your numbers, step by step",
+        description="Print every step of the stable softmax cross-entropy of one row of logits "
+        "(the max shift, the exponentials and their sum, the softmax, the log-sum-exp, the loss "
+        "lse - z[t], the gradient softmax - one-hot), each computed by xent, beside the "
+        "tutorials' naive NumPy formula. --binary: sigmoid and binary cross-entropy, one label "
+        "per logit.")
+    ex.add_argument("logits", nargs="+", metavar="Z", help="the logits (finite numbers)")
+    ex.add_argument("--target", nargs="+", metavar="T", help="the true class index (0 to C-1); "
+                    "with --binary, one label 0 or 1 per logit")
+    ex.add_argument("--binary", action="store_true", help="sigmoid and binary cross-entropy "
+                    "instead of softmax cross-entropy")
+    ex.add_argument("--label-smoothing", type=_unit_float, metavar="EPS",
+                    help="also show the loss and gradient with label smoothing EPS in [0, 1]")
+    ex.add_argument("--weight", nargs="+", metavar="W", help="also show them with weights: one "
+                    "per class (one per logit with --binary)")
+    # Negative numbers in any float spelling (-1e3, -.5, -inf) are logits, not options (argparse
+    # only knows -1 and -1.5); explain checks and refuses what is not a finite number.
+    ex._negative_number_matcher = re.compile(r"^-(?:\d|\.\d|inf|nan)", re.IGNORECASE)
     return p
 
 
@@ -158,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:  # --help and --version exit 0 through argparse
             return e.code if isinstance(e.code, int) else 0
         if args.command is None:
-            raise CLIError("missing command; expected one of train, predict, examples "
+            raise CLIError("missing command; expected one of train, predict, examples, explain "
                            "(see 'xent --help')")
         if args.command == "train":
             from . import _train
@@ -168,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import _predict
 
             return _predict.run(args)
+        if args.command == "explain":
+            from . import _explain
+
+            return _explain.run(args)
         from . import _examples
 
         return _examples.run(args)
