@@ -173,16 +173,53 @@ def train(table: _data.Table, task: str, recipe: Recipe, *, seed: int = 0,
     ``task`` is 'binary' (NeuralNet1; the table must have 2 classes) or 'multiclass'
     (NeuralNet2, one output per class). ``loss`` picks xent's criterion or PyTorch's.
     """
+    data = split(table, test_size, recipe.scaler)
+    fit = fit_network(data.X_train, data.y_train, task, recipe, len(table.classes), seed=seed,
+                      loss=loss, eval_sets={"train": (data.X_train, data.y_train),
+                                            "test": (data.X_test, data.y_test)},
+                      progress=progress, label=label)
+    clf = _model.Classifier(task=task, net=fit.net, features=list(table.features),
+                            target=table.target or "", classes=list(table.classes),
+                            mean=data.mean, scale=data.scale)
+    metrics = evaluate(clf, data)
+    return Result(task=task, classifier=clf, table=table, split=data, recipe=recipe, seed=seed,
+                  loss=loss, objective=fit.objective, test_size=test_size,
+                  history=fit.history, metrics=metrics, seconds=time.perf_counter() - fit.t0)
+
+
+@dataclass
+class Fit:
+    """A trained network and how the training went (`fit_network`)."""
+
+    net: object  # NeuralNet1 or NeuralNet2
+    objective: str
+    history: dict  # "epoch_loss" and "<name>_loss" per evaluation set, one value per epoch
+    t0: float  # time.perf_counter() when the epochs started
+
+
+def fit_network(X: np.ndarray, y: np.ndarray, task: str, recipe: Recipe, num_classes: int, *,
+                seed: int = 0, loss: str = "xent", eval_sets: dict | None = None,
+                progress: bool = False, label: str | None = None) -> Fit:
+    """The training loop on arrays: the one `xent train` and `xent.sklearn` both run.
+
+    Args:
+        X: scaled features ``(N, D)``, float32.
+        y: class indices ``(N,)``, int64 (0 or 1 for 'binary').
+        task: 'binary' (NeuralNet1) or 'multiclass' (NeuralNet2 with ``num_classes`` outputs).
+        recipe: width, optimiser and schedule (``recipe.scaler`` is the caller's business).
+        seed: torch seed of the weight initialisation and of the batch order.
+        loss: 'xent' (xent.torch's criterion) or 'torch' (torch.nn's).
+        eval_sets: name -> ``(X, y)`` evaluated after every epoch into ``history``.
+    """
     try:
         import torch
     except ImportError:  # pragma: no cover
         raise missing_extra("torch") from None
 
-    data = split(table, test_size, recipe.scaler)
-    num_classes = len(table.classes)
-    X_train, X_test = torch.from_numpy(data.X_train), torch.from_numpy(data.X_test)
-    y_train, y_test = _targets(task, data.y_train), _targets(task, data.y_test)
-
+    X_train = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    y_train = _targets(task, y)
+    evals = {name: (torch.from_numpy(np.ascontiguousarray(Xe, dtype=np.float32)),
+                    _targets(task, ye)) for name, (Xe, ye) in (eval_sets or {}).items()}
     with _model.one_thread(), every_batch_through_xent(loss):
         torch.manual_seed(seed)
         net = _model.build(task, X_train.shape[1], recipe.hidden, num_classes)
@@ -193,7 +230,7 @@ def train(table: _data.Table, task: str, recipe: Recipe, *, seed: int = 0,
         gen = torch.Generator().manual_seed(seed)
         n = len(X_train)
         bs = n if recipe.batch_size is None else min(recipe.batch_size, n)
-        history = {"epoch_loss": [], "train_loss": [], "test_loss": []}
+        history: dict = {"epoch_loss": [], **{f"{name}_loss": [] for name in evals}}
         # Timed from here: the epochs and the evaluation, not the first-use imports before
         # (scikit-learn's split, and torch._dynamo, which PyTorch's optimisers load).
         t0 = time.perf_counter()
@@ -212,24 +249,15 @@ def train(table: _data.Table, task: str, recipe: Recipe, *, seed: int = 0,
                 total += value.item() * len(idx)
             net.eval()
             with torch.no_grad():
-                train_loss = batch_loss(net, X_train, y_train).item()
-                test_loss = batch_loss(net, X_test, y_test).item()
+                for name, (Xe, ye) in evals.items():
+                    history[f"{name}_loss"].append(batch_loss(net, Xe, ye).item())
             history["epoch_loss"].append(total / n)
-            history["train_loss"].append(train_loss)
-            history["test_loss"].append(test_loss)
             if progress:
-                bar.set_postfix(loss=f"{total / n:.4f}", test_loss=f"{test_loss:.4f}",
-                                refresh=False)
+                shown = {"test_loss": f"{history['test_loss'][-1]:.4f}"} if "test" in evals else {}
+                bar.set_postfix(loss=f"{total / n:.4f}", **shown, refresh=False)
         if progress:
             bar.close()
-
-    clf = _model.Classifier(task=task, net=net, features=list(table.features),
-                            target=table.target or "", classes=list(table.classes),
-                            mean=data.mean, scale=data.scale)
-    metrics = evaluate(clf, data)
-    return Result(task=task, classifier=clf, table=table, split=data, recipe=recipe, seed=seed,
-                  loss=loss, objective=objective, test_size=test_size, history=history,
-                  metrics=metrics, seconds=time.perf_counter() - t0)
+    return Fit(net=net, objective=objective, history=history, t0=t0)
 
 
 def _progress(epochs: int, label: str, show: bool):
