@@ -178,7 +178,7 @@ def test_tutorial_bce_example(capsys):
     # Both gradients (chain rule through p, and sigma - y) against PyTorch.
     loss, grad = torch_bce(z, y)
     np.testing.assert_allclose(value(out, "grad  ="), grad, atol=1e-6)
-    np.testing.assert_allclose(value(out, "dL/dz = dL/dp"), grad, atol=1e-6)
+    np.testing.assert_allclose(value(out, "= xent.sigmoid_backward(dL/dp, p)"), grad, atol=1e-6)
     np.testing.assert_allclose(grad, (p - y) / 3, atol=1e-6)
     xp = torch.tensor(np.asarray(p), requires_grad=True)
     F.binary_cross_entropy(xp, torch.tensor(y, dtype=torch.float64)).backward()
@@ -281,8 +281,7 @@ def test_binary_options_match_pytorch(capsys):
     (["2", "1", "--target", "0", "1"], "2 values; expected one class index"),
     (["2", "1"], "missing --target"),
     (["2", "--target", "0"], "1 logit; expected at least 2"),
-    (["2", "1", "--target", "0", "--weight", "1"], "--weight: 1 values; expected 2, one per "
-     "class"),
+    (["2", "1", "--target", "0", "--weight", "1"], "--weight: 1 value; expected 2, one per class"),
     (["2", "1", "--target", "0", "--weight", "1", "nan"], "--weight value 2 is nan"),
     (["2", "1", "--target", "0", "--weight", "1", "-2"], "--weight value 2 is -2.000000"),
     (["2", "1", "--target", "0", "--label-smoothing", "1.5"], "expected a number from 0 to 1"),
@@ -290,7 +289,7 @@ def test_binary_options_match_pytorch(capsys):
     (["--binary", "2", "1", "--target", "1", "2"], "--target label 2: expected 0 or 1, found "
      "'2'"),
     (["--binary", "2", "1", "--target", "0.5", "1"], "expected 0 or 1, found '0.5'"),
-    (["--binary", "2", "1", "--target", "1"], "1 labels for 2 logits"),
+    (["--binary", "2", "1", "--target", "1"], "--target: 1 label for 2 logits"),
     (["--binary", "2", "1", "0", "--target", "1", "0", "1", "--weight", "1", "2"],
      "--weight: 2 values; expected 3, one per logit"),
     ([str(i) for i in range(21)] + ["--target", "0"], "21 logits"),

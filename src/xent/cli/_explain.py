@@ -89,6 +89,10 @@ def _naive_note(naive: np.ndarray, ours: np.ndarray) -> str:
 # Parsing and checking the numbers
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _numbers(values: Sequence[str], what: str) -> np.ndarray:
     """Parse ``values`` as finite float64 numbers; `CLIError` naming the bad one."""
     out = []
@@ -143,8 +147,8 @@ def _binary_labels(values: Sequence[str] | None, N: int) -> np.ndarray:
     if not values:
         raise CLIError(f"missing --target; expected {N} labels 0 or 1, one per logit")
     if len(values) != N:
-        raise CLIError(f"--target: {len(values)} labels for {N} logits; expected one label "
-                       "(0 or 1) per logit")
+        raise CLIError(f"--target: {_count(len(values), 'label')} for {N} logits; expected one "
+                       "label (0 or 1) per logit")
     y = []
     for i, s in enumerate(values, 1):
         try:
@@ -161,7 +165,7 @@ def _weights(values: Sequence[str] | None, n: int, per: str) -> np.ndarray | Non
     if values is None:
         return None
     if len(values) != n:
-        raise CLIError(f"--weight: {len(values)} values; expected {n}, one per {per}")
+        raise CLIError(f"--weight: {_count(len(values), 'value')}; expected {n}, one per {per}")
     w = _numbers(values, "--weight value")
     if np.any(w < 0):
         i = int(np.argmax(w < 0)) + 1
@@ -215,8 +219,8 @@ def explain_softmax(z: np.ndarray, t: int, eps: float | None = None,
         n_loss = float(-np.sum(onehot * np.log(n_p)))
         n_loss_ours_p = float(-np.sum(onehot * np.log(p)))
 
-    L = ["Softmax cross-entropy of one row, step by step (float64; xent's values beside the "
-         "tutorials' NumPy formulas)",
+    L = ["Softmax cross-entropy of one row, step by step (float64; xent's values, the "
+         "tutorials' formulas beside)",
          f"  logits z = {vec(z)}   target t = {t}   C = {C} classes",
          "",
          "1. The max shift",
@@ -402,14 +406,15 @@ def explain_binary(z: np.ndarray, y: np.ndarray, eps: float | None = None,
          "torch.sigmoid does)",
          "   dL/dp = (p - y) / (p (1 - p)) / N",
          f"         = xent.binary_cross_entropy(p, y, return_grad=True)[1] = {vec(dldp)}",
-         f"   dL/dz = dL/dp * sigma (1 - sigma) = xent.sigmoid_backward(dL/dp, p) = {vec(chain)}",
+         "   dL/dz = dL/dp * sigma (1 - sigma)",
+         f"         = xent.sigmoid_backward(dL/dp, p) = {vec(chain)}",
          "",
          "6. The gradient of BCE with logits: the sigma (1 - sigma) cancels against the "
          "p (1 - p) above",
          "   dL/dz = (sigma(z) - y) / N",
          f"   ({vec(p)} - {labels(y)}) / {N}",
-         f"   grad  = xent.binary_cross_entropy_with_logits(z, y, return_grad=True)[1] = "
-         f"{vec(grad)}"]
+         "   xent.binary_cross_entropy_with_logits(z, y, return_grad=True)[1]:",
+         f"   grad  = {vec(grad)}"]
     bad_chain = not np.allclose(chain, grad, rtol=1e-6, atol=1e-12)
     if not _same(n_terms, terms) or bad_chain:
         L += ["", "Why the naive formula fails here"]
