@@ -83,6 +83,7 @@ class Classifier:
     classes: list
     mean: np.ndarray
     scale: np.ndarray
+    temperature: float = 1.0  # probabilities are softmax(logits / T): temperature scaling
 
     def scaled(self, X: np.ndarray) -> np.ndarray:
         """Standardise raw features ``(N, D)`` with the stored scaler, as float32."""
@@ -98,10 +99,11 @@ class Classifier:
         return z[:, 0] if self.task == "binary" else z
 
     def proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, C)`` in the order of ``classes`` (sigmoid or softmax)."""
+        """Class probabilities ``(N, C)`` in the order of ``classes``: sigmoid or softmax of the
+        logits divided by ``temperature`` (fitted on validation rows by `xent train`)."""
         import xent
 
-        z = self.logits(X)
+        z = self.logits(X) / np.float32(self.temperature)
         if self.task == "binary":
             # P(first class) = 1 - sigmoid(z) = sigmoid(-z), without the cancellation near 1.
             return np.stack([xent.sigmoid(-z), xent.sigmoid(z)], axis=1)
@@ -316,6 +318,19 @@ def check_safetensors(data: bytes, path: Path) -> None:
                          f"{len(data) - 8 - n}: truncated or extended")
 
 
+def _temperature(meta: dict, path: Path) -> float:
+    """``calibration.temperature``: a positive finite number; 1 for a model written without it."""
+    cal = meta.get("calibration")
+    if cal is None:
+        return 1.0
+    t = cal.get("temperature") if isinstance(cal, dict) else None
+    if (not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t)
+            or t <= 0):
+        raise _bad(path, f"field 'calibration.temperature' must be a positive finite number, "
+                         f"found {t!r}")
+    return float(t)
+
+
 def load(model_dir: str | Path | ModelFiles) -> tuple[Classifier, dict]:
     """Load a model directory written by `xent train` (or the files `read_model` read from
     it); never unpickles anything.
@@ -388,6 +403,7 @@ def load(model_dir: str | Path | ModelFiles) -> tuple[Classifier, dict]:
     net = build(task, d, h, len(classes))
     net.load_state_dict(state)
     net.eval()
+    temperature = _temperature(meta, p)
     clf = Classifier(task=task, net=net, features=list(features), target=target,
-                     classes=list(classes), mean=mean, scale=scale)
+                     classes=list(classes), mean=mean, scale=scale, temperature=temperature)
     return clf, meta
