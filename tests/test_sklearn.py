@@ -96,8 +96,10 @@ def test_binary_string_labels_sigmoid_columns():
     clf = XentClassifier(epochs=10).fit(X, labels)
     np.testing.assert_array_equal(clf.classes_, ["benign", "malignant"])
     proba = clf.predict_proba(X)
-    # Column 1 is sigmoid of the network's logit, column 0 its complement.
-    z = clf.model_.logits(X).astype(np.float64)
+    # Column 1 is the sigmoid of the network's logit over the fitted temperature, column 0 its
+    # complement.
+    z = clf.model_.logits(X).astype(np.float64) / clf.temperature_
+    assert clf.temperature_ > 0 and clf.temperature_ != 1.0  # fitted on the validation rows
     np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-z)), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
     assert clf.score(X, labels) > 0.9
@@ -174,21 +176,71 @@ def test_same_random_state_same_predictions(iris):
     assert d.predict_proba(X).shape == (150, 3)
 
 
-def test_same_training_as_xent_train():
+@pytest.mark.parametrize("options", [
+    {},
+    {"class_weight": "balanced", "label_smoothing": 0.1, "patience": 2, "val_size": 0.25},
+    {"val_size": 0.0, "batch_size": None, "optimizer": "sgd", "lr": 0.1},
+])
+def test_same_training_as_xent_train(options):
     """The estimator runs `xent train`'s loop: on the same rows, recipe and seed it learns the
-    same weights, byte for byte."""
+    same weights, byte for byte, the same validation split, best epoch and temperature."""
     from xent.cli import _data, _model, _train
 
+    params = {k: ("full" if k == "batch_size" and v is None else v) for k, v in options.items()}
+    patience = params.pop("patience", None)
     for task in ("binary", "multiclass"):
         table = _data.builtin(task)
-        recipe = dataclasses.replace(_train.DEFAULT, epochs=6)
+        recipe = dataclasses.replace(_train.DEFAULT, epochs=6, **options)
         cli = _train.train(table, task, recipe, seed=3)
-        est = XentClassifier(epochs=6, random_state=3).fit(cli.split.raw_train,
-                                                           cli.split.y_train)
+        est = XentClassifier(epochs=6, random_state=3, **params,
+                             **({"patience": patience} if patience else {}))
+        est.fit(cli.split.raw_train, cli.split.y_train)
+        assert est.recipe_ == recipe
         assert _model.weights_bytes(est.model_.net) == _model.weights_bytes(cli.classifier.net)
         np.testing.assert_array_equal(est.model_.mean, cli.classifier.mean)
-        np.testing.assert_array_equal(est.history_["epoch_loss"], cli.history["epoch_loss"])
-        assert est.n_iter_ == 6
+        for key in cli.history:
+            if key != "test_loss":
+                np.testing.assert_array_equal(est.history_[key], cli.history[key])
+        assert est.temperature_ == cli.classifier.temperature
+        assert est.best_epoch_ == cli.fit.best_epoch and est.n_iter_ == cli.fit.epochs_run
+
+
+def test_class_weight_dict_equals_balanced():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    X, y = load_breast_cancer(return_X_y=True)
+    keep = np.r_[np.flatnonzero(y == 0)[:60], np.flatnonzero(y == 1)]  # 60 against 357
+    X, labels = X[keep], np.array(["malignant", "benign"])[y[keep]]
+    w = compute_class_weight("balanced", classes=np.unique(labels), y=labels)
+    by_dict = XentClassifier(epochs=5, val_size=0, class_weight=dict(
+        zip(np.unique(labels), w, strict=True))).fit(X, labels)
+    balanced = XentClassifier(epochs=5, val_size=0, class_weight="balanced").fit(X, labels)
+    plain = XentClassifier(epochs=5, val_size=0).fit(X, labels)
+    np.testing.assert_array_equal(by_dict.predict_proba(X), balanced.predict_proba(X))
+    assert not np.array_equal(plain.predict_proba(X), balanced.predict_proba(X))
+    # The weights go with the labels: the rare class gains probability.
+    rare = list(balanced.classes_).index("malignant")
+    assert (balanced.predict_proba(X)[:, rare].mean() > plain.predict_proba(X)[:, rare].mean())
+
+
+def test_early_stopping_and_validation(iris):
+    X, y = iris
+    clf = XentClassifier(epochs=300, patience=3, lr=0.05).fit(X, y)
+    assert clf.n_iter_ < 300 and clf.n_iter_ - clf.best_epoch_ == 3  # stopped 3 after the best
+    assert len(clf.history_["val_loss"]) == clf.n_iter_
+    assert clf.history_["val_loss"][clf.best_epoch_ - 1] == min(clf.history_["val_loss"])
+    none = XentClassifier(epochs=4, val_size=0).fit(X, y)
+    assert none.best_epoch_ == 0 and none.temperature_ == 1.0 and "val_loss" not in none.history_
+
+
+def test_default_recipe_adapts_to_the_data_size():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10_000, 3))
+    y = (X[:, 0] + 0.5 * rng.normal(size=10_000) > 0).astype(int)
+    clf = XentClassifier(epochs=1).fit(X, y)
+    assert clf.recipe_.name == "default-large"  # as `xent train` from 10,000 training rows
+    assert clf.model_.net.linear1.out_features == clf.recipe_.hidden == 128
+    assert XentClassifier(epochs=1).fit(X[:500], y[:500]).recipe_.name == "default"
 
 
 def test_loss_torch_agrees_with_xent(iris):
@@ -222,6 +274,11 @@ def test_tutorial_recipe(iris):
     ({"scaler": "minmax"}, "scaler='minmax'"),
     ({"task": "regression"}, "task='regression'"),
     ({"recipe": "fast"}, "recipe='fast'"),
+    ({"val_size": 1.0}, "val_size=1.0; expected a number in"),
+    ({"patience": -1}, "patience=-1; expected a non-negative integer"),
+    ({"label_smoothing": 1.0}, "label_smoothing=1.0"),
+    ({"class_weight": "auto"}, "class_weight='auto'"),
+    ({"class_weight": {0: 1.0, 1: -2.0}}, "expected finite weights >= 0"),
 ])
 def test_bad_parameters_fail_in_fit(iris, params, message):
     X, y = iris
@@ -242,11 +299,18 @@ def test_overflowing_values_name_row_and_column(iris):
     X, y = iris
     X = X.copy()
     X[4, 2] = 1e300  # finite in float64; with scaler 'none' it is inf in float32
-    with pytest.raises(ValueError, match=r"X\[4, 2\] = 1e\+300 is inf after scaling"):
+    with pytest.raises(ValueError, match=r"X, row 5, column 'x2': the value 1e\+300 "
+                                         "standardises to 1e\\+300 .*beyond float32's range"):
         XentClassifier(epochs=1, scaler="none").fit(X, y)
+    # With the scaler, the column's variance overflows float64 first.
+    with pytest.raises(ValueError, match=r"X, row 5, column 'x2': the value 1e\+300 is too "
+                                         "large to standardise"):
+        XentClassifier(epochs=1).fit(X, y)
     clf = XentClassifier(epochs=1).fit(iris[0], y)
-    with pytest.raises(ValueError, match=r"X\[0, 1\]"):
+    with pytest.raises(ValueError, match=r"X, row 1, column 'x1'"):
         clf.predict_proba(np.array([[1.0, 1e300, 1.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"X, row 2, column 'x0'"):
+        clf.predict(np.array([[1.0, 1.0, 1.0, 1.0], [-1e300, 1.0, 1.0, 1.0]]))
 
 
 def test_import_xent_needs_only_numpy():

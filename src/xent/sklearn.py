@@ -10,8 +10,10 @@ when a model is fitted. ``import xent`` itself still needs only NumPy.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import numbers
+import types
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,17 @@ _SEED_LIMIT = 2**31  # seeds drawn from a RandomState (random_state None or a Ra
 EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 
+@contextlib.contextmanager
+def _value_errors() -> Iterator[None]:
+    """The command line's one-line errors (`CLIError`) as scikit-learn's ``ValueError``."""
+    from xent.cli._errors import CLIError
+
+    try:
+        yield
+    except CLIError as e:
+        raise ValueError(str(e)) from None
+
+
 class XentClassifier(ClassifierMixin, BaseEstimator):
     r"""The tutorials' network classifier (``xent train``) as a scikit-learn estimator.
 
@@ -59,6 +72,14 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
         optimizer: 'sgd', 'adam' or 'adamw' (``--optimizer``).
         weight_decay: the optimiser's weight decay (``--weight-decay``).
         batch_size: rows per step, or 'full' (``--batch-size``).
+        val_size: the fraction of the rows held out (stratified) to pick the best epoch, stop
+            early and fit the temperature; 0 holds none out (``--val-size``).
+        patience: stop after this many epochs without a lower validation loss; 0 never stops
+            early (``--patience``).
+        class_weight: 'balanced' (each class weighted ``n_rows / (n_classes * its rows)``,
+            ``--class-weight balanced``), 'none' or None (no weights), or a dict
+            ``{label: weight}`` (labels left out weigh 1), scikit-learn's convention.
+        label_smoothing: label smoothing of the loss, in [0, 1) (``--label-smoothing``).
         random_state: an int is the torch seed of the weights and the batch order
             (``--seed``; the same int gives the same model); None or a ``RandomState`` draws
             one.
@@ -73,9 +94,16 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
         classes_: the class labels ``(n_classes,)``, sorted; ``predict_proba``'s columns.
         n_features_in_: the number of features seen by ``fit``.
         feature_names_in_: the column names, when ``X`` had them (a DataFrame).
-        model_: the trained `xent.cli._model.Classifier` (network, scaler, classes).
-        history_: the mean training loss of each epoch (``history_["epoch_loss"]``).
+        model_: the trained `xent.cli._model.Classifier` (network, scaler, classes,
+            temperature).
+        recipe_: the `xent.cli._train.Recipe` it was trained with (the named recipe with the
+            parameters over it; 'default' becomes 'default-large' from 10,000 rows on).
+        history_: the losses of each epoch: ``epoch_loss`` (the batches' mean), ``train_loss``,
+            and ``val_loss`` with a validation split.
         n_iter_: the number of epochs run.
+        best_epoch_: the epoch of the lowest validation loss (0 without validation).
+        temperature_: the temperature fitted on the validation rows (1 without them);
+            ``predict_proba`` is the softmax (sigmoid) of the logits divided by it.
 
     Shapes: ``X`` is ``(n_samples, n_features)``, finite numbers; ``y`` is ``(n_samples,)``
     labels of any kind scikit-learn classifies (integers, strings), at least two distinct.
@@ -101,7 +129,9 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, recipe: str = "default", *, hidden: int | None = None,
                  epochs: int | None = None, lr: float | None = None,
                  optimizer: str | None = None, weight_decay: float | None = None,
-                 batch_size: int | str | None = None, random_state: Any = 0,
+                 batch_size: int | str | None = None, val_size: float | None = None,
+                 patience: int | None = None, class_weight: str | None = None,
+                 label_smoothing: float | None = None, random_state: Any = 0,
                  loss: str = "xent", task: str | None = None,
                  scaler: str = "standard") -> None:
         self.recipe = recipe
@@ -111,6 +141,10 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
         self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.batch_size = batch_size
+        self.val_size = val_size
+        self.patience = patience
+        self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
         self.random_state = random_state
         self.loss = loss
         self.task = task
@@ -119,49 +153,75 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
     # -----------------------------------------------------------------------------------------
     # Parameters
 
-    def _recipe(self):
-        """The `xent.cli._train.Recipe` of the parameters (`ValueError` for a bad one)."""
+    def _recipe(self, rows: int):
+        """The `xent.cli._train.Recipe` of the parameters for ``rows`` training rows, as
+        ``xent train`` makes it from its options (`ValueError` for a bad parameter)."""
         from xent.cli import _train
 
         if self.recipe not in _train.RECIPES:
             raise ValueError(f"recipe={self.recipe!r}; expected one of {sorted(_train.RECIPES)}")
-        changes: dict[str, Any] = {}
-        for name in ("hidden", "epochs"):
+        options: dict[str, Any] = {}  # the command line's parsed options (None: not given)
+        for name, low in (("hidden", 1), ("epochs", 1), ("patience", 0)):
             v = getattr(self, name)
             if v is not None:
-                if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
-                    raise ValueError(f"{name}={v!r}; expected a positive integer or None")
-                changes[name] = int(v)
-        for name, low_open in (("lr", True), ("weight_decay", False)):
+                if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
+                    kind = "a positive" if low else "a non-negative"
+                    raise ValueError(f"{name}={v!r}; expected {kind} integer or None")
+                v = int(v)
+            options[name] = v
+        for name, ok in (("lr", lambda v: v > 0), ("weight_decay", lambda v: v >= 0),
+                         ("val_size", lambda v: 0 <= v < 1),
+                         ("label_smoothing", lambda v: 0 <= v < 1)):
             v = getattr(self, name)
             if v is not None:
-                ok = (isinstance(v, numbers.Real) and not isinstance(v, bool)
-                      and np.isfinite(v) and (v > 0 if low_open else v >= 0))
-                if not ok:
-                    kind = "a positive" if low_open else "a non-negative"
-                    raise ValueError(f"{name}={v!r}; expected {kind} finite number or None")
-                changes[name] = float(v)
-        if self.optimizer is not None:
-            if self.optimizer not in ("sgd", "adam", "adamw"):
-                raise ValueError(f"optimizer={self.optimizer!r}; expected 'sgd', 'adam', "
-                                 "'adamw' or None")
-            changes["optimizer"] = self.optimizer
+                if not (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                        and np.isfinite(v) and ok(v)):
+                    kind = {"lr": "a positive finite number",
+                            "weight_decay": "a non-negative finite number"}.get(
+                                name, "a number in [0, 1)")
+                    raise ValueError(f"{name}={v!r}; expected {kind} or None")
+                v = float(v)
+            options[name] = v
+        if self.optimizer not in (None, "sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer={self.optimizer!r}; expected 'sgd', 'adam', "
+                             "'adamw' or None")
+        options["optimizer"] = self.optimizer
+        cw = self.class_weight
+        if not (cw is None or isinstance(cw, dict) or isinstance(cw, str)
+                and cw in ("balanced", "none")):
+            raise ValueError(f"class_weight={cw!r}; expected 'balanced', 'none', None or a dict "
+                             "{label: weight}")
+        options["class_weight"] = None if isinstance(cw, dict) else cw  # dict: see fit
         bs = self.batch_size
-        if bs is not None:
-            if isinstance(bs, str) and bs == "full":
-                changes["batch_size"] = None
-            elif isinstance(bs, numbers.Integral) and not isinstance(bs, bool) and bs >= 1:
-                changes["batch_size"] = int(bs)
-            else:
+        if isinstance(bs, str) and bs == "full":
+            bs = 0  # the command line's 'full'
+        elif bs is not None:
+            if not isinstance(bs, numbers.Integral) or isinstance(bs, bool) or bs < 1:
                 raise ValueError(f"batch_size={bs!r}; expected a positive integer, 'full' or "
                                  "None")
+            bs = int(bs)
+        options["batch_size"] = bs
         if self.loss not in ("xent", "torch"):
             raise ValueError(f"loss={self.loss!r}; expected 'xent' or 'torch'")
         if self.scaler not in ("standard", "none"):
             raise ValueError(f"scaler={self.scaler!r}; expected 'standard' or 'none'")
         if self.task not in (None, "binary", "multiclass"):
             raise ValueError(f"task={self.task!r}; expected 'binary', 'multiclass' or None")
-        return dataclasses.replace(_train.RECIPES[self.recipe], **changes)
+        changes = _train.recipe_changes(types.SimpleNamespace(**options))
+        return _train.recipe_for(self.recipe, rows, **changes)
+
+    def _dict_weights(self, classes: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+        """The weight of each class of ``classes`` from a dict ``class_weight``, else None."""
+        if not isinstance(self.class_weight, dict):
+            return None
+        from sklearn.utils.class_weight import compute_class_weight
+
+        w = np.asarray(compute_class_weight(self.class_weight, classes=classes, y=y),
+                       dtype=np.float64)
+        if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+            raise ValueError(f"class_weight={self.class_weight!r}; expected finite weights >= 0, "
+                             "not all 0")
+        return w
 
     def _seed(self) -> int:
         rs = self.random_state
@@ -179,12 +239,11 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
             self, with ``classes_``, ``n_features_in_``, ``model_``, ``history_`` and
             ``n_iter_`` set.
         """
-        from xent.cli import _model, _train
-        from xent.cli._errors import CLIError
+        from xent.cli import _data, _model, _train
 
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
-        recipe = self._recipe()
+        recipe = self._recipe(len(y))
         classes, y_idx = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"{type(self).__name__} needs at least 2 classes in y; found 1 "
@@ -192,54 +251,49 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
         task = self.task or ("binary" if len(classes) == 2 else "multiclass")
         if task == "binary" and len(classes) != 2:
             raise ValueError(f"task='binary' needs 2 classes; y has {len(classes)}")
-        if self.scaler == "standard":
-            from sklearn.preprocessing import StandardScaler
-
-            fitted = StandardScaler().fit(X)
-            mean = np.asarray(fitted.mean_, dtype=np.float64)
-            scale = np.asarray(fitted.scale_, dtype=np.float64)
-        else:
-            mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
         names = getattr(self, "feature_names_in_", None)
         features = ([str(n) for n in names] if names is not None
                     else [f"x{j}" for j in range(X.shape[1])])
-        model = _model.Classifier(task=task, net=None, features=features, target="",
-                                  classes=list(classes), mean=mean, scale=scale)
-        Xs = self._scaled(model, X)
-        try:
+        table = _data.Table(X=X, features=features, source="X")
+        with _value_errors():  # the command line's checks and messages, as ValueError
+            if self.scaler == "standard":
+                from sklearn.preprocessing import StandardScaler
+
+                _data._check_scalable(table)  # a variance that overflows names its column
+                fitted = StandardScaler().fit(X)
+                mean = np.asarray(fitted.mean_, dtype=np.float64)
+                scale = np.asarray(fitted.scale_, dtype=np.float64)
+            else:
+                mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+            Xs = _data.standardised(table, mean, scale)  # beyond float32: row and column
             fit = _train.fit_network(Xs, y_idx.astype(np.int64), task, recipe, len(classes),
-                                     seed=self._seed(), loss=self.loss)
-        except CLIError as e:  # e.g. a diverging run: the command line's one-line message
-            raise ValueError(str(e)) from None
-        model.net = fit.net
+                                     seed=self._seed(), loss=self.loss,
+                                     class_weight_values=self._dict_weights(classes, y))
+        model = _model.Classifier(task=task, net=fit.net, features=features, target="",
+                                  classes=list(classes), mean=mean, scale=scale)
+        model.temperature = fit.temperature
         self.classes_ = classes
         self.model_ = model
+        self.recipe_ = recipe
         self.history_ = fit.history
-        self.n_iter_ = len(fit.history["epoch_loss"])
+        self.n_iter_ = fit.epochs_run
+        self.best_epoch_ = fit.best_epoch
+        self.temperature_ = fit.temperature
         return self
-
-    @staticmethod
-    def _scaled(model, X: np.ndarray) -> np.ndarray:
-        """``model.scaled(X)``, or a `ValueError` naming the first value that overflows."""
-        with np.errstate(over="ignore", invalid="ignore"):
-            Xs = model.scaled(X)
-        bad = ~np.isfinite(Xs)
-        if bad.any():
-            i, j = (int(k) for k in np.argwhere(bad)[0])
-            raise ValueError(f"X[{i}, {j}] = {float(X[i, j])!r} is {float(Xs[i, j])} after "
-                             "scaling (float32 holds at most 3.4e38); expected values within "
-                             "float32's range once standardised")
-        return Xs
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order.
 
         Sigmoid for two classes (``[1 - p, p]``), softmax otherwise; each row sums to 1.
         """
+        from xent.cli import _data, _predict
+
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        self._scaled(self.model_, X)  # an overflow is an error, not a NaN probability
-        return self.model_.proba(X).astype(np.float64)
+        with _value_errors():  # a value beyond float32 once scaled, or a non-finite output
+            proba = _predict.checked_proba(self.model_, _data.Table(
+                X=X, features=self.model_.features, source="X"))
+        return proba.astype(np.float64)
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row, ``(n_samples,)`` labels from ``classes_``."""

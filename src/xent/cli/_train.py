@@ -325,7 +325,8 @@ def _state(net) -> dict:
 
 def fit_network(X: np.ndarray, y: np.ndarray, task: str, recipe: Recipe, num_classes: int, *,
                 seed: int = 0, loss: str = "xent", eval_sets: dict | None = None,
-                progress: bool = False, label: str | None = None) -> Fit:
+                progress: bool = False, label: str | None = None,
+                class_weight_values: np.ndarray | None = None) -> Fit:
     """The training loop on arrays: the one `xent train` and `xent.sklearn` both run.
 
     Holds ``recipe.val_size`` of the rows out (stratified, `validation_split`), trains on the
@@ -343,6 +344,8 @@ def fit_network(X: np.ndarray, y: np.ndarray, task: str, recipe: Recipe, num_cla
         loss: 'xent' (xent.torch's criterion) or 'torch' (torch.nn's).
         eval_sets: name -> ``(X, y)`` also evaluated after every epoch into ``history``
             (names other than 'train' and 'val').
+        class_weight_values: ``(num_classes,)`` weights given by the caller (scikit-learn's dict
+            ``class_weight``), used instead of ``recipe.class_weight``.
 
     Raises:
         Diverged: a batch's loss or an epoch's evaluation was not finite (nothing is kept).
@@ -355,7 +358,10 @@ def fit_network(X: np.ndarray, y: np.ndarray, task: str, recipe: Recipe, num_cla
 
     i_fit, i_val = validation_split(y, recipe.val_size)
     X = np.ascontiguousarray(X, dtype=np.float32)
-    weights = class_weights(y[i_fit], num_classes) if recipe.class_weight == "balanced" else None
+    weights = (np.asarray(class_weight_values, dtype=np.float64)
+               if class_weight_values is not None
+               else class_weights(y[i_fit], num_classes) if recipe.class_weight == "balanced"
+               else None)
     sets = {"train": (X[i_fit], y[i_fit])}
     if len(i_val):
         sets["val"] = (X[i_val], y[i_val])
