@@ -224,7 +224,8 @@ def _check_scalable(table: Table) -> None:
     if len(bad):
         j = int(bad[0])
         i = int(np.argmax(np.abs(X[:, j])))
-        raise CLIError(f"{table.where(i)}, column {table.features[j]!r}: the value {float(X[i, j])!r} is "
+        value = float(X[i, j])
+        raise CLIError(f"{table.where(i)}, column {table.features[j]!r}: the value {value!r} is "
                        "too large to standardise (the column's variance overflows float64); "
                        "expected values of magnitude below about 1e150")
 
@@ -261,8 +262,9 @@ def standardised(table: Table, mean: np.ndarray, scale: np.ndarray,
     bad = ~(np.abs(Z) <= _FLOAT32_MAX)  # also true for nan
     if bad.any():
         i, j = (int(v) for v in np.argwhere(bad)[0])
+        value = float(X[i, j])
         raise CLIError(f"{table.where(int(index[i]))}, column {table.features[j]!r}: the value "
-                       f"{float(X[i, j])!r} standardises to {Z[i, j]:.3g} (scaler mean {mean[j]:.6g}, "
+                       f"{value!r} standardises to {Z[i, j]:.3g} (scaler mean {mean[j]:.6g}, "
                        f"scale {scale[j]:.6g}), beyond float32's range; expected values within "
                        "the range of the training data's scale")
     return Z.astype(np.float32)

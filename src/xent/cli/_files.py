@@ -360,9 +360,13 @@ def prepare(out: str | os.PathLike) -> Path:
         if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
             raise CLIError(f"{short(out)}: is the working directory or contains it; the folder "
                            "is replaced whole, so choose another --out")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CLIError(f"{short(parent)}: the directory is not writable (for --out "
-                       f"{short(out)})")
+    probe = parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:  # the real test of writability (os.access says yes to root on a read-only mount)
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as e:
+        raise CLIError(f"{short(parent)}: cannot create the run's folder there, the directory "
+                       f"is not writable ({e.strerror}) (for --out {short(out)})") from None
     return out
 
 

@@ -66,12 +66,15 @@ def _check_output(out: Path, inputs: list[Path]) -> None:
             raise CLIError(f"--output {_files.short(out)} is the same file as "
                            f"{_files.short(path)}, an input of this command; it would be "
                            "overwritten; choose another file")
-    if out.is_dir():
-        raise CLIError(f"{_files.short(out)}: is a directory; expected a file name for --output")
-    parent = Path(os.path.realpath(out)).parent
-    if not parent.is_dir():
-        raise CLIError(f"{_files.short(out.parent)}: directory not found (for --output "
-                       f"{_files.short(out)})")
+    try:
+        if out.is_dir():
+            raise CLIError(f"{_files.short(out)}: is a directory; expected a file name for "
+                           "--output")
+        if not Path(os.path.realpath(out)).parent.is_dir():
+            raise CLIError(f"{_files.short(out.parent)}: directory not found (for --output "
+                           f"{_files.short(out)})")
+    except OSError as e:
+        raise _files.os_error(out, "cannot use for --output", e) from None
 
 
 def _write_output(out: Path, data: bytes) -> None:
