@@ -12,6 +12,14 @@ RELIABILITY_FILE = "reliability.png"
 
 
 def _fmt_classes(classes: list) -> str:
+    """The class labels for the report; more than `MATRIX_CLASSES` are shortened.
+
+    >>> _fmt_classes(list(range(50)))
+    '0, 1, 2, 3, 4, ..., 48, 49 (50 classes)'
+    """
+    if len(classes) > MATRIX_CLASSES:
+        shown = [*map(str, classes[:5]), "...", *map(str, classes[-2:])]
+        return f"{', '.join(shown)} ({len(classes)} classes)"
     return ", ".join(str(c) for c in classes)
 
 
@@ -22,7 +30,7 @@ TOP_CONFUSIONS = 10
 def _top_confusions(cm: list[list[int]], classes: list) -> list[str]:
     """The most frequent off-diagonal cells, ``true -> predicted: count``, most first.
 
-    >>> _top_confusions([[5, 2, 0], [0, 7, 3], [1, 0, 4]], ["a", "b", "c"])[1:]
+    >>> _top_confusions([[5, 2, 0], [0, 7, 3], [1, 0, 4]], ["a", "b", "c"])[2:]
     ['  b -> c  3', '  a -> b  2', '  c -> a  1']
     """
     m = np.array(cm)
@@ -30,12 +38,12 @@ def _top_confusions(cm: list[list[int]], classes: list) -> list[str]:
     off = [(int(m[i, j]), i, j) for i in range(k) for j in range(k) if i != j and m[i, j]]
     off.sort(key=lambda t: (-t[0], t[1], t[2]))
     wrong, total = sum(c for c, _, _ in off), int(m.sum())
-    head = (f"{k} classes: the {min(TOP_CONFUSIONS, len(off))} most frequent of {len(off)} "
-            f"confusions ({wrong} of {total} test rows wrong; the full matrix is in model.json, "
-            "metrics.confusion_matrix)")
+    head = [f"{k} classes: the {min(TOP_CONFUSIONS, len(off))} most frequent of {len(off)} "
+            f"confusions, true -> predicted ({wrong} of {total} test rows wrong);",
+            "the full matrix is in model.json (metrics.confusion_matrix)"]
     shown = off[:TOP_CONFUSIONS]
     width = max([len(f"{classes[i]} -> {classes[j]}") for _, i, j in shown], default=0)
-    return [head, *(f"  {f'{classes[i]} -> {classes[j]}':<{width}}  {c}" for c, i, j in shown)]
+    return [*head, *(f"  {f'{classes[i]} -> {classes[j]}':<{width}}  {c}" for c, i, j in shown)]
 
 
 def _confusion(cm: list[list[int]], classes: list) -> list[str]:
