@@ -313,6 +313,12 @@ def test_overflowing_values_name_row_and_column(iris):
         clf.predict(np.array([[1.0, 1.0, 1.0, 1.0], [-1e300, 1.0, 1.0, 1.0]]))
 
 
+def test_diverging_run_is_a_value_error(iris):
+    X, y = iris
+    with pytest.raises(ValueError, match=r"training diverged in epoch \d+: .* is nan"):
+        XentClassifier(epochs=3, lr=1e12, optimizer="sgd", batch_size="full").fit(X, y)
+
+
 def test_import_xent_needs_only_numpy():
     code = ("import sys, xent; bad = [m for m in ('sklearn', 'torch', 'xent.sklearn') "
             "if m in sys.modules]; sys.exit(1 if bad else 0)")
