@@ -14,9 +14,12 @@ import contextlib
 import numbers
 import types
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from xent.cli._train import Recipe
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin
@@ -153,7 +156,7 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
     # -----------------------------------------------------------------------------------------
     # Parameters
 
-    def _recipe(self, rows: int):
+    def _recipe(self, rows: int) -> Recipe:
         """The `xent.cli._train.Recipe` of the parameters for ``rows`` training rows, as
         ``xent train`` makes it from its options (`ValueError` for a bad parameter)."""
         from xent.cli import _train
