@@ -67,7 +67,9 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
 
     Args:
         recipe: 'default' (AdamW lr 0.01, weight decay 0.03, 32 hidden units, 200 epochs of
-            batches of 32) or 'tutorial' (SGD lr 0.1, 5 hidden units, 100 full-batch epochs,
+            batches of 32, 0.2 of the rows held out to keep the best epoch; no validation
+            under 50 rows, and 'default-large' from 10,000 rows, as ``xent train`` adapts it),
+            'default-large', or 'tutorial' (SGD lr 0.1, 5 hidden units, 100 full-batch epochs,
             BCE on the sigmoid's output): ``xent train --recipe``.
         hidden: hidden units (``--hidden``).
         epochs: passes over the rows (``--epochs``).
@@ -133,7 +135,7 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
                  epochs: int | None = None, lr: float | None = None,
                  optimizer: str | None = None, weight_decay: float | None = None,
                  batch_size: int | str | None = None, val_size: float | None = None,
-                 patience: int | None = None, class_weight: str | None = None,
+                 patience: int | None = None, class_weight: str | dict | None = None,
                  label_smoothing: float | None = None, random_state: Any = 0,
                  loss: str = "xent", task: str | None = None,
                  scaler: str = "standard") -> None:
@@ -273,8 +275,8 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
                                      seed=self._seed(), loss=self.loss,
                                      class_weight_values=self._dict_weights(classes, y))
         model = _model.Classifier(task=task, net=fit.net, features=features, target="",
-                                  classes=list(classes), mean=mean, scale=scale)
-        model.temperature = fit.temperature
+                                  classes=list(classes), mean=mean, scale=scale,
+                                  temperature=fit.temperature)
         self.classes_ = classes
         self.model_ = model
         self.recipe_ = recipe
@@ -287,7 +289,8 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order.
 
-        Sigmoid for two classes (``[1 - p, p]``), softmax otherwise; each row sums to 1.
+        Sigmoid for two classes (``[1 - p, p]``), softmax otherwise, of the logits divided by
+        ``temperature_``; each row sums to 1 (to float32 rounding).
         """
         from xent.cli import _data, _predict
 
