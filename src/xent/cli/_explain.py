@@ -27,6 +27,7 @@ import numpy as np
 import xent
 
 from ._errors import CLIError
+from ._examples import _naive_softmax
 
 MAX_LOGITS = 20  # every number of every step is printed: more would not be readable
 _LOG_MAX = math.log(np.finfo(np.float64).max)  # 709.78: np.exp overflows beyond it
@@ -214,7 +215,7 @@ def explain_softmax(z: np.ndarray, t: int, eps: float | None = None,
         # The tutorials' formulas, computed as they wrote them, to show where they fail.
         n_exp = np.exp(z)
         n_sum = float(np.sum(n_exp))
-        n_p = np.exp(z) / np.sum(np.exp(z))
+        n_p = _naive_softmax(z)  # np.exp(z) / np.sum(np.exp(z)), as `xent examples` shows it
         n_lse = float(np.log(np.sum(np.exp(z))))
         n_loss = float(-np.sum(onehot * np.log(n_p)))
         n_loss_ours_p = float(-np.sum(onehot * np.log(p)))
