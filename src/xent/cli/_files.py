@@ -8,7 +8,8 @@ the old complete folder or the new complete one, never a mix.
 
 A run killed at any moment leaves at most:
 
-- a ``.tmp-`` folder (killed while writing): removed by the next run;
+- a ``.tmp-`` folder (killed while writing), or an empty ``.probe-`` folder (killed while
+  `prepare` tested that the directory is writable): removed by the next run;
 - an ``.old-`` folder beside the new target (killed after the swap): removed by the next run;
 - an ``.old-`` folder and *no* target (killed between the two renames): `recover` renames the
   old folder back into place. The next run does so before anything else, and so does
@@ -40,7 +41,7 @@ from ._errors import CLIError
 
 T = TypeVar("T")
 
-_LEFTOVER = re.compile(r"(tmp|old)-(\d+)-[0-9a-f]+")
+_LEFTOVER = re.compile(r"(tmp|old|probe)-(\d+)-[0-9a-f]+")
 # How long a reader or a writer waits for a live run that is between its two renames.
 _SWAP_WAIT_S = 5.0
 
@@ -360,7 +361,7 @@ def prepare(out: str | os.PathLike) -> Path:
         if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
             raise CLIError(f"{short(out)}: is the working directory or contains it; the folder "
                            "is replaced whole, so choose another --out")
-    probe = parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    probe = parent / f".{out.name}.probe-{os.getpid()}-{secrets.token_hex(4)}"
     try:  # the real test of writability (os.access says yes to root on a read-only mount)
         os.mkdir(probe)
         os.rmdir(probe)
