@@ -221,3 +221,24 @@ def one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
         assert f in lines[0], f"{f!r} not in {lines[0]!r}"
     assert proc.stdout == "", proc.stdout
     return lines[0]
+
+
+def run_xent(*args: str, cwd, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run ``python -m xent ARGS`` in ``cwd`` as a user does (standard streams captured, text).
+
+    ``timeout`` makes a hang fail the test (`subprocess.TimeoutExpired`) instead of hanging the
+    suite; other keyword arguments go to `subprocess.run` (``env``, ``preexec_fn``, ...).
+    """
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "xent", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def dead_pid() -> int:
+    """The process id of a process that has exited (for leftovers of a 'killed' run)."""
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -83,6 +83,10 @@ def test_missing_file(tmp_path):
     (["train", "--target", "y"], ["--target", "no --data"]),
     (["predict", "--data", "d.csv"], ["required", "--model"]),
     (["fit"], ["invalid choice: 'fit'"]),
+    (["train", "--delimiter", "|"], ["--delimiter", "expected one of ',', ';', 'tab'", "'|'"]),
+    (["predict", "--model", "m", "--data", "d.csv", "--delimiter", "pipe"],
+     ["--delimiter", "'pipe'"]),
+    (["predict", "--model", "m", "--data", "d.csv", "--keep"], ["--keep", "expected one"]),
     ([], ["missing command"]),
 ])
 def test_bad_options(tmp_path, args, fragments):

@@ -227,14 +227,22 @@ def test_not_an_xent_model(tmp_path, rows_csv):
 
 
 def test_predict_csv_with_other_columns_than_the_model(model_dir, tmp_path):
+    """An extra column is ignored with a note on stderr (tests/test_cli_faults.py has --keep);
+    a missing feature column is an error naming it."""
     X = np.zeros((3, 4))
+    write_features(tmp_path / "plain.csv", ["x1", "x2", "x3", "x4"], X)
     write_features(tmp_path / "extra.csv", ["x1", "x2", "x3", "x4", "colour"],
                    np.c_[X, np.ones(3)])
-    one_line_error(xent("predict", "--model", str(model_dir), "--data", "extra.csv",
-                        cwd=tmp_path), "extra.csv", "unexpected 'colour'")
+    proc = ok(xent("predict", "--model", str(model_dir), "--data", "extra.csv", cwd=tmp_path))
+    assert proc.stdout == ok(xent("predict", "--model", str(model_dir), "--data", "plain.csv",
+                                  cwd=tmp_path)).stdout
+    assert proc.stderr.startswith("xent: note: extra.csv: ignoring the column(s) 'colour'")
+    quiet = ok(xent("predict", "--model", str(model_dir), "--data", "extra.csv", "--quiet",
+                    cwd=tmp_path))
+    assert quiet.stderr == ""
     write_features(tmp_path / "missing.csv", ["x1", "x2", "x4"], X[:, :3])
     one_line_error(xent("predict", "--model", str(model_dir), "--data", "missing.csv",
-                        cwd=tmp_path), "missing.csv", "missing 'x3'")
+                        cwd=tmp_path), "missing.csv", "'x3' are missing")
 
 
 def test_predict_csv_with_a_bad_value(model_dir, tmp_path):

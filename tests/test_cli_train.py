@@ -63,13 +63,16 @@ def test_train_without_arguments_trains_both_tutorial_networks(tmp_path):
     proc = ok(xent("train", cwd=tmp_path))
     out = proc.stdout
     assert "NeuralNet1 (binary)" in out and "NeuralNet2 (multiclass)" in out
-    assert out.count("confusion matrix") == 2 and out.count("log loss") == 2
+    assert out.count("confusion matrix") == 2 and out.count("  log loss   train") == 2
+    assert out.count("calibration (test rows; ECE over 15 bins)") == 2
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
     for task, rows, n_test, k in (("binary", 200, 40, 2), ("multiclass", 300, 60, 3)):
         run = tmp_path / "runs" / task
         names = sorted(p.name for p in run.iterdir())
-        assert names == ["loss_curves.png", "model.json", "model.safetensors"]  # no temp files
+        assert names == ["loss_curves.png", "model.json", "model.safetensors",
+                         "reliability.png"]  # no temp files
         assert (run / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (run / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (run / "model.safetensors").read_bytes()[8:9] == b"{"  # a safetensors header
         m = meta(run)
         assert m["task"] == task and m["classes"] == list(range(k))
@@ -122,7 +125,7 @@ def test_same_seed_gives_the_same_bytes(tmp_path):
     assert first.stdout.replace("-> a/", "-> b/") == second.stdout
     recipe = dataclasses.replace(_train.DEFAULT, epochs=12)
     for task in ("binary", "multiclass"):
-        for name in ("model.json", "model.safetensors", "loss_curves.png"):
+        for name in ("model.json", "model.safetensors", "loss_curves.png", "reliability.png"):
             a = (tmp_path / "a" / task / name).read_bytes()
             b = (tmp_path / "b" / task / name).read_bytes()
             assert a == b, f"{task}/{name} differs between two runs with the same seed"
@@ -188,9 +191,11 @@ def test_training_calls_xent_losses_for_every_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(F, "binary_cross_entropy_with_logits", forbidden)
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--epochs", "2", "--quiet", "--out", "r"]) == 0
-    # 2 epochs x (5 or 8 batches of 32, then the train and test losses) + 2 for the metrics.
-    assert calls == {"binary_cross_entropy_with_logits": 2 * (5 + 2) + 2,
-                     "cross_entropy": 2 * (8 + 2) + 2}
+    # 2 epochs x (4 or 6 batches of 32 of the 128 or 192 rows left after the validation split,
+    # then the train, validation and test losses) + 4 for the metrics (the train and test log
+    # loss, the test log loss before and after the temperature).
+    assert calls == {"binary_cross_entropy_with_logits": 2 * (4 + 3) + 4,
+                     "cross_entropy": 2 * (6 + 3) + 4}
 
 
 def test_train_on_a_csv_with_string_labels(tmp_path):
@@ -246,31 +251,264 @@ def test_train_on_a_csv_with_two_string_classes_and_integer_labels(tmp_path, mon
     assert m["classes"] == [2, 7, 10] and m["features"] == ["p", "q", "r", "s"]
 
 
-def test_an_interrupted_save_leaves_the_previous_model_whole(tmp_path, monkeypatch):
-    """In-process: interrupt the write of model.json; the old file stays complete, no temp
-    files stay behind, and loading the directory fails with a one-line reason, not garbage."""
-    from xent.cli import _model, main
+# ---------------------------------------------------------------------------------------------
+# Validation split, early stopping, divergence, loss options, temperature
+
+
+def _strict_json(path: Path) -> dict:
+    """model.json parsed so that NaN, Infinity and -Infinity are errors, not floats."""
+    def refuse(name):
+        raise AssertionError(f"{path} holds {name}")
+
+    return json.loads((path / "model.json").read_text(), parse_constant=refuse)
+
+
+def _scaled_train_split(task: str):
+    """The training rows `xent train` uses with --val-size 0, made here with scikit-learn."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = builtin(task)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=42)
+    scaler = StandardScaler().fit(X_train)
+    return (scaler.transform(X_train).astype(np.float32), y_train,
+            scaler.transform(X_test).astype(np.float32), y_test)
+
+
+def _forward(run: Path, X: np.ndarray):
+    """The saved network's logits, computed here from the safetensors file with torch ops."""
+    import torch
+    from safetensors.torch import load_file
+
+    w = load_file(str(run / "model.safetensors"))
+    x = torch.from_numpy(X)
+    h = torch.relu(x @ w["linear1.weight"].T + w["linear1.bias"])
+    return h @ w["linear2.weight"].T + w["linear2.bias"]
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(tmp_path, monkeypatch):
+    """--patience 5: the run stops 5 epochs after the lowest validation loss, and the saved
+    weights are those of that epoch: the same bytes as a run of exactly that many epochs."""
+    import dataclasses
+
+    from xent.cli import _data, _model, _train, main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--task", "binary", "--epochs", "2", "--quiet", "--out", "m"]) == 0
-    before = (tmp_path / "m" / "model.json").read_bytes()
+    assert main(["train", "--task", "binary", "--epochs", "80", "--patience", "5", "--seed", "2",
+                 "--out", "es", "--quiet"]) == 0
+    m = _strict_json(tmp_path / "es")
+    tr, h = m["training"], m["history"]
+    best = tr["best_epoch"]
+    assert tr["patience"] == 5 and tr["stopped_early"] is True
+    assert tr["epochs_run"] == best + 5 == len(h["val_loss"]) == len(h["train_loss"])
+    assert best == int(np.argmin(h["val_loss"])) + 1 and tr["kept_epoch"] == best
+    assert m["metrics"]["best_val_loss"] == min(h["val_loss"])
+    recipe = dataclasses.replace(_train.DEFAULT, epochs=best, patience=None)
+    net = _train.train(_data.builtin("binary"), "binary", recipe, seed=2).classifier.net
+    assert _model.weights_bytes(net) == (tmp_path / "es" / "model.safetensors").read_bytes()
 
-    real_replace = os.replace
 
-    def interrupted(src, dst):
-        if str(dst).endswith("model.json"):
-            raise KeyboardInterrupt
-        real_replace(src, dst)
+def test_without_patience_the_last_epoch_is_kept_and_the_best_reported(tmp_path, monkeypatch):
+    import dataclasses
 
-    monkeypatch.setattr(os, "replace", interrupted)
-    assert main(["train", "--task", "binary", "--epochs", "3", "--seed", "1", "--quiet",
-                 "--out", "m"]) == 130
-    monkeypatch.setattr(os, "replace", real_replace)
-    assert (tmp_path / "m" / "model.json").read_bytes() == before
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        "loss_curves.png", "model.json", "model.safetensors"]
-    # The new weights landed before the interruption: the old model.json's hash rejects them.
-    from xent.cli._errors import CLIError
+    from xent.cli import _data, _train
 
-    with pytest.raises(CLIError, match="do not match"):
-        _model.load(tmp_path / "m")
+    recipe = dataclasses.replace(_train.DEFAULT, epochs=25)
+    fit = _train.train(_data.builtin("multiclass"), "multiclass", recipe, seed=0).fit
+    assert fit.epochs_run == fit.kept_epoch == 25 and not fit.stopped_early
+    assert fit.best_epoch == int(np.argmin(fit.history["val_loss"])) + 1
+    assert (fit.fit_rows, fit.val_rows) == (192, 48)  # 0.2 of the 240 training rows
+
+
+def test_validation_split_is_stratified_and_val_size_zero_turns_it_off(tmp_path, monkeypatch):
+    from sklearn.model_selection import train_test_split
+
+    from xent.cli import _train, main
+
+    _, y_train, _, _ = _scaled_train_split("multiclass")
+    i_fit, i_val = _train.validation_split(y_train, 0.2)
+    _, expected_val = train_test_split(np.arange(len(y_train)), test_size=0.2, random_state=42,
+                                       stratify=y_train)
+    assert sorted(i_val) == sorted(expected_val) and len(i_fit) + len(i_val) == len(y_train)
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", "multiclass", "--val-size", "0", "--epochs", "3", "--out",
+                 "nv"]) == 0
+    m = _strict_json(tmp_path / "nv")
+    assert m["calibration"]["temperature"] == 1.0 and m["calibration"]["fitted_on"] is None
+    assert m["metrics"]["val_rows"] == 0 and m["metrics"]["fit_rows"] == 240
+    assert "val_loss" not in m["history"] and m["training"]["kept_epoch"] == 3
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_old_model(tmp_path, monkeypatch):
+    from xent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", "binary", "--epochs", "2", "--out", "d", "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
+    for task in ("binary", "multiclass"):
+        proc = xent("train", "--task", task, "--lr", "1e6", "--optimizer", "sgd", "--out", "d",
+                    cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and proc.stdout == "", proc.stderr
+        assert re.match(r"xent: error: training diverged in epoch 1: .* is nan; .*smaller --lr",
+                        lines[0]), lines[0]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
+
+
+def test_class_weight_balanced_is_sklearns_and_weights_the_loss(tmp_path, monkeypatch):
+    """The weights are compute_class_weight('balanced') of the training rows; the recorded loss
+    is PyTorch's weighted cross-entropy (and BCE with the per-row weights) of the saved net."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from xent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for k in (2, 3):
+        X, y = make_classification(n_samples=300, n_features=4, n_informative=3,
+                                   n_redundant=0, n_classes=k, weights=[0.7] + [0.3 / (k - 1)]
+                                   * (k - 1), random_state=0)
+        write_csv(tmp_path / f"w{k}.csv", ["a", "b", "c", "d", "y"],
+                  [[*map(float, x), int(t)] for x, t in zip(X, y, strict=True)])
+        assert main(["train", "--data", f"w{k}.csv", "--target", "y", "--class-weight",
+                     "balanced", "--val-size", "0", "--epochs", "1", "--out", f"w{k}",
+                     "--quiet"]) == 0
+        m = _strict_json(tmp_path / f"w{k}")
+        X_train, _, y_train, _ = train_test_split(X, y, test_size=0.2, random_state=42)
+        expected = compute_class_weight("balanced", classes=np.arange(k), y=y_train)
+        np.testing.assert_allclose(m["training"]["class_weights"], expected, rtol=1e-12)
+        assert m["training"]["class_weight"] == "balanced"
+        Xs = StandardScaler().fit(X_train).transform(X_train).astype(np.float32)
+        z = _forward(tmp_path / f"w{k}", Xs)
+        w = torch.tensor(expected, dtype=torch.float32)
+        yt = torch.tensor(y_train)
+        if k == 2:
+            loss = F.binary_cross_entropy_with_logits(z[:, 0], yt.float(), weight=w[yt])
+        else:
+            loss = F.cross_entropy(z, yt, weight=w)
+        assert m["history"]["train_loss"][0] == pytest.approx(loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_label_smoothing_is_pytorchs(tmp_path, monkeypatch, task):
+    """The recorded loss is F.cross_entropy(..., label_smoothing=0.1) of the saved network; for
+    the binary net that of the two logits [0, z] (sigmoid(z) = softmax([0, z])[1])."""
+    import torch
+    import torch.nn.functional as F
+
+    from xent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", task, "--label-smoothing", "0.1", "--val-size", "0",
+                 "--epochs", "1", "--out", "ls", "--quiet"]) == 0
+    m = _strict_json(tmp_path / "ls")
+    X_train, y_train, _, _ = _scaled_train_split(task)
+    z = _forward(tmp_path / "ls", X_train)
+    if task == "binary":
+        z = torch.cat([torch.zeros_like(z), z], dim=1)
+    expected = F.cross_entropy(z, torch.tensor(y_train), label_smoothing=0.1).item()
+    plain = F.cross_entropy(z, torch.tensor(y_train)).item()
+    assert m["history"]["train_loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - plain) > 1e-3  # the option changed the loss
+    assert m["training"]["label_smoothing"] == 0.1
+
+
+def test_predict_applies_the_temperature_fitted_on_the_validation_rows(tmp_path, monkeypatch):
+    """model.json's temperature minimises the validation log loss (rows found here with
+    scikit-learn), predict prints softmax(logits / T), and the test calibration metrics are
+    scikit-learn's of those probabilities."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.metrics import brier_score_loss
+    from sklearn.metrics import log_loss as sk_log_loss
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    from xent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", "multiclass", "--epochs", "60", "--out", "t",
+                 "--quiet"]) == 0
+    m = _strict_json(tmp_path / "t")
+    t = m["calibration"]["temperature"]
+    assert t != 1.0 and m["calibration"]["fitted_on"] == "validation rows (48)"
+
+    X, y = builtin("multiclass")
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=42)
+    scaler = StandardScaler().fit(X_train)
+    _, X_val, _, y_val = train_test_split(X_train, y_train, test_size=0.2, random_state=42,
+                                          stratify=y_train)
+    z_val = _forward(tmp_path / "t", scaler.transform(X_val).astype(np.float32)).double()
+    nll = [F.cross_entropy(z_val / s, torch.tensor(y_val)).item() for s in (t * 0.98, t,
+                                                                              t * 1.02)]
+    assert nll[1] < nll[0] and nll[1] < nll[2]
+
+    write_csv(tmp_path / "test.csv", ["x1", "x2", "x3", "x4"], X_test.tolist())
+    proc = ok(xent("predict", "--model", "t", "--data", "test.csv", cwd=tmp_path))
+    rows = list(csv.reader(proc.stdout.splitlines()))[1:]
+    printed = np.array([[float(v) for v in r[1:]] for r in rows])
+    z = _forward(tmp_path / "t", scaler.transform(X_test).astype(np.float32))
+    expected = torch.softmax(z / t, dim=1).numpy()
+    np.testing.assert_allclose(printed, expected, rtol=1e-5, atol=1e-7)
+
+    after = m["metrics"]["calibration"]["after"]
+    assert after["log_loss"] == pytest.approx(sk_log_loss(y_test, printed, labels=[0, 1, 2]),
+                                              rel=1e-4)
+    assert after["brier"] == pytest.approx(brier_score_loss(y_test, printed, labels=[0, 1, 2]),
+                                           rel=1e-4)
+    before = m["metrics"]["calibration"]["before"]
+    assert before["log_loss"] == pytest.approx(m["metrics"]["test_log_loss"])
+
+
+def test_model_json_has_the_new_fields_and_no_nan(tmp_path, monkeypatch):
+    from xent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", "binary", "--epochs", "30", "--patience", "3",
+                 "--class-weight", "balanced", "--label-smoothing", "0.05", "--out", "f"]) == 0
+    m = _strict_json(tmp_path / "f")  # no NaN / Infinity anywhere
+    tr = m["training"]
+    for key in ("val_size", "patience", "class_weight", "label_smoothing", "class_weights",
+                "best_epoch", "kept_epoch", "epochs_run", "stopped_early"):
+        assert key in tr, key
+    assert (tr["val_size"], tr["patience"], tr["label_smoothing"]) == (0.2, 3, 0.05)
+    cal = m["metrics"]["calibration"]
+    assert cal["n_bins"] == 15 and cal["temperature"] == m["calibration"]["temperature"] > 0
+    for when in ("before", "after"):
+        assert set(cal[when]) == {"ece", "brier", "log_loss"}
+        assert 0 <= cal[when]["ece"] <= 1 and 0 <= cal[when]["brier"] <= 1
+
+
+def test_default_recipe_adapts_to_the_data_size():
+    from xent.cli import _train
+
+    assert _train.recipe_for("default", 160).name == "default"
+    large = _train.recipe_for("default", 80_000)
+    assert large.name == "default-large" and large.patience and large.batch_size > 32
+    assert _train.recipe_for("default", 80_000, hidden=16).hidden == 16  # options still win
+    assert _train.recipe_for("default", 80_000, patience=None).patience is None
+    assert _train.recipe_for("tutorial", 80_000).name == "tutorial"
+
+
+@pytest.mark.slow
+def test_large_csv_trains_with_the_large_recipe_and_stops_early(tmp_path):
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=12_500, n_features=8, n_informative=6,
+                               n_redundant=0, n_classes=3, random_state=3)
+    write_csv(tmp_path / "big.csv", [f"f{i}" for i in range(8)] + ["y"],
+              [[*map(float, x), int(t)] for x, t in zip(X, y, strict=True)])
+    proc = ok(xent("train", "--data", "big.csv", "--target", "y", "--out", "big", "--quiet",
+                   cwd=tmp_path))
+    m = _strict_json(tmp_path / "big")
+    tr = m["training"]
+    assert tr["recipe"] == "default-large" and tr["batch_size"] == 256
+    assert tr["stopped_early"] and tr["epochs_run"] < 200
+    assert m["metrics"]["test_accuracy"] > 0.85
+    assert "test accuracy" in proc.stdout

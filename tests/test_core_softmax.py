@@ -336,3 +336,160 @@ def test_wide_odd_rows_match_torch(backend, name, dtype):
         xx = x if axis == 1 else np.ascontiguousarray(x.T)
         got = getattr(xent, name)(xx, axis=axis)
         assert_close(got, torch_activation(name, xx, axis), context=f"{name} axis={axis}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny terms: log1p of the terms other than the max (SciPy gh-18295), closed forms in float64
+
+# A gap g with e^-g below the dtype's resolution at 1 (so log(1 + e^-g) rounds to 0) and
+# e^-g still a normal number: float64 eps = 2.2e-16 vs e^-40 = 4.2e-18, float32 1.2e-7 vs
+# e^-20 = 2.1e-9.
+_GAP = {np.float64: 40.0, np.float32: 20.0}
+
+
+def _tiny_cases(g):
+    """(row, m, s') with the exact lse = m + log1p(s'): s' from float64 closed forms."""
+    e = np.exp
+    return [
+        ("one tiny term", [0.0, -g], 0.0, e(-g)),
+        ("several tiny terms", [0.0, -g, -g - 1.0, -g - 5.0], 0.0, e(-g) + e(-g - 1) + e(-g - 5)),
+        ("tie of the max", [5.0, -g, 5.0], 5.0, 1.0 + e(-g - 5.0)),
+        ("negative max", [-3.0, -3.0 - g, -3.0 - g - 7.0], -3.0, e(-g) + e(-g - 7.0)),
+        ("mixed signs, max last", [-g / 2, -g, g / 2 - g, 0.0], 0.0,
+         e(-g / 2) + e(-g) + e(-g / 2)),
+        ("-inf beside the max", [-np.inf, 0.0, -g], 0.0, e(-g)),
+    ]
+
+
+def _tiny_params():
+    for dtype in (np.float64, np.float32):
+        for name, row, m, rest in _tiny_cases(_GAP[dtype]):
+            yield pytest.param(dtype, row, m, rest, id=f"{np.dtype(dtype).name}-{name}")
+
+
+def _rtol(dtype):
+    return 8 * np.finfo(dtype).eps
+
+
+@pytest.mark.parametrize(("dtype", "row", "m", "rest"), list(_tiny_params()))
+def test_logsumexp_keeps_tiny_terms_scipy_gh18295(backend, dtype, row, m, rest):
+    """logsumexp(x) = m + log1p(s'): at [0, -40] that is log1p(e^-40) = 4.25e-18, not 0."""
+    x = np.array(row, dtype=dtype)
+    assert x.astype(np.float64).tolist() == row  # every value is exact in dtype
+    expect = m + np.log1p(rest)
+    got = xent.logsumexp(x)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, expect, rtol=_rtol(dtype), atol=0)
+    if m == 0:
+        assert got > 0  # not rounded to 0
+    # The same along any axis and over a tuple of axes: a (3, C) stack, reduced over axis 1.
+    stack = np.stack([x, x, x])
+    np.testing.assert_allclose(xent.logsumexp(stack, axis=1), [expect] * 3, rtol=_rtol(dtype))
+    np.testing.assert_allclose(xent.logsumexp(stack.T, axis=0), [expect] * 3, rtol=_rtol(dtype))
+    np.testing.assert_allclose(xent.logsumexp(stack[:1], axis=(0, 1)), expect, rtol=_rtol(dtype))
+
+
+@pytest.mark.parametrize(("dtype", "row", "m", "rest"), list(_tiny_params()))
+def test_log_softmax_keeps_tiny_terms(backend, dtype, row, m, rest):
+    """log_softmax(x)_c = (x_c - m) - log1p(s'): at the max of [0, -40], -4.25e-18, not 0.
+
+    Along the last axis (row kernels) and along axis 0 of a (C, B) array (the K-dim kernels),
+    B = 3 and B = 40 (rows grouped into lanes), several positions in one tile.
+    """
+    x = np.array(row, dtype=dtype)
+    lse_m = np.log1p(rest)
+    expect = (np.array(row) - m) - lse_m  # float64
+    np.testing.assert_allclose(xent.log_softmax(x), expect, rtol=_rtol(dtype), atol=0)
+    top = int(np.argmax(x))
+    assert xent.log_softmax(x)[top] < 0  # not rounded to 0
+    for B in (3, 40):
+        cols = np.repeat(x[:, None], B, axis=1)
+        got = xent.log_softmax(cols, axis=0)
+        np.testing.assert_allclose(got, np.repeat(expect[:, None], B, axis=1),
+                                   rtol=_rtol(dtype), atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=lambda d: np.dtype(d).name)
+def test_log_softmax_tiny_terms_in_a_wide_row(backend, dtype):
+    """A 5000-wide row (several kernel blocks, the max in a later block than the first) and the
+    same along axis 0 with many class rows per lane group: every entry but one sits 2g below."""
+    g = _GAP[dtype]
+    C = 5000
+    row = np.full(C, -2 * g)
+    row[3] = -g  # a tiny term in the first block
+    row[4321] = 0.0  # the max, in a later block
+    x = row.astype(dtype)
+    rest = np.exp(-g) + (C - 2) * np.exp(-2 * g)
+    expect = row - np.log1p(rest)
+    np.testing.assert_allclose(xent.log_softmax(x), expect, rtol=_rtol(dtype), atol=0)
+    np.testing.assert_allclose(xent.logsumexp(x), np.log1p(rest), rtol=_rtol(dtype), atol=0)
+    cols = np.repeat(x[:, None], 16, axis=1)
+    np.testing.assert_allclose(xent.log_softmax(cols, axis=0),
+                               np.repeat(expect[:, None], 16, axis=1), rtol=_rtol(dtype), atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", ["log_softmax", "logsumexp"])
+def test_nonfinite_rows_follow_torch_along_axis_0(backend, name, dtype):
+    """The non-finite rows of NONFINITE_ROWS along axis 0 (K-dim kernels for log_softmax):
+    the same nan/inf as torch."""
+    x = np.ascontiguousarray(np.array(NONFINITE_ROWS, dtype=dtype).T)
+    with np.errstate(all="ignore"):
+        got = getattr(xent, name)(x, axis=0)
+    assert_close(got, torch_activation(name, x, 0), equal_nan=True, context=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# logsumexp over several axes; softmax / log_softmax dtype=
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [(0, 1), (0, 2), (2, 0), (-1, 1), (0, 1, 2), [1, 2]], ids=str)
+def test_logsumexp_over_a_tuple_of_axes_matches_torch(backend, axis, keepdims):
+    x = _random((3, 4, 5), np.float64, seed=11)
+    got = xent.logsumexp(x, axis=axis, keepdims=keepdims)
+    expect = torch.logsumexp(torch.from_numpy(x), dim=tuple(axis), keepdim=keepdims)
+    assert_close(got, to_numpy(expect))
+
+
+def test_logsumexp_axis_none_reduces_everything_as_scipy():
+    import scipy.special
+
+    x = _random((3, 4, 5), np.float64, seed=12)
+    assert_close(xent.logsumexp(x, axis=None), scipy.special.logsumexp(x, axis=None))
+    got = xent.logsumexp(x, axis=None, keepdims=True)
+    assert got.shape == (1, 1, 1)
+    assert_close(got, scipy.special.logsumexp(x, axis=None, keepdims=True))
+
+
+@pytest.mark.parametrize("axis", [(0, 0), (1, -1)], ids=str)
+def test_logsumexp_repeated_axis_raises(axis):
+    with pytest.raises(ValueError, match="repeats an axis"):
+        xent.logsumexp(np.zeros((3, 4)), axis=axis)
+
+
+@pytest.mark.parametrize("axis", [(0, 2), (5,)], ids=str)
+def test_logsumexp_tuple_axis_out_of_range_raises_axis_error(axis):
+    with pytest.raises(np.exceptions.AxisError, match="axis"):
+        xent.logsumexp(np.zeros((3, 4)), axis=axis)
+
+
+@pytest.mark.parametrize("out_dtype", [np.float64, np.float32], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("in_dtype", [np.float32, np.float64, np.int64],
+                         ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_dtype_casts_the_input_first_as_torch(backend, name, in_dtype, out_dtype):
+    """torch.softmax(x, dim, dtype=d): x is cast to d, the result has dtype d."""
+    x = _random((3, 7), in_dtype, seed=13)
+    got = getattr(xent, name)(x, axis=1, dtype=out_dtype)
+    assert got.dtype == out_dtype
+    t = torch.from_numpy(x.astype(np.float64) if in_dtype == np.int64 else x)
+    tdt = torch.float64 if out_dtype == np.float64 else torch.float32
+    expect = getattr(torch, name)(t, 1, dtype=tdt)
+    assert_close(got, to_numpy(expect))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, "complex128", bool, "not a dtype"], ids=str)
+def test_dtype_must_be_a_float_dtype(dtype):
+    with pytest.raises(TypeError, match="dtype"):
+        xent.softmax([1.0, 2.0], dtype=dtype)

@@ -12,14 +12,30 @@ from typing import Any
 import numpy as np
 
 from . import _buffers, _dispatch
-from ._backend_numpy import _QUIET, _sigmoid_neg
+from ._backend_numpy import _QUIET, _log1p_rest, _sigmoid_neg
 from ._validation import as_float, as_float_like, as_result, check_same_shape, normalize_axis
+
+
+def _cast(x: Any, dtype: Any) -> Any:
+    """``x`` cast to ``dtype`` (PyTorch's ``dtype=``: the input is cast before the operation, the
+    result has that dtype), or ``x`` itself for ``dtype=None``. Only float dtypes: the result
+    of softmax is never an integer (TypeError otherwise)."""
+    if dtype is None:
+        return x
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a NumPy float dtype or None, got {dtype!r}") from None
+    if dt.kind != "f" or dt.itemsize > 8:
+        raise TypeError(f"dtype must be float16, float32 or float64 (or None), got {dt}")
+    return np.asarray(x).astype(dt, copy=False)
 
 
 def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
     """Run a row kernel (softmax / log_softmax) along ``axis`` of ``x``."""
     arr, rdt = as_float(x, "x")
     if arr.ndim == 0:  # a scalar is a 1-element distribution, as in torch
+        normalize_axis(axis, 1)  # torch accepts dim 0 or -1 for a 0-d input
         return as_result(_rowwise(op, arr.reshape(1), 0).reshape(()), rdt)
     ax = normalize_axis(axis, arr.ndim)
     last = ax == arr.ndim - 1  # the common case: no axis moves (np.moveaxis costs ~2.5 µs)
@@ -59,7 +75,7 @@ def _inner_axis(op: str, arr: np.ndarray, ax: int) -> np.ndarray | None:
     return out
 
 
-def softmax(x: Any, axis: int = -1) -> np.ndarray:
+def softmax(x: Any, axis: int = -1, *, dtype: Any = None) -> np.ndarray:
     r"""Softmax along ``axis``: probabilities that sum to 1.
 
     .. math:: \mathrm{softmax}(x)_i = \frac{e^{x_i - m}}{\sum_j e^{x_j - m}},\quad m = \max_j x_j
@@ -67,6 +83,8 @@ def softmax(x: Any, axis: int = -1) -> np.ndarray:
     Args:
         x: array-like of any shape ``(..., C, ...)``; integers are promoted to float64.
         axis: the axis that is normalised (``dim`` in PyTorch).
+        dtype: None, or a float dtype ``x`` is cast to before the operation; the result then
+            has that dtype (``torch.softmax``'s ``dtype=``).
 
     Returns:
         An array of ``x``'s shape and float dtype (float16 is computed in float32).
@@ -83,7 +101,7 @@ def softmax(x: Any, axis: int = -1) -> np.ndarray:
 
     Reference: ``torch.softmax``; ``scipy.special.softmax``.
     """
-    return _rowwise("softmax", x, axis)
+    return _rowwise("softmax", _cast(x, dtype), axis)
 
 
 def softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.ndarray:
@@ -116,14 +134,20 @@ def softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.ndarra
     return as_result(out, rdt)
 
 
-def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
+def log_softmax(x: Any, axis: int = -1, *, dtype: Any = None) -> np.ndarray:
     r"""Log of the softmax along ``axis``, computed without forming the softmax.
 
-    .. math:: \mathrm{log\_softmax}(x)_i = x_i - m - \log \sum_j e^{x_j - m}
+    .. math:: \mathrm{log\_softmax}(x)_i = (x_i - m) - \log\bigl(1 + \sum_{j \ne j^*}
+              e^{x_j - m}\bigr),\quad m = x_{j^*} = \max_j x_j
+
+    The log-sum is ``log1p`` of the terms other than the max's own 1, so terms below the
+    float's resolution still count (as SciPy's ``logsumexp`` computes it).
 
     Args:
         x: array-like of any shape; integers are promoted to float64.
         axis: the axis that is normalised.
+        dtype: None, or a float dtype ``x`` is cast to before the operation; the result then
+            has that dtype (``torch.log_softmax``'s ``dtype=``).
 
     Returns:
         An array of ``x``'s shape and float dtype.
@@ -135,10 +159,12 @@ def log_softmax(x: Any, axis: int = -1) -> np.ndarray:
         >>> import xent
         >>> print(xent.log_softmax([1000.0, 1.0]))
         [   0. -999.]
+        >>> print(xent.log_softmax([0.0, -40.0])[0])  # -log1p(e^-40); log(1 + e^-40) is 0
+        -4.248354255291589e-18
 
     Reference: ``torch.log_softmax``; ``scipy.special.log_softmax``.
     """
-    return _rowwise("log_softmax", x, axis)
+    return _rowwise("log_softmax", _cast(x, dtype), axis)
 
 
 def log_softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.ndarray:
@@ -171,45 +197,78 @@ def log_softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.nd
     return as_result(out, rdt)
 
 
-def logsumexp(x: Any, axis: int = -1, keepdims: bool = False) -> np.ndarray:
-    r"""``log(sum(exp(x)))`` along ``axis`` without overflow or underflow.
+def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    """``axis`` (an int, a sequence of ints, or None for all) as sorted non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (tuple, list)):
+        axes = [normalize_axis(a, ndim) for a in axis]
+        if len(set(axes)) != len(axes):
+            raise ValueError(
+                f"axis={tuple(axis)} repeats an axis (of an array of dimension {ndim})"
+            )
+        return tuple(sorted(axes))
+    return (normalize_axis(axis, ndim),)
 
-    .. math:: \mathrm{lse}(x) = m + \log \sum_j e^{x_j - m},\quad m = \max_j x_j
+
+def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
+    r"""``log(sum(exp(x)))`` over ``axis`` without overflow, underflow or lost tiny terms.
+
+    .. math:: \mathrm{lse}(x) = m + \log\bigl(1 + \sum_{j \ne j^*} e^{x_j - m}\bigr),
+              \quad m = x_{j^*} = \max_j x_j
+
+    ``log1p`` of the terms other than the max's own 1 (as SciPy since gh-18295), so
+    ``logsumexp([0, -40])`` is ``log1p(e^-40)`` = 4.25e-18, where ``log(1 + e^-40)`` is 0.
 
     Args:
         x: array-like of any shape; integers are promoted to float64.
-        axis: the reduced axis.
-        keepdims: keep the reduced axis with length 1.
+        axis: the reduced axis, a tuple of axes (reduced together, as ``torch.logsumexp``'s
+            ``dim=(0, 1)``), or None for all of them (as SciPy; torch needs ``dim``).
+        keepdims: keep the reduced axes with length 1.
 
     Returns:
-        ``x``'s shape without ``axis`` (or with it as 1), ``x``'s float dtype.
+        ``x``'s shape without the reduced axes (or with them as 1), ``x``'s float dtype.
 
     Edge cases: as ``torch.logsumexp``, an infinite maximum is not subtracted, so a row of
-    ``-inf`` gives ``-inf`` and a row holding ``+inf`` gives ``+inf``; an empty axis gives
-    ``-inf`` (the log of an empty sum).
+    ``-inf`` gives ``-inf`` and a row holding ``+inf`` gives ``+inf`` (NaN with a NaN); an
+    empty reduction gives ``-inf`` (the log of an empty sum); a 0-d ``x`` is its own result.
 
     Example:
         >>> import xent
         >>> print(xent.logsumexp([1000.0, 1000.0]).round(4))
         1000.6931
+        >>> print(xent.logsumexp([0.0, -40.0]))
+        4.248354255291589e-18
+        >>> print(xent.logsumexp([[0.0, 1.0], [2.0, 3.0]], axis=(0, 1)).round(4))
+        3.4402
 
     Reference: ``torch.logsumexp``; ``scipy.special.logsumexp``.
     """
     arr, rdt = as_float(x, "x")
     if arr.ndim == 0:
+        _axes(axis, 1)  # torch accepts dim 0 or -1 for a 0-d input
         return as_result(arr.copy(), rdt)
-    ax = normalize_axis(axis, arr.ndim)
+    axes = _axes(axis, arr.ndim)
+    kept = [a for a in range(arr.ndim) if a not in axes]
+    out_shape = tuple(1 if a in axes else n for a, n in enumerate(arr.shape))
+    M = math.prod(arr.shape[a] for a in kept)
+    K = math.prod(arr.shape[a] for a in axes)
+    # Rows (M, K): the kept axes first, the reduced ones flattened last (a copy unless they
+    # already are the trailing axes).
+    rows = np.ascontiguousarray(arr.transpose(kept + list(axes))).reshape(M, K)
     with np.errstate(**_QUIET):
-        if arr.shape[ax] == 0:
-            shape = list(arr.shape)
-            shape[ax] = 1
-            out = np.full(shape, -np.inf, arr.dtype)
+        if K == 0:
+            out = np.full(M, -np.inf, arr.dtype)
         else:
-            m = arr.max(axis=ax, keepdims=True)
-            m[~np.isfinite(m)] = 0  # torch: an infinite max is not subtracted
-            out = np.log(np.exp(arr - m).sum(axis=ax, keepdims=True)) + m
-        if not keepdims:
-            out = out.squeeze(axis=ax)
+            top = rows.argmax(axis=1)  # the first NaN where there is one
+            m = rows[np.arange(M), top]
+            finite = np.isfinite(m)
+            shift = np.where(finite, m, 0)[:, None]
+            # torch: an infinite max (or NaN) is not subtracted, and is then the result.
+            out = np.where(finite, m + _log1p_rest(rows - shift, top), m)
+    out = out.reshape(out_shape)
+    if not keepdims:
+        out = out.reshape([arr.shape[a] for a in kept])
     return as_result(np.asarray(out), rdt)
 
 

@@ -21,19 +21,42 @@ _QUIET: dict[str, Any] = {
     "over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
-def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out = (x - max) - log Σ exp(x - max)`` row-wise; ``out`` may be ``x``.
+def _log1p_rest(d: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """``log1p(s')`` per row of ``d = x - m`` (M, K), K >= 1: the log-sum-exp above the max.
 
-    The max is subtracted first, as torch does: forming ``max + log Σ`` first would round the
+    ``s' = Σ_{c ≠ top} exp(d_c)`` is the sum without the max's own term (``top`` (M,) holds
+    one index of each row's max; a tie's other maxima count 1 each), so
+    ``lse - m = log(1 + s') = log1p(s')`` keeps terms below the float's resolution at 1:
+    ``_log1p_rest`` of ``[0, -40]`` is ``log1p(e^-40)`` = 4.25e-18, where ``log(Σ exp(d))``
+    rounds it to 0 (the method of SciPy's logsumexp since gh-18295). A row whose max is not
+    finite (``d[top]`` is NaN: a NaN, a +inf, or all -inf) gives NaN.
+    """
+    rows = np.arange(d.shape[0])
+    with np.errstate(**_QUIET):
+        e = np.exp(d)
+        at_top = e[rows, top]  # exactly 1 where the max is finite, NaN otherwise
+        e[rows, top] = 0  # not 1 - 1 after the sum: the max's term is never added
+        rest = np.log1p(e.sum(axis=1))
+        rest[at_top != 1] = np.nan
+    return rest
+
+
+def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = (x - m) - log1p(s')`` row-wise, ``s'`` the sum of ``exp(x - m)`` without the
+    max's own 1 (:func:`_log1p_rest`); ``out`` may be ``x``.
+
+    The max is subtracted first, as torch does: forming ``m + log Σ`` first would round the
     log-sum away when the logits are large (float32 ``log_softmax([1e8, 1e8])`` would be 0, not
-    -log 2).
+    -log 2). ``log1p(s')`` instead of ``log(1 + s')`` keeps the tiny terms:
+    ``log_softmax([0, -40])[0]`` is ``-log1p(e^-40)`` = -4.25e-18, not 0.
     """
     with np.errstate(**_QUIET):
         if x.shape[1] == 0:
             return out
-        m = x.max(axis=1, keepdims=True)
+        top = x.argmax(axis=1)  # the first NaN where there is one, as np.max propagates it
+        m = x[np.arange(x.shape[0]), top][:, None]
         d = np.subtract(x, m, out=out)
-        d -= np.log(np.exp(d).sum(axis=1, keepdims=True))
+        d -= _log1p_rest(d, top)[:, None]
     return out
 
 

@@ -375,20 +375,88 @@ def ce_prob_tiles(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, bt, R, cc, lo, 
 # softmax and log_softmax
 # ---------------------------------------------------------------------------------------------
 @_jit
+def _sum_exp_rest(x, xf, a, b0, nb, R, cc, wk):
+    """wk[_SUM, j] = Σ_{c: x < m_j} exp(x[a, c, b0+j] - m_j) and wk[_CS, j] = #{c: x = m_j},
+    m_j = wk[_M, j] the position's max: the sum of exponentials without the max's own terms.
+
+    A second pass over the tile (from L2), grouped by R rows and summed per chunk of ``cc``
+    classes as :func:`_max_sum_exp`; for log_softmax, which needs log1p(Σ - 1) exactly when the
+    rest is below the float's resolution at 1 (see :func:`_softmax_tile`).
+    """
+    C = x.shape[1]
+    B = x.shape[2]
+    dt = x.dtype.type
+    L = np.uint64(R) * nb  # uint64: signed·unsigned would give a signed (wrapped) index
+    m = wk[_M]
+    sh = wk[_BETA]
+    part = wk[_MC]
+    cnt = wk[_CS]
+    rest = wk[_SUM]
+    for r in range(R):
+        for j in range(nb):
+            sh[np.uint64(r) * nb + j] = m[j]
+    for f in range(L):
+        cnt[f] = 0  # whole numbers: exact in any order
+    for j in range(nb):
+        rest[j] = 0
+    for c0 in range(0, C, cc):
+        c1 = min(c0 + cc, C)
+        cg = c0 + (c1 - c0) // R * R  # rows [c0, cg) in groups of R, [cg, c1) one by one
+        for f in range(L):
+            part[f] = 0
+        for c in range(c0, cg, R):
+            base = np.uint64(c * B) + b0
+            for f in range(L):
+                d = xf[a, base + f] - sh[f]
+                top = d == dt(0)
+                part[f] += dt(0) if top else vexp(d)
+                cnt[f] += dt(1) if top else dt(0)
+        for c in range(cg, c1):
+            for j in range(nb):
+                d = x[a, c, b0 + j] - m[j]
+                top = d == dt(0)
+                part[j] += dt(0) if top else vexp(d)
+                cnt[j] += dt(1) if top else dt(0)
+        for r in range(1, R):
+            for j in range(nb):
+                part[j] += part[np.uint64(r) * nb + j]
+        for j in range(nb):
+            rest[j] += part[j]
+    for r in range(1, R):
+        for j in range(nb):
+            cnt[j] += cnt[np.uint64(r) * nb + j]
+
+
+@_jit
 def _softmax_tile(x, xf, out, of, log, a, b0, nb, R, cc, wk):
-    """out = exp(x - m)·(1/s), or (x - m) - log s with ``log``; NaN for non-finite positions."""
+    """out = exp(x - m)·(1/s), or (x - m) - log s with ``log``; NaN for non-finite positions.
+
+    log s = log1p(s - 1): where s < 2 (one max, the other terms below 1 together) s - 1 loses
+    the terms below the float's resolution at 1, so those tiles sum them again without the max's
+    own 1 (:func:`_sum_exp_rest`): log_softmax([0, -40]) is -log1p(e^-40) = -4.25e-18, not 0.
+    Where s >= 2, log s is as exact as log1p(s') (SciPy's logsumexp since gh-18295).
+    """
     dt = x.dtype.type
     _max_sum_exp(x, xf, a, b0, nb, R, cc, wk)
     m = wk[_M]
     s = wk[_S]
     k = wk[_K]
+    again = False
     for j in range(nb):
         if not math.isfinite(m[j]):
             k[j] = np.nan
         elif log:
             k[j] = dt(math.log(np.float64(s[j])))
+            again = again or s[j] < 2
         else:
             k[j] = dt(1.0 / np.float64(s[j]))
+    if again:
+        _sum_exp_rest(x, xf, a, b0, nb, R, cc, wk)
+        rest = wk[_SUM]
+        cnt = wk[_CS]
+        for j in range(nb):
+            if math.isfinite(m[j]) and s[j] < 2:
+                k[j] = dt(math.log1p(np.float64(rest[j]) + (np.float64(cnt[j]) - 1.0)))
     _write_rows(x, xf, out, of, a, b0, nb, R, m, k, log)
 
 

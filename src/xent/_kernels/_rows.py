@@ -537,20 +537,104 @@ def _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mod
     loss[i] = tot * log_s - np.float64(acc)
 
 
+@_jit_fast
+def _sum_exp_rest(r, m):
+    """(Σ_{c: r_c < m} exp(r_c - m), #{c: r_c = m}): the sum without the max's own terms, and
+    how many entries equal the max (each of those would add exactly 1)."""
+    dt = r.dtype.type
+    s = dt(0)
+    n = dt(0)
+    for j in range(r.shape[0]):
+        d = r[j] - m
+        top = d == dt(0)
+        s += dt(0) if top else vexp(d)
+        n += dt(1) if top else dt(0)
+    return s, n
+
+
+@_jit_fast
+def _copy_sum_exp_rest(r, out, m):
+    """:func:`_sum_exp_rest`, copying r into out on the way (out_c = r_c)."""
+    dt = r.dtype.type
+    s = dt(0)
+    n = dt(0)
+    for j in range(r.shape[0]):
+        v = r[j]
+        out[j] = v
+        d = v - m
+        top = d == dt(0)
+        s += dt(0) if top else vexp(d)
+        n += dt(1) if top else dt(0)
+    return s, n
+
+
+@_jit_vec
+def _copy(r, out):
+    """out_c = r_c."""
+    for j in range(r.shape[0]):
+        out[j] = r[j]
+
+
+@_jit
+def _max_log1p_rest(r, out, copy):
+    """One read of the row: (m, log1p(s')), m = max_c r_c and s' = Σ_c exp(r_c - m) without
+    the 1 of one max (a tie's other maxima count 1 each), so lse - m = log1p(s') keeps the
+    terms below the float's resolution at 1: log1p(e^-40) = 4.25e-18 for [0, -40], where
+    log Σ exp(r - m) is 0 (SciPy's logsumexp since gh-18295).
+
+    Online over blocks as :func:`_max_sum_exp`: s' holds the terms below the running max m and
+    n the entries equal to it; when a block raises m, the old maxima join the rest,
+    s' ← (s' + n)·exp(m_old - m_new). With ``copy``, out = r on the way (so the row's output
+    is written while it is read from memory, and the second pass runs in the cache).
+    log1p(s') is NaN for the rows :func:`_max_sum_exp` gives s = NaN (a NaN, a +inf, all -inf).
+    """
+    C = r.shape[0]
+    dt = r.dtype.type
+    m = dt(-np.inf)
+    s = dt(0)
+    n = dt(0)
+    for lo in range(0, C, _BLOCK):
+        hi = min(lo + _BLOCK, C)
+        blk = r[lo:hi]
+        mb = _max(blk)
+        if mb != mb or mb == np.inf:
+            return mb, np.nan
+        if mb == -np.inf:  # adds exactly 0, unless a (negative) NaN hides among the -inf
+            if _has_nan(blk):
+                return mb, np.nan
+            if copy:
+                _copy(blk, out[lo:hi])
+            continue
+        if mb > m:
+            s = (s + n) * dt(math.exp(np.float64(m) - np.float64(mb)))  # 0 while m = -inf
+            n = dt(0)
+            m = mb
+        if copy:
+            sb, nb = _copy_sum_exp_rest(blk, out[lo:hi], m)
+        else:
+            sb, nb = _sum_exp_rest(blk, m)
+        s += sb
+        n += nb
+    if m == -np.inf:
+        return m, np.nan
+    return m, math.log1p(np.float64(s) + (np.float64(n) - 1.0))
+
+
 @_jit
 def _log_softmax_row(i, x, out, inplace):
-    """out[i] = (x[i] - m) - log Σ exp(x[i] - m)."""
+    """out[i] = (x[i] - m) - log1p(s'), s' = Σ exp(x[i] - m) without the max's own 1.
+
+    Pass 1 (:func:`_max_log1p_rest`) reads the row from memory and copies it into out; pass 2
+    shifts out in place, in the cache: writing out only in pass 2 would make that pass wait
+    on memory for every line of out it first touches.
+    """
     r = x[i]
-    m, s = _max_sum_exp(r)
     o = r if inplace else out[i]
-    if not math.isfinite(s):
+    m, log_s = _max_log1p_rest(r, o, not inplace)
+    if not math.isfinite(log_s):
         _fill(o, r.dtype.type(np.nan))
         return
-    log_s = r.dtype.type(math.log(np.float64(s)))
-    if inplace:
-        _shift_sub_inplace(r, m, log_s)
-    else:
-        _shift_sub_to(r, o, m, log_s)
+    _shift_sub_inplace(o, m, r.dtype.type(log_s))
 
 
 @_jit

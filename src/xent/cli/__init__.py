@@ -1,4 +1,5 @@
-"""The ``xent`` command line: ``xent train``, ``xent predict`` and ``xent examples``.
+"""The ``xent`` command line: ``xent train``, ``xent predict``, ``xent examples`` and
+``xent explain``.
 
 ``main(argv)`` returns the exit status: 0 on success, 2 for bad input (one line on stderr,
 ``xent: error: ...``, never a traceback), 130 when interrupted. The heavy imports (PyTorch,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 
 from ._errors import CLIError
@@ -75,12 +77,47 @@ def _nonnegative_float(s: str) -> float:
     return _float(s, 0.0, math.inf, "a number >= 0", low_open=False)
 
 
+def _unit_float(s: str) -> float:
+    return _float(s, 0.0, 1.0, "a number from 0 to 1", low_open=False, high_open=False)
+
+
 def _fraction(s: str) -> float:
     return _float(s, 0.0, 1.0, "a fraction strictly between 0 and 1")
 
 
+def _fraction_or_zero(s: str) -> float:
+    return _float(s, 0.0, 1.0, "0 or a fraction strictly between 0 and 1", low_open=False)
+
+
+def _label_smoothing(s: str) -> float:
+    return _float(s, 0.0, 1.0, "a number in [0, 1)", low_open=False)
+
+
+def _nonnegative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {s!r}")
+    return v
+
+
+def _delimiter(s: str) -> str:
+    from ._data import parse_delimiter
+
+    try:
+        return parse_delimiter(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_DELIMITER_HELP = ("the CSV delimiter: ',', ';' or 'tab' (also '\\t'); default: detected from "
+                   "the file (comma, semicolon or tab)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of all three commands."""
+    """The argument parser of all the commands."""
     p = _Parser(prog=_PROG, description="Train and use the tutorials' classifiers with xent's "
                 "losses, and print the tutorials' worked examples.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -97,13 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "binary or multiclass (default: binary for 2 classes, else multiclass)")
     t.add_argument("--data", metavar="CSV", help="train on this CSV file (header row; numeric "
                    "feature columns and the --target column)")
+    t.add_argument("--delimiter", type=_delimiter, metavar="D", help=_DELIMITER_HELP)
     t.add_argument("--target", metavar="COLUMN",
                    help="the --data column that holds the class labels (strings or integers)")
-    t.add_argument("--recipe", choices=["default", "tutorial"], default="default",
+    t.add_argument("--recipe", choices=["default", "default-large", "tutorial"],
+                   default="default",
                    help="default: AdamW (lr 0.01, weight decay 0.03), 32 hidden units, 200 epochs "
-                   "of batches of 32, scaler fitted on the training rows; tutorial: "
+                   "of batches of 32, 0.2 of the training rows held out for validation (the "
+                   "temperature is fitted on them; the last epoch's weights are kept); from "
+                   "10000 training rows on it is default-large: "
+                   "128 hidden units, AdamW lr 0.003, weight decay 0.01, batches of 256, 0.1 "
+                   "held out, early stopping after 10 epochs without improvement. tutorial: "
                    "the tutorials' exact recipe (SGD lr 0.1, 100 full-batch epochs, 5 hidden "
-                   "units, scaler fitted on all rows). Options below override the recipe.")
+                   "units, scaler fitted on all rows, no validation). Options below override "
+                   "the recipe.")
     t.add_argument("--hidden", type=_positive_int, metavar="N", help="hidden units")
     t.add_argument("--epochs", type=_positive_int, metavar="N", help="passes over the "
                    "training rows")
@@ -117,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-size", type=_fraction, default=0.2, metavar="F",
                    help="fraction of rows held out for testing (default: 0.2; the split uses "
                    "random_state 42, as the tutorials do)")
+    t.add_argument("--val-size", type=_fraction_or_zero, metavar="F",
+                   help="fraction of the training rows held out (stratified) for early stopping "
+                   "and the temperature; 0: none (default: from the recipe)")
+    t.add_argument("--patience", type=_nonnegative_int, metavar="N",
+                   help="stop after N epochs without a lower validation loss and keep the best "
+                   "epoch's weights; 0: never stop early (the last epoch's weights are kept)")
+    t.add_argument("--class-weight", choices=["balanced", "none"],
+                   help="balanced: weight each class by n_rows / (n_classes * its rows), as "
+                   "scikit-learn's compute_class_weight (default: none)")
+    t.add_argument("--label-smoothing", type=_label_smoothing, metavar="EPS",
+                   help="label smoothing of the loss, in [0, 1) (default 0); for the binary "
+                   "net the target y (1 - EPS) + EPS / 2")
     t.add_argument("--seed", type=_int, default=0, help="torch seed for the weight "
                    "initialisation and the batch order (default: 0)")
     t.add_argument("--loss", choices=["xent", "torch"], default="xent",
@@ -134,12 +190,38 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", required=True, metavar="CSV",
                     help="rows to predict: the model's feature columns (any order; the target "
                     "column may be present and is ignored)")
-    pr.add_argument("--output", metavar="CSV", help="write here instead of standard output")
+    pr.add_argument("--delimiter", type=_delimiter, metavar="D", help=_DELIMITER_HELP)
+    pr.add_argument("--keep", action="append", metavar="COLUMN",
+                    help="copy this column of --data (an ID, say) into the output, before the "
+                    "predictions; repeatable, in the order given. Other columns than the "
+                    "model's features are ignored, with a note")
+    pr.add_argument("--output", metavar="CSV", help="write here instead of standard output "
+                    "(replaced atomically; refused if it is --data or a model file)")
     pr.add_argument("--quiet", action="store_true", help="no message on standard error")
 
     sub.add_parser("examples", help="the tutorials' worked examples, xent beside PyTorch",
                    description="Every worked example in the tutorials computed by xent and, "
                    "where PyTorch is installed, by PyTorch, with a mark where they agree.")
+
+    ex = sub.add_parser(
+        "explain", help="softmax cross-entropy (or sigmoid + BCE) of your numbers, step by step",
+        description="Print every step of the stable softmax cross-entropy of one row of logits "
+        "(the max shift, the exponentials and their sum, the softmax, the log-sum-exp, the loss "
+        "lse - z[t], the gradient softmax - one-hot), each computed by xent, beside the "
+        "tutorials' naive NumPy formula. --binary: sigmoid and binary cross-entropy, one label "
+        "per logit.")
+    ex.add_argument("logits", nargs="+", metavar="Z", help="the logits (finite numbers)")
+    ex.add_argument("--target", nargs="+", metavar="T", help="the true class index (0 to C-1); "
+                    "with --binary, one label 0 or 1 per logit")
+    ex.add_argument("--binary", action="store_true", help="sigmoid and binary cross-entropy "
+                    "instead of softmax cross-entropy")
+    ex.add_argument("--label-smoothing", type=_unit_float, metavar="EPS",
+                    help="also show the loss and gradient with label smoothing EPS in [0, 1]")
+    ex.add_argument("--weight", nargs="+", metavar="W", help="also show them with weights: one "
+                    "per class (one per logit with --binary)")
+    # Negative numbers in any float spelling (-1e3, -.5, -inf) are logits, not options (argparse
+    # only knows -1 and -1.5); explain checks and refuses what is not a finite number.
+    ex._negative_number_matcher = re.compile(r"^-(?:\d|\.\d|inf|nan)", re.IGNORECASE)
     return p
 
 
@@ -158,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:  # --help and --version exit 0 through argparse
             return e.code if isinstance(e.code, int) else 0
         if args.command is None:
-            raise CLIError("missing command; expected one of train, predict, examples "
+            raise CLIError("missing command; expected one of train, predict, examples, explain "
                            "(see 'xent --help')")
         if args.command == "train":
             from . import _train
@@ -168,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import _predict
 
             return _predict.run(args)
+        if args.command == "explain":
+            from . import _explain
+
+            return _explain.run(args)
         from . import _examples
 
         return _examples.run(args)
@@ -182,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         # at /dev/null so that the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        # A path or system error that no check before it named (the checks name most): still
+        # one line, with the file and the system's reason, never a traceback.
+        from ._files import os_error
+
+        _fail(str(os_error(e.filename or "xent", "cannot use the file", e)))
+        return 2
 
 
 def _fail(message: str) -> None:

@@ -2,11 +2,10 @@
 
 A saved model is a directory with ``model.safetensors`` (the weights; safetensors holds only
 tensors, so loading it runs no code) and ``model.json`` (architecture, feature names, scaler,
-class labels, training settings, metrics, and the SHA-256 of the weights file). Every file is
-written to a temporary file in the same directory and moved into place with `os.replace`, and
-``model.json`` is written last: a run interrupted at any point leaves either the previous,
-complete file or the new one, and a weights file that does not belong to its ``model.json`` is
-caught by the hash when loading.
+class labels, training settings, metrics, and the SHA-256 of the weights file). The directory is
+written as a whole by `_files.write_dir` (a new folder swapped in when complete), so a reader sees
+the old model or the new one, never a mix; `read_model` reads both files from one opened
+directory, only as regular files of bounded size, with the JSON's nesting bounded.
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import _files
 from ._errors import CLIError
 
 FORMAT = "xent-classifier"
@@ -30,6 +29,10 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 PLOT_FILE = "loss_curves.png"
+META_LIMIT = 16 << 20  # bytes of model.json accepted (a real one is a few KiB)
+WEIGHTS_LIMIT = 1 << 30  # bytes of the weights file accepted
+JSON_DEPTH = 64  # nesting of model.json accepted (a real one nests 3 deep)
+SAFETENSORS_HEADER_LIMIT = 100 << 20  # the safetensors library's own bound on the header
 
 
 def build(task: str, input_size: int, hidden_size: int, num_classes: int):
@@ -80,6 +83,7 @@ class Classifier:
     classes: list
     mean: np.ndarray
     scale: np.ndarray
+    temperature: float = 1.0  # probabilities are softmax(logits / T): temperature scaling
 
     def scaled(self, X: np.ndarray) -> np.ndarray:
         """Standardise raw features ``(N, D)`` with the stored scaler, as float32."""
@@ -95,10 +99,11 @@ class Classifier:
         return z[:, 0] if self.task == "binary" else z
 
     def proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(N, C)`` in the order of ``classes`` (sigmoid or softmax)."""
+        """Class probabilities ``(N, C)`` in the order of ``classes``: sigmoid or softmax of the
+        logits divided by ``temperature`` (fitted on validation rows by `xent train`)."""
         import xent
 
-        z = self.logits(X)
+        z = self.logits(X) / np.float32(self.temperature)
         if self.task == "binary":
             # P(first class) = 1 - sigmoid(z) = sigmoid(-z), without the cancellation near 1.
             return np.stack([xent.sigmoid(-z), xent.sigmoid(z)], axis=1)
@@ -116,40 +121,10 @@ class Classifier:
 # Writing
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is never seen half-written.
-
-    The bytes go to a temporary file in the same directory, are flushed to disk, and the file is
-    renamed over ``path`` (`os.replace` is atomic on POSIX and Windows).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def make_dir(out: Path) -> None:
-    """Create the output directory, or explain in one line why it cannot be."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CLIError(f"{out}: exists and is not a directory; expected a directory for the "
-                       "model files") from None
-    except OSError as e:
-        raise CLIError(f"{out}: cannot create the output directory ({e.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise CLIError(f"{out}: the output directory is not writable")
+    """Check that ``out`` can receive the model files, before training (`_files.prepare`):
+    parents created, a killed run's leftovers restored or removed, one line when it cannot be."""
+    _files.prepare(out)
 
 
 def weights_bytes(net) -> bytes:
@@ -199,42 +174,172 @@ def _floats(values: Any, n: int, path: Path, name: str, positive: bool = False) 
     return np.array(values, dtype=np.float64)
 
 
+@dataclass
+class ModelFiles:
+    """``model.json`` (parsed and checked for the format) and the weights file's bytes, read
+    from one opened directory, so that both come from the same run."""
+
+    meta_path: Path
+    meta: dict
+    weights_path: Path
+    weights: bytes
+
+
+def _meta_location(model: Path) -> tuple[Path, str]:
+    """The model directory and the name of its ``model.json`` for a ``--model`` argument (the
+    directory, or the path of the JSON file). A directory that a killed run left aside is
+    restored first, or read where it lies (`_files.recover`)."""
+    as_file = model.suffix.lower() == ".json" and not model.is_dir()
+    folder = _files.recover(model.parent if as_file else model, clean=False)
+    if folder is None:
+        raise CLIError(f"{_files.short(model)}: model not found; expected a directory written "
+                       "by 'xent train'")
+    if as_file:
+        return folder, model.name
+    if not folder.is_dir():
+        raise CLIError(f"{_files.short(model)}: not a model.json; expected the directory "
+                       "written by 'xent train' (or its model.json)")
+    if not os.path.lexists(folder / META_FILE):
+        raise CLIError(f"{_files.short(model)}: no {META_FILE}; expected a directory written "
+                       "by 'xent train'")
+    return folder, META_FILE
+
+
+def _weights_name(meta: dict, p: Path) -> str:
+    winfo = _get(meta, "weights", dict, p)
+    wname = _get(winfo, "file", str, p, "weights.")
+    if Path(wname).name != wname or wname in ("", ".", ".."):
+        raise _bad(p, f"field 'weights.file' must be a file name beside {META_FILE}, "
+                      f"found {wname!r}")
+    return wname
+
+
+def read_model(model: str | Path) -> ModelFiles:
+    """Read ``model.json`` and the weights of a model directory (or of its ``model.json``).
+
+    Both files are read from one opened directory: a run that replaces the model meanwhile is
+    seen wholly or not at all (the read is retried when the directory was swapped away). Both
+    must be regular files (a FIFO, a device or a directory is refused without blocking), of
+    at most `META_LIMIT` and `WEIGHTS_LIMIT` bytes, the JSON nested at most `JSON_DEPTH` deep;
+    the format and its version are checked here, every other field by `load`.
+    """
+    model = Path(model)
+    for attempt in range(3):
+        folder, meta_name = _meta_location(model)
+        meta_path = folder / meta_name
+        try:
+            dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            raise CLIError(f"{_files.short(folder)}: not a directory") from None
+        except OSError as e:
+            raise _files.os_error(folder, "cannot open the model directory", e) from None
+        try:
+            try:
+                raw = _files.read_regular(meta_name, "a model.json written by 'xent train'",
+                                          META_LIMIT, dir_fd=dir_fd, label=meta_path)
+            except FileNotFoundError:
+                if attempt < 2:
+                    continue
+                raise CLIError(f"{_files.short(meta_path)}: file not found") from None
+            meta = _files.load_json(raw, meta_path, JSON_DEPTH)
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise _bad(meta_path, f"not an xent model (expected \"format\": {FORMAT!r})")
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise _bad(meta_path, f"format_version {meta.get('format_version')!r} is not "
+                                      f"supported (this xent reads {FORMAT_VERSION})")
+            wname = _weights_name(meta, meta_path)
+            wpath = folder / wname
+            try:
+                weights = _files.read_regular(wname, "a safetensors weights file",
+                                              WEIGHTS_LIMIT, dir_fd=dir_fd, label=wpath)
+            except FileNotFoundError:
+                if attempt < 2 and os.fstat(dir_fd).st_nlink == 0:
+                    continue  # the directory was swapped away and removed: read the new one
+                raise CLIError(f"{_files.short(wpath)}: weights file not found (named in "
+                               f"{_files.short(meta_path)})") from None
+            return ModelFiles(meta_path, meta, wpath, weights)
+        finally:
+            os.close(dir_fd)
+    raise CLIError(f"{_files.short(model)}: the model kept changing while being read (another "
+                   "'xent train' writing it?); try again")
+
+
 def read_meta(model_dir: str | Path) -> tuple[Path, dict]:
     """Parse and check ``model.json`` of a model directory (or the path of the file itself)."""
-    model_dir = Path(model_dir)
-    meta_path = model_dir / META_FILE if model_dir.is_dir() else model_dir
-    if not model_dir.exists():
-        raise CLIError(f"{model_dir}: model not found; expected a directory written by "
-                       "'xent train'")
-    if meta_path.is_file() and meta_path.suffix.lower() != ".json":
-        raise CLIError(f"{model_dir}: not a model.json; expected the directory written by "
-                       "'xent train' (or its model.json)")
-    if not meta_path.is_file():
-        raise CLIError(f"{model_dir}: no {META_FILE}; expected a directory written by "
-                       "'xent train'")
-    try:
-        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _bad(meta_path, "not UTF-8 text; the file is corrupted") from None
-    except json.JSONDecodeError as e:
-        raise _bad(meta_path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
-                              "the file is truncated or corrupted") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise _bad(meta_path, f"not an xent model (expected \"format\": {FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise _bad(meta_path, f"format_version {meta.get('format_version')!r} is not supported "
-                              f"(this xent reads {FORMAT_VERSION})")
-    return meta_path, meta
+    files = read_model(model_dir)
+    return files.meta_path, files.meta
 
 
-def load(model_dir: str | Path) -> tuple[Classifier, dict]:
-    """Load a model directory written by `xent train`; never unpickles anything.
+_SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,
+                            "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def check_safetensors(data: bytes, path: Path) -> None:
+    """Check a safetensors file's layout against its own header, before the library reads it.
+
+    The first 8 bytes are the header's length N (little-endian); the header is JSON mapping
+    each tensor to its dtype, shape and ``data_offsets`` ``[begin, end)`` into the bytes after
+    the header. N must be at most `SAFETENSORS_HEADER_LIMIT` and fit in the file, each tensor's
+    byte count must be its shape's product times its dtype's size, and the tensors must cover
+    the rest of the file exactly. Raises `CLIError` naming what does not fit.
+    """
+    if len(data) < 8:
+        raise _bad(path, f"{len(data)} bytes; a safetensors file starts with an 8-byte header "
+                         "length: the file is truncated")
+    n = int.from_bytes(data[:8], "little")
+    if n > SAFETENSORS_HEADER_LIMIT or 8 + n > len(data):
+        raise _bad(path, f"the header declares {n} bytes, the file holds {len(data) - 8} after "
+                         "the length: truncated or not a safetensors file")
+    header = _files.load_json(data[8:8 + n], path, 4)
+    if not isinstance(header, dict):
+        raise _bad(path, "the safetensors header is not a JSON object")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(info, dict) and info.get("dtype") in _SAFETENSORS_DTYPE_BYTES
+        shape, offsets = (info.get("shape"), info.get("data_offsets")) if ok else (None, None)
+        ok = ok and isinstance(shape, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)
+        ok = ok and isinstance(offsets, list) and len(offsets) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in offsets)
+        if not ok:
+            raise _bad(path, f"tensor {name!r}: the header's dtype, shape or data_offsets are "
+                             "malformed")
+        size = math.prod(shape) * _SAFETENSORS_DTYPE_BYTES[info["dtype"]]
+        if offsets[1] - offsets[0] != size:
+            raise _bad(path, f"tensor {name!r}: {info['dtype']} {tuple(shape)} needs {size} "
+                             f"bytes, the header gives it {offsets[1] - offsets[0]}")
+        end = max(end, offsets[1])
+    if 8 + n + end != len(data):
+        raise _bad(path, f"the tensors declare {end} bytes of data, the file holds "
+                         f"{len(data) - 8 - n}: truncated or extended")
+
+
+def _temperature(meta: dict, path: Path) -> float:
+    """``calibration.temperature``: a positive finite number; 1 for a model written without it."""
+    cal = meta.get("calibration")
+    if cal is None:
+        return 1.0
+    t = cal.get("temperature") if isinstance(cal, dict) else None
+    if (not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t)
+            or t <= 0):
+        raise _bad(path, f"field 'calibration.temperature' must be a positive finite number, "
+                         f"found {t!r}")
+    return float(t)
+
+
+def load(model_dir: str | Path | ModelFiles) -> tuple[Classifier, dict]:
+    """Load a model directory written by `xent train` (or the files `read_model` read from
+    it); never unpickles anything.
 
     Raises `CLIError` for a missing, truncated, tampered or inconsistent ``model.json`` or
     weights file.
     """
-    meta_path, meta = read_meta(model_dir)
-    p = meta_path
+    files = model_dir if isinstance(model_dir, ModelFiles) else read_model(model_dir)
+    meta, p = files.meta, files.meta_path
     task = _get(meta, "task", str, p)
     if task not in ("binary", "multiclass"):
         raise _bad(p, f"field 'task' is {task!r}; expected 'binary' or 'multiclass'")
@@ -263,19 +368,9 @@ def load(model_dir: str | Path) -> tuple[Classifier, dict]:
     mean = _floats(scaler.get("mean"), d, p, "scaler.mean")
     scale = _floats(scaler.get("scale"), d, p, "scaler.scale", positive=True)
 
-    winfo = _get(meta, "weights", dict, p)
-    wname = _get(winfo, "file", str, p, "weights.")
-    digest = _get(winfo, "sha256", str, p, "weights.")
-    if Path(wname).name != wname:
-        raise _bad(p, f"field 'weights.file' must be a file name beside {META_FILE}, "
-                      f"found {wname!r}")
-    wpath = p.parent / wname
-    try:
-        data = wpath.read_bytes()
-    except FileNotFoundError:
-        raise CLIError(f"{wpath}: weights file not found (named in {p})") from None
-    except OSError as e:
-        raise CLIError(f"{wpath}: cannot read the weights file ({e.strerror})") from None
+    digest = _get(_get(meta, "weights", dict, p), "sha256", str, p, "weights.")
+    wpath, data = files.weights_path, files.weights
+    check_safetensors(data, wpath)
     if sha256(data) != digest:
         raise CLIError(f"{wpath}: the weights do not match {p} (SHA-256 differs): the file was "
                        "modified, truncated, or comes from another run")
@@ -308,6 +403,7 @@ def load(model_dir: str | Path) -> tuple[Classifier, dict]:
     net = build(task, d, h, len(classes))
     net.load_state_dict(state)
     net.eval()
+    temperature = _temperature(meta, p)
     clf = Classifier(task=task, net=net, features=list(features), target=target,
-                     classes=list(classes), mean=mean, scale=scale)
+                     classes=list(classes), mean=mean, scale=scale, temperature=temperature)
     return clf, meta

@@ -1,0 +1,482 @@
+"""`xent explain`: softmax cross-entropy (or sigmoid + binary cross-entropy) step by step.
+
+For one row of logits and its target the command prints every intermediate number of the stable
+computation, beside the tutorials' naive NumPy formula where the two differ:
+
+* multi-class: the max shift, the exponentials and their sum, the softmax, the log-sum-exp, the
+  loss ``lse - z[t]`` and the gradient ``softmax - one_hot``;
+* ``--binary``: the sigmoid, the per-label loss, the mean, the sigmoid's derivative
+  ``sigma (1 - sigma)``, the chain-rule gradient through the probabilities and the gradient of
+  BCE with logits ``sigma - y``;
+* ``--label-smoothing`` and ``--weight``: the value without and with the option, and the formula
+  of the change.
+
+The values (softmax, log-sum-exp, losses, gradients) come from xent's own functions; the
+explanation only shows the arithmetic that leads to them. All numbers are float64, as in the
+tutorials' NumPy code. Logits must be finite: the command refuses nan and inf with a message
+saying what xent does with them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+import xent
+
+from ._errors import CLIError
+from ._examples import _naive_softmax
+
+MAX_LOGITS = 20  # every number of every step is printed: more would not be readable
+_LOG_MAX = math.log(np.finfo(np.float64).max)  # 709.78: np.exp overflows beyond it
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def num(v: float) -> str:
+    """One number as printed: 6 decimals, or 6 significant digits in e-notation when tiny/huge.
+
+    >>> num(0.6590011388859679), num(-999.0), num(0.0), num(1e-300), num(float("inf"))
+    ('0.659001', '-999.000000', '0', '1.000000e-300', 'inf')
+    """
+    v = float(v)
+    if not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if v == 0:
+        return "0"
+    if 1e-4 <= abs(v) < 1e7:
+        return f"{v:.6f}"
+    return f"{v:.6e}"
+
+
+def vec(a: Sequence[float] | np.ndarray) -> str:
+    """A vector as ``[a b c]`` with `num` for every element.
+
+    >>> vec([1.0, 0.5, -2.0])
+    '[1.000000 0.500000 -2.000000]'
+    """
+    return "[" + " ".join(num(v) for v in np.asarray(a, dtype=np.float64).ravel()) + "]"
+
+
+def labels(a: Sequence[float] | np.ndarray) -> str:
+    """Labels or a one-hot vector as integers, ``[1 0 0]``."""
+    return "[" + " ".join(str(int(v)) for v in np.asarray(a).ravel()) + "]"
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the naive value equals xent's to float64 rounding (nan never equals)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return bool(np.all(np.isfinite(a)) and np.allclose(a, b, rtol=1e-12, atol=1e-300))
+
+
+def _paren(v: float) -> str:
+    """A number to subtract: in parentheses when negative."""
+    return f"({num(v)})" if v < 0 else num(v)
+
+
+def _naive_note(naive: np.ndarray, ours: np.ndarray) -> str:
+    if _same(naive, ours):
+        return "  (the same)"
+    if not np.all(np.isfinite(naive)):
+        return "  <- NOT FINITE"
+    return "  <- differs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing and checking the numbers
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _numbers(values: Sequence[str], what: str) -> np.ndarray:
+    """Parse ``values`` as finite float64 numbers; `CLIError` naming the bad one."""
+    out = []
+    for i, s in enumerate(values, 1):
+        try:
+            v = float(s)
+        except ValueError:
+            raise CLIError(f"{what} {i}: expected a number, found {s!r}") from None
+        if math.isnan(v):
+            raise CLIError(f"{what} {i} is nan ({s!r}); expected a finite number (a row holding "
+                           "nan gives nan in every xent function, as in PyTorch: there is no "
+                           "arithmetic to explain)")
+        if math.isinf(v):
+            raise CLIError(
+                f"{what} {i} is {'-' if v < 0 else ''}inf ({s!r}); expected a finite number "
+                "(xent.cross_entropy gives nan for a row holding +inf, as PyTorch does, and "
+                "probability 0 for -inf; to see an overflow explained, try a large finite "
+                "value such as 1000)")
+        out.append(v)
+    return np.array(out, dtype=np.float64)
+
+
+def _logits(values: Sequence[str], binary: bool) -> np.ndarray:
+    z = _numbers(values, "logit")
+    if len(z) > MAX_LOGITS:
+        raise CLIError(f"{len(z)} logits; xent explain prints every number of every step and "
+                       f"takes at most {MAX_LOGITS}")
+    if not binary and len(z) < 2:
+        raise CLIError(f"{len(z)} logit; expected at least 2, one per class (for one "
+                       "probability of a single label, use --binary)")
+    return z
+
+
+def _class_target(values: Sequence[str] | None, C: int) -> int:
+    if not values:
+        raise CLIError(f"missing --target; expected the index of the true class, 0 to {C - 1}")
+    if len(values) != 1:
+        raise CLIError(f"--target: {len(values)} values; expected one class index for one row "
+                       "of logits (one label per logit is --binary)")
+    s = values[0]
+    try:
+        t = int(s)
+    except ValueError:
+        raise CLIError(f"--target: expected a class index (an integer 0 to {C - 1}), found "
+                       f"{s!r}") from None
+    if not 0 <= t < C:
+        raise CLIError(f"--target {t} is out of range for {C} logits (classes 0 to {C - 1})")
+    return t
+
+
+def _binary_labels(values: Sequence[str] | None, N: int) -> np.ndarray:
+    if not values:
+        raise CLIError(f"missing --target; expected {N} labels 0 or 1, one per logit")
+    if len(values) != N:
+        raise CLIError(f"--target: {_count(len(values), 'label')} for {N} logits; expected one "
+                       "label (0 or 1) per logit")
+    y = []
+    for i, s in enumerate(values, 1):
+        try:
+            v = float(s)
+        except ValueError:
+            v = math.nan
+        if v not in (0.0, 1.0):
+            raise CLIError(f"--target label {i}: expected 0 or 1, found {s!r}")
+        y.append(v)
+    return np.array(y, dtype=np.float64)
+
+
+def _weights(values: Sequence[str] | None, n: int, per: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    if len(values) != n:
+        raise CLIError(f"--weight: {_count(len(values), 'value')}; expected {n}, one per {per}")
+    w = _numbers(values, "--weight value")
+    if np.any(w < 0):
+        i = int(np.argmax(w < 0)) + 1
+        raise CLIError(f"--weight value {i} is {num(w[i - 1])}; expected a weight >= 0")
+    return w
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-class: softmax cross-entropy of one row
+
+
+def explain_softmax(z: np.ndarray, t: int, eps: float | None = None,
+                    weight: np.ndarray | None = None) -> str:
+    r"""The step-by-step text for softmax cross-entropy of logits ``z`` ``(C,)``, target ``t``.
+
+    .. math:: L = \mathrm{lse}(z) - z_t,\quad \mathrm{lse}(z) = m + \log\sum_j e^{z_j - m},
+              \quad \frac{\partial L}{\partial z} = \mathrm{softmax}(z) - \mathrm{onehot}(t)
+
+    Args:
+        z: finite float64 logits, shape ``(C,)``, ``C >= 2``.
+        t: the true class, ``0 <= t < C``.
+        eps: label smoothing in [0, 1], or None.
+        weight: class weights ``(C,)``, or None.
+
+    Returns:
+        The explanation, lines joined by newlines. The loss and gradient it prints are
+        ``xent.cross_entropy(z, t, return_grad=True)``'s.
+
+    Example:
+        >>> text = explain_softmax(np.array([2.0, 1.0, 0.1]), 0)
+        >>> [ln.strip() for ln in text.splitlines() if ln.strip().startswith("loss  ")]
+        ['loss  L = xent.cross_entropy(z, t) = 0.417030']
+    """
+    C = len(z)
+    onehot = np.zeros(C)
+    onehot[t] = 1.0
+    m = float(np.max(z))
+    shifted = z - m
+    e = np.exp(shifted)  # every exponent <= 0: no overflow, and the largest term is exactly 1
+    s = float(np.sum(e))
+    p = xent.softmax(z)
+    lse = float(xent.logsumexp(z))
+    loss, grad = xent.cross_entropy(z, t, return_grad=True)
+    loss = float(loss)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        # The tutorials' formulas, computed as they wrote them, to show where they fail.
+        n_exp = np.exp(z)
+        n_sum = float(np.sum(n_exp))
+        n_p = _naive_softmax(z)  # np.exp(z) / np.sum(np.exp(z)), as `xent examples` shows it
+        n_lse = float(np.log(np.sum(np.exp(z))))
+        n_loss = float(-np.sum(onehot * np.log(n_p)))
+        n_loss_ours_p = float(-np.sum(onehot * np.log(p)))
+
+    L = ["Softmax cross-entropy of one row, step by step (float64; xent's values, the "
+         "tutorials' formulas beside)",
+         f"  logits z = {vec(z)}   target t = {t}   C = {C} classes",
+         "",
+         "1. The max shift",
+         f"   m = max(z) = {num(m)}",
+         f"   z - m = {vec(shifted)}",
+         "   softmax(z) = softmax(z - m): e^(z-m) / sum e^(z-m) = e^-m e^z / (e^-m sum e^z). "
+         "After the",
+         "   shift every exponent is <= 0, so no e^x overflows, and the largest term is e^0 = 1, "
+         "so the sum",
+         "   is >= 1: never 0/0, never log 0.",
+         "   naive (tutorials): no shift",
+         "",
+         "2. The exponentials and their sum",
+         f"   e^(z-m) = {vec(e)}",
+         f"   sum = {num(s)}",
+         f"   naive: np.exp(z) = {vec(n_exp)}",
+         f"          np.sum(np.exp(z)) = {num(n_sum)}",
+         "",
+         "3. The softmax probabilities",
+         f"   p = e^(z-m) / sum = xent.softmax(z) = {vec(p)}",
+         f"   naive: np.exp(z) / np.sum(np.exp(z)) = {vec(n_p)}{_naive_note(n_p, p)}",
+         "",
+         "4. The log-sum-exp",
+         f"   lse = m + log(sum) = {num(m)} + log({num(s)}) = xent.logsumexp(z) = {num(lse)}",
+         f"   naive: np.log(np.sum(np.exp(z))) = {num(n_lse)}"
+         f"{_naive_note(np.array(n_lse), np.array(lse))}",
+         "",
+         "5. The loss: L = -log p[t] = lse - z[t]  (no log of a rounded probability)",
+         f"   L = lse - z[t] = {num(lse)} - {_paren(z[t])}",
+         f"   loss  L = xent.cross_entropy(z, t) = {num(loss)}",
+         f"   naive: -np.sum(y * np.log(p)), y = one-hot {labels(onehot)}: {num(n_loss)}"
+         f"{_naive_note(np.array(n_loss), np.array(loss))}",
+         "",
+         "6. The gradient: dL/dz = softmax(z) - one-hot(t)",
+         f"   {vec(p)} - {labels(onehot)}",
+         f"   grad  = xent.cross_entropy(z, t, return_grad=True)[1] = {vec(grad)}",
+         "   naive (tutorials): none; PyTorch's autograd computes it from the graph"]
+    if not _same(n_p, p) or not np.isfinite(n_loss) or not np.isfinite(n_loss_ours_p):
+        L += ["", "Why the naive formula fails here"]
+        big = z[z > _LOG_MAX]
+        with np.errstate(over="ignore"):
+            tiny = z[np.exp(z) == 0]
+        if big.size:
+            L.append(f"   np.exp({num(big[0])}) overflows: float64 holds at most "
+                     f"1.797693e+308 = e^{_LOG_MAX:.2f},")
+            L.append("   so it is inf, the sum is inf, and inf / inf = nan.")
+        if tiny.size:
+            L.append(f"   np.exp({num(tiny[0])}) underflows to 0.")
+        if not np.isfinite(n_loss_ours_p):
+            L.append(f"   Even from xent's p, -np.sum(y * np.log(p)) = {num(n_loss_ours_p)}: "
+                     "a probability that rounds to 0")
+            L.append("   has log 0 = -inf, and " + (
+                "0 * -inf = nan (a class that is not the target)." if np.isnan(n_loss_ours_p)
+                else "-log 0 = inf (the target's own probability)."))
+        L.append(f"   With the shift the exponents are z - m = {vec(shifted)}: the largest is "
+                 "e^0 = 1, so")
+        L.append(f"   the sum is {num(s)} (>= 1), p is finite, and L = lse - z[t] = "
+                 f"{num(loss)} needs no log of p.")
+    if eps is not None:
+        L += ["", *_softmax_smoothing(z, t, eps, loss, grad, onehot, lse)]
+    if weight is not None:
+        L += ["", *_softmax_weight(z, t, weight, loss, grad)]
+    if eps is not None and weight is not None:
+        both, g_both = xent.cross_entropy(z, t, weight=weight, label_smoothing=eps,
+                                          return_grad=True)
+        L += ["", f"9. Both options (weight and label smoothing {num(eps)}), reduction 'mean'",
+              f"   loss  {num(loss)}  ->  {num(both)}",
+              f"   grad  {vec(grad)}  ->  {vec(g_both)}"]
+    return "\n".join(L)
+
+
+def _softmax_smoothing(z: np.ndarray, t: int, eps: float, loss: float, grad: np.ndarray,
+                       onehot: np.ndarray, lse: float) -> list[str]:
+    C = len(z)
+    q = (1 - eps) * onehot + eps / C
+    s_loss, s_grad = xent.cross_entropy(z, t, label_smoothing=eps, return_grad=True)
+    return [
+        f"7. Label smoothing eps = {num(eps)}: the target becomes q = (1 - eps) one-hot + eps / C",
+        f"   q = {vec(q)}",
+        "   L_eps = (1 - eps)(lse - z[t]) + (eps / C) sum_c (lse - z_c) = -sum_c q_c log p_c",
+        f"   loss  plain {num(loss)}  ->  xent.cross_entropy(z, t, label_smoothing={eps:g}) = "
+        f"{num(s_loss)}",
+        f"   change = eps (z[t] - mean(z)) = {num(eps)} * ({num(z[t])} - {num(np.mean(z))}) = "
+        f"{num(eps * (z[t] - np.mean(z)))}",
+        "   dL_eps/dz = softmax(z) - q",
+        f"   grad  plain {vec(grad)}",
+        f"         ->    {vec(s_grad)}",
+        f"   change = eps (one-hot - 1/C) = {vec(eps * (onehot - 1 / C))}",
+    ]
+
+
+def _softmax_weight(z: np.ndarray, t: int, w: np.ndarray, loss: float,
+                    grad: np.ndarray) -> list[str]:
+    sum_loss, sum_grad = xent.cross_entropy(z, t, weight=w, reduction="sum", return_grad=True)
+    mean_loss, mean_grad = xent.cross_entropy(z, t, weight=w, return_grad=True)
+    wt = w[t]
+    lines = [
+        f"8. Class weights w = {vec(w)}: the row's loss is scaled by its class's weight "
+        f"w[t] = {num(wt)}",
+        "   reduction 'sum' (or 'none'): L_w = w[t] (lse - z[t]),  dL_w/dz = w[t] (softmax - "
+        "one-hot)",
+        f"   loss  plain {num(loss)}  ->  xent.cross_entropy(z, t, weight=w, reduction='sum') = "
+        f"{num(sum_loss)}",
+        f"   grad  plain {vec(grad)}",
+        f"         ->    {vec(sum_grad)}",
+        "   reduction 'mean' (the default) divides by the sum of w[t_n] over the batch: for one "
+        "row that is",
+        "   w[t] itself, so the weight cancels; it matters when rows of different classes are "
+        "averaged",
+        f"   loss  xent.cross_entropy(z, t, weight=w) = {num(mean_loss)}",
+        f"   grad  {vec(mean_grad)}",
+    ]
+    if wt == 0:
+        lines.append("   w[t] = 0: 'mean' divides 0 by 0, which is nan, as in PyTorch")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Binary: sigmoid and binary cross-entropy, one label per logit
+
+
+def explain_binary(z: np.ndarray, y: np.ndarray, eps: float | None = None,
+                   weight: np.ndarray | None = None) -> str:
+    r"""The step-by-step text for sigmoid + binary cross-entropy of logits ``z`` ``(N,)``.
+
+    .. math:: L = \frac{1}{N}\sum_i \left[\max(z_i, 0) - z_i y_i + \log(1 + e^{-|z_i|})\right],
+              \quad \frac{\partial L}{\partial z_i} = \frac{\sigma(z_i) - y_i}{N}
+
+    Args:
+        z: finite float64 logits ``(N,)``.
+        y: labels 0 or 1 ``(N,)``.
+        eps: label smoothing in [0, 1] (targets ``(1 - eps) y + eps / 2``), or None.
+        weight: per-label weights ``(N,)``, or None.
+
+    Returns:
+        The explanation; its loss and gradient are
+        ``xent.binary_cross_entropy_with_logits(z, y, return_grad=True)``'s.
+
+    Example:
+        >>> text = explain_binary(np.array([2.0, -1.0, 0.5]), np.array([1.0, 0.0, 1.0]))
+        >>> [ln.strip() for ln in text.splitlines() if ln.strip().startswith("loss  ")]
+        ['loss  L = xent.binary_cross_entropy_with_logits(z, y) = 0.304756']
+    """
+    N = len(z)
+    p = xent.sigmoid(z)
+    terms = xent.binary_cross_entropy_with_logits(z, y, reduction="none")
+    loss, grad = xent.binary_cross_entropy_with_logits(z, y, return_grad=True)
+    loss = float(loss)
+    p_loss, dldp = xent.binary_cross_entropy(p, y, return_grad=True)
+    dsig = xent.sigmoid_backward(np.ones(N), p)
+    chain = xent.sigmoid_backward(dldp, p)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        n_p = 1 / (1 + np.exp(-z))  # the tutorials' sigmoid
+        n_terms = -(y * np.log(n_p) + (1 - y) * np.log(1 - n_p))
+        n_loss = float(np.mean(n_terms))
+    L = [f"Sigmoid and binary cross-entropy, one label per logit, step by step (float64; N = {N})",
+         f"  logits z = {vec(z)}   labels y = {labels(y)}",
+         "",
+         "1. The sigmoid: p = 1 / (1 + e^-z), computed as e^z / (1 + e^z) where z < 0, so e^x "
+         "never",
+         "   sees a positive argument and never overflows",
+         f"   p = xent.sigmoid(z) = {vec(p)}",
+         f"   naive (tutorials): 1 / (1 + np.exp(-z)) = {vec(n_p)}{_naive_note(n_p, p)}",
+         "",
+         "2. The loss of each label: -(y log p + (1 - y) log(1 - p))",
+         "   from the logit: max(z, 0) - z y + log(1 + e^-|z|)  (no log of a rounded p)",
+         f"   xent.binary_cross_entropy_with_logits(z, y, reduction='none') = {vec(terms)}",
+         f"   naive: -(y * np.log(p) + (1 - y) * np.log(1 - p)) = {vec(n_terms)}"
+         f"{_naive_note(n_terms, terms)}",
+         "",
+         "3. The loss: the mean over the N labels",
+         f"   loss  L = xent.binary_cross_entropy_with_logits(z, y) = {num(loss)}",
+         "   on the probabilities, as the tutorials' nn.BCELoss (log clamped at -100, as in "
+         "PyTorch):",
+         f"   xent.binary_cross_entropy(p, y) = {num(p_loss)}",
+         f"   naive: np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))) = {num(n_loss)}"
+         f"{_naive_note(np.array(n_loss), np.array(loss))}",
+         "",
+         "4. The sigmoid's derivative (the tutorials' formula): dp/dz = sigma(z) (1 - sigma(z))",
+         f"   sigma (1 - sigma) = xent.sigmoid_backward(1, p) = {vec(dsig)}",
+         "",
+         "5. The gradient through the probabilities (chain rule, what nn.BCELoss after "
+         "torch.sigmoid does)",
+         "   dL/dp = (p - y) / (p (1 - p)) / N",
+         f"         = xent.binary_cross_entropy(p, y, return_grad=True)[1] = {vec(dldp)}",
+         "   dL/dz = dL/dp * sigma (1 - sigma)",
+         f"         = xent.sigmoid_backward(dL/dp, p) = {vec(chain)}",
+         "",
+         "6. The gradient of BCE with logits: the sigma (1 - sigma) cancels against the "
+         "p (1 - p) above",
+         "   dL/dz = (sigma(z) - y) / N",
+         f"   ({vec(p)} - {labels(y)}) / {N}",
+         "   xent.binary_cross_entropy_with_logits(z, y, return_grad=True)[1]:",
+         f"   grad  = {vec(grad)}"]
+    bad_chain = not np.allclose(chain, grad, rtol=1e-6, atol=1e-12)
+    if not _same(n_terms, terms) or bad_chain:
+        L += ["", "Why the naive formula fails here"]
+        for i in range(N):
+            if not np.isclose(n_terms[i], terms[i], rtol=1e-9, atol=0):
+                L.append(f"   label {i + 1}: z = {num(z[i])} gives p = {num(n_p[i])} in float64, "
+                         f"so 1 - p = {num(1 - n_p[i])} and the naive loss is {num(n_terms[i])};")
+                L.append(f"   from the logit it is {num(terms[i])}.")
+        if bad_chain:
+            L.append("   Through p, dL/dp = (p - y) / (p (1 - p)) needs p (1 - p), which is 0 "
+                     "or tiny where |z| is large")
+            L.append("   and is clamped at 1e-12 (as PyTorch does): the chain-rule gradient "
+                     f"{vec(chain)}")
+            L.append(f"   loses what sigma - y keeps: {vec(grad)}. Use BCE with logits.")
+    if eps is not None:
+        q = (1 - eps) * y + eps / 2
+        s_loss, s_grad = xent.binary_cross_entropy_with_logits(z, q, return_grad=True)
+        L += ["",
+              f"7. Label smoothing eps = {num(eps)}: each label becomes q = (1 - eps) y + eps / 2",
+              f"   q = {vec(q)}",
+              f"   loss  plain {num(loss)}  ->  xent.binary_cross_entropy_with_logits(z, q) = "
+              f"{num(s_loss)}",
+              "   change = mean(eps (y - 1/2) z) (the loss is linear in the label: "
+              "(1 - q) z + log(1 + e^-z))",
+              f"          = {num(np.mean(eps * (y - 0.5) * z))}",
+              "   dL/dz = (sigma(z) - q) / N",
+              f"   grad  plain {vec(grad)}",
+              f"         ->    {vec(s_grad)}",
+              f"   change = eps (y - 1/2) / N = {vec(eps * (y - 0.5) / N)}"]
+    if weight is not None:
+        w_loss, w_grad = xent.binary_cross_entropy_with_logits(z, y, weight=weight,
+                                                               return_grad=True)
+        L += ["",
+              f"8. Weights w = {vec(weight)}: each label's loss is multiplied by its weight",
+              "   L_w = mean(w_i l_i)  (the mean still divides by N, not by sum(w), as in "
+              "PyTorch)",
+              f"   loss  plain {num(loss)}  ->  xent.binary_cross_entropy_with_logits(z, y, "
+              f"weight=w) = {num(w_loss)}",
+              "   dL_w/dz = w (sigma(z) - y) / N",
+              f"   grad  plain {vec(grad)}",
+              f"         ->    {vec(w_grad)}"]
+    if eps is not None and weight is not None:
+        both, g_both = xent.binary_cross_entropy_with_logits(
+            z, (1 - eps) * y + eps / 2, weight=weight, return_grad=True)
+        L += ["", f"9. Both options (weights and label smoothing {num(eps)})",
+              f"   loss  {num(loss)}  ->  {num(both)}",
+              f"   grad  {vec(grad)}  ->  {vec(g_both)}"]
+    return "\n".join(L)
+
+
+def run(args) -> int:
+    """The `xent explain` command."""
+    z = _logits(args.logits, args.binary)
+    eps = args.label_smoothing
+    if args.binary:
+        y = _binary_labels(args.target, len(z))
+        w = _weights(args.weight, len(z), "logit")
+        text = explain_binary(z, y, eps, w)
+    else:
+        t = _class_target(args.target, len(z))
+        w = _weights(args.weight, len(z), "class")
+        text = explain_softmax(z, t, eps, w)
+    print(text, flush=True)
+    return 0
