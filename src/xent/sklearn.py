@@ -11,6 +11,7 @@ when a model is fitted. ``import xent`` itself still needs only NumPy.
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import types
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ except ImportError as e:  # pragma: no cover
 try:
     from sklearn.utils.validation import validate_data
 except ImportError:  # pragma: no cover  (scikit-learn < 1.6)
-    def validate_data(estimator, *args, **kwargs):  # type: ignore[no-redef]
+    def validate_data(estimator, *args, **kwargs):
         return estimator._validate_data(*args, **kwargs)
 
 __all__ = ["XentClassifier"]
@@ -185,7 +186,7 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
             v = getattr(self, name)
             if v is not None:
                 if not (isinstance(v, numbers.Real) and not isinstance(v, bool)
-                        and np.isfinite(v) and ok(v)):
+                        and math.isfinite(v) and ok(v)):
                     kind = {"lr": "a positive finite number",
                             "weight_decay": "a non-negative finite number"}.get(
                                 name, "a number in [0, 1)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ _LOG_MAX = math.log(np.finfo(np.float64).max)  # 709.78: np.exp overflows beyond
 # Formatting
 
 
-def num(v: float) -> str:
+def num(v: Any) -> str:
     """One number as printed: 6 decimals, or 6 significant digits in e-notation when tiny/huge.
 
     >>> num(0.6590011388859679), num(-999.0), num(0.0), num(1e-300), num(float("inf"))
@@ -368,8 +369,8 @@ def explain_binary(z: np.ndarray, y: np.ndarray, eps: float | None = None,
     N = len(z)
     p = xent.sigmoid(z)
     terms = xent.binary_cross_entropy_with_logits(z, y, reduction="none")
-    loss, grad = xent.binary_cross_entropy_with_logits(z, y, return_grad=True)
-    loss = float(loss)
+    loss_arr, grad = xent.binary_cross_entropy_with_logits(z, y, return_grad=True)
+    loss = float(loss_arr)
     p_loss, dldp = xent.binary_cross_entropy(p, y, return_grad=True)
     dsig = xent.sigmoid_backward(np.ones(N), p)
     chain = xent.sigmoid_backward(dldp, p)
