@@ -109,10 +109,10 @@ def build(torch=None) -> list[Example]:
     y = np.array([1.0, 0.0, 1.0])
     e = Example("Binary cross-entropy on sigmoid outputs: logits [2.0, -1.0, 0.5], "
                 "labels [1, 0, 1]", "tutorial 000, example 1")
-    p = xent.sigmoid(logits)
-    e.rows.append(Row("sigmoid(logits)", p, tv(lambda: torch.sigmoid(t32(logits))),
+    sig = xent.sigmoid(logits)
+    e.rows.append(Row("sigmoid(logits)", sig, tv(lambda: torch.sigmoid(t32(logits))),
                       "[0.8808, 0.2689, 0.6225]"))
-    e.rows.append(Row("BCE(sigmoid(logits), y)", xent.binary_cross_entropy(p, y),
+    e.rows.append(Row("BCE(sigmoid(logits), y)", xent.binary_cross_entropy(sig, y),
                       tv(lambda: torch.nn.BCELoss()(torch.sigmoid(t32(logits)), t32(y))),
                       "0.3047555685043335"))
     e.rows.append(Row("BCE with logits(logits, y)", xent.binary_cross_entropy_with_logits(
