@@ -50,9 +50,16 @@ def cross_entropy(
 def cross_entropy(
     input: Any, target: Any, weight: Any = ..., ignore_index: int = ...,
     reduction: str = ..., label_smoothing: float = ..., *,
-    lse_square_scale: float = ..., softcap: float | None = ..., return_lse: bool = ...,
+    lse_square_scale: float = ..., softcap: float | None = ..., return_lse: Literal[False] = ...,
+    return_grad: Literal[True], grad_output: Any = ..., inplace: bool = ...,
+) -> tuple[Array, Array]: ...
+@overload
+def cross_entropy(
+    input: Any, target: Any, weight: Any = ..., ignore_index: int = ...,
+    reduction: str = ..., label_smoothing: float = ..., *,
+    lse_square_scale: float = ..., softcap: float | None = ..., return_lse: Literal[True],
     return_grad: bool = ..., grad_output: Any = ..., inplace: bool = ...,
-) -> Array | tuple[Array, ...]: ...
+) -> tuple[Array, ...]: ...
 def cross_entropy(
     input: Any,
     target: Any,

@@ -210,8 +210,8 @@ def explain_softmax(z: np.ndarray, t: int, eps: float | None = None,
     s = float(np.sum(e))
     p = xent.softmax(z)
     lse = float(xent.logsumexp(z))
-    loss, grad = xent.cross_entropy(z, t, return_grad=True)
-    loss = float(loss)
+    loss_arr, grad = xent.cross_entropy(z, t, return_grad=True)
+    loss = float(loss_arr)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         # The tutorials' formulas, computed as they wrote them, to show where they fail.
         n_exp = np.exp(z)
