@@ -168,6 +168,58 @@ def test_kill_9_at_random_moments_during_an_overwrite_never_loses_the_model(tmp_
     print(f"\nkill -9 trials: 16 (a run takes {duration:.1f} s), 0 failures; {report}")
 
 
+def test_a_reader_during_swaps_always_loads_a_whole_model(trained, tmp_path):
+    """In-process: a thread swaps two different models into m over and over while the main
+    thread loads m as `xent predict` does. Every load succeeds and gives one of the two
+    models: a mix (one's model.json, the other's weights) would fail the SHA-256 check."""
+    import threading
+
+    from xent.cli import _files, _model
+
+    clf, meta = _model.load(trained)
+    one = {n: (trained / n).read_bytes() for n in os.listdir(trained)}
+    with __import__("torch").no_grad():
+        for p in clf.net.parameters():
+            p.add_(0.25)
+    weights = _model.weights_bytes(clf.net)
+    other = dict(one, **{_model.WEIGHTS_FILE: weights, _model.META_FILE: _model.json_bytes(
+        {**meta, "weights": {**meta["weights"], "sha256": _model.sha256(weights)}})})
+    out = tmp_path / "m"
+    shutil.copytree(trained, out)
+    X = features(10)
+    _model.load(out).__getitem__(0).proba(X)  # the imports, before the clock starts
+    done, enough = threading.Event(), threading.Event()
+    swaps = 0
+
+    def writer():
+        nonlocal swaps
+        try:
+            while not enough.is_set() and swaps < 5000:
+                files = other if swaps % 2 == 0 else one
+                _files.write_dir(out, lambda f, files=files: [
+                    _files.write_file(f / n, b) for n, b in files.items()])
+                swaps += 1
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen: collections.Counter = collections.Counter()
+    try:
+        while not done.is_set():
+            clf_now, meta_now = _model.load(out)
+            assert np.isfinite(clf_now.proba(X)).all()
+            seen[meta_now["weights"]["sha256"]] += 1
+            if sum(seen.values()) >= 200:
+                enough.set()
+    finally:
+        enough.set()
+        thread.join()
+    assert set(seen) <= {meta["weights"]["sha256"], _model.sha256(weights)}
+    assert len(seen) == 2 and swaps >= 10, (seen, swaps)  # both models seen, many swaps
+    assert leftovers(tmp_path) == []
+
+
 def test_leftovers_of_killed_runs_are_removed_by_the_next_run(model, tmp_path):
     pid = dead_pid()
     for kind in ("tmp", "old"):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,11 @@ class Classifier:
     temperature: float = 1.0  # probabilities are softmax(logits / T): temperature scaling
 
     def scaled(self, X: np.ndarray) -> np.ndarray:
-        """Standardise raw features ``(N, D)`` with the stored scaler, as float32."""
-        return ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale).astype(np.float32)
+        """Standardise raw features ``(N, D)`` with the stored scaler, as float32 (unchecked:
+        `_data.standardised` names a value beyond float32's range)."""
+        from ._data import standardise
+
+        return standardise(X, self.mean, self.scale).astype(np.float32)
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         """The network's raw output for raw features: ``(N,)`` for binary, ``(N, C)`` else."""
@@ -214,6 +218,9 @@ def _weights_name(meta: dict, p: Path) -> str:
     return wname
 
 
+_READ_ATTEMPTS = 5  # a file missing from a directory being swapped out: read again
+
+
 def read_model(model: str | Path) -> ModelFiles:
     """Read ``model.json`` and the weights of a model directory (or of its ``model.json``).
 
@@ -224,12 +231,13 @@ def read_model(model: str | Path) -> ModelFiles:
     the format and its version are checked here, every other field by `load`.
     """
     model = Path(model)
-    for attempt in range(3):
+    for attempt in range(_READ_ATTEMPTS):
         folder, meta_name = _meta_location(model)
         meta_path = folder / meta_name
         try:
             dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except FileNotFoundError:
+            time.sleep(0.01)
             continue
         except NotADirectoryError:
             raise CLIError(f"{_files.short(folder)}: not a directory") from None
@@ -240,7 +248,8 @@ def read_model(model: str | Path) -> ModelFiles:
                 raw = _files.read_regular(meta_name, "a model.json written by 'xent train'",
                                           META_LIMIT, dir_fd=dir_fd, label=meta_path)
             except FileNotFoundError:
-                if attempt < 2:
+                if attempt < _READ_ATTEMPTS - 1:
+                    time.sleep(0.01)
                     continue
                 raise CLIError(f"{_files.short(meta_path)}: file not found") from None
             meta = _files.load_json(raw, meta_path, JSON_DEPTH)
@@ -255,8 +264,9 @@ def read_model(model: str | Path) -> ModelFiles:
                 weights = _files.read_regular(wname, "a safetensors weights file",
                                               WEIGHTS_LIMIT, dir_fd=dir_fd, label=wpath)
             except FileNotFoundError:
-                if attempt < 2 and os.fstat(dir_fd).st_nlink == 0:
-                    continue  # the directory was swapped away and removed: read the new one
+                if attempt < _READ_ATTEMPTS - 1:
+                    time.sleep(0.01)
+                    continue  # being swapped away and removed by a run: read the new one
                 raise CLIError(f"{_files.short(wpath)}: weights file not found (named in "
                                f"{_files.short(meta_path)})") from None
             return ModelFiles(meta_path, meta, wpath, weights)
