@@ -350,7 +350,8 @@ def read_prediction_csv(path: str | Path, features: list[str], target: str | Non
              "features of the model (--keep COLUMN copies a column into the output)")
     cols = [header.index(f) for f in features]
     kept_cols = [header.index(k) for k in keep]
-    X, lines, kept = [], [], [[] for _ in keep]
+    X, lines = [], []
+    kept: list[list[str]] = [[] for _ in keep]
     for row, line, fields in rows:
         X.append([_number(path, row, line, header[j], fields[j]) for j in cols])
         lines.append(line)
