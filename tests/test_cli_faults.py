@@ -394,6 +394,17 @@ def test_out_in_a_read_only_directory(tmp_path):
         ro.chmod(0o755)
 
 
+def test_out_that_is_a_symlink_replaces_the_directory_it_points_to(trained, tmp_path):
+    from xent.cli import _files
+
+    shutil.copytree(trained, tmp_path / "run1")
+    (tmp_path / "latest").symlink_to("run1")
+    _files.write_dir(tmp_path / "latest", lambda f: [
+        _files.write_file(f / n, (trained / n).read_bytes()) for n in os.listdir(trained)])
+    assert (tmp_path / "latest").is_symlink() and (tmp_path / "run1" / "model.json").is_file()
+    assert leftovers(tmp_path) == []
+
+
 def test_out_that_holds_other_files_is_not_replaced(tmp_path):
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "notes.txt").write_text("mine")
