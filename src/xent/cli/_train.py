@@ -319,8 +319,9 @@ def validation_split(y: np.ndarray, val_size: float) -> tuple[np.ndarray, np.nda
                                         random_state=SPLIT_RANDOM_STATE, stratify=y)
     except ValueError as e:
         raise CLIError(f"--val-size {val_size:g}: cannot hold out a stratified validation "
-                       f"split of {n} training rows ({e}); give a larger --val-size, more rows, "
-                       "or --val-size 0") from None
+                       f"split of {n} training rows ({e}); expected every class to have 2 or "
+                       "more training rows and the split to hold one of each: add rows, change "
+                       "--val-size, or give --val-size 0 (no validation split)") from None
     return np.sort(i_fit), np.sort(i_val)
 
 
