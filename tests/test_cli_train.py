@@ -517,3 +517,20 @@ def test_large_csv_trains_with_the_large_recipe_and_stops_early(tmp_path):
     assert tr["stopped_early"] and tr["epochs_run"] < 200
     assert m["metrics"]["test_accuracy"] > 0.85
     assert "test accuracy" in proc.stdout
+
+
+def test_a_class_too_rare_for_a_stratified_validation_split_is_one_line(tmp_path, monkeypatch,
+                                                                         capsys):
+    from xent.cli import main
+
+    X, y = builtin("binary")
+    labels = np.where(y == 1, "b", "a").astype(object)
+    labels[0] = "rare"  # index 0 is in the training split (random_state 42) and alone
+    write_csv(tmp_path / "rare.csv", ["p", "q", "r", "s", "label"],
+              [[*map(float, x), t] for x, t in zip(X, labels, strict=True)])
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "rare.csv", "--target", "label", "--out", "r"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "stratified validation split" in err[0] and "--val-size 0" in err[0]
+    assert main(["train", "--data", "rare.csv", "--target", "label", "--val-size", "0",
+                 "--epochs", "2", "--out", "r", "--quiet"]) == 0
