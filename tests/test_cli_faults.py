@@ -31,6 +31,7 @@ import pytest
 from helpers import dead_pid, one_line_error, run_xent
 
 TIMEOUT = 120  # seconds before a command counts as hung (imports take ~5 s on a busy machine)
+HANG = 20  # the bound, for commands that fail before the heavy imports
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -95,9 +96,10 @@ def rows(tmp_path) -> Path:
                       [list(map(repr, map(float, r))) for r in features()])
 
 
-def predict(cwd: Path, model: Path, data: Path, *more: str) -> subprocess.CompletedProcess:
+def predict(cwd: Path, model: Path, data: Path, *more: str,
+            timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     return run_xent("predict", "--model", str(model), "--data", str(data), *more, cwd=cwd,
-                    timeout=TIMEOUT)
+                    timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,26 +429,26 @@ def test_predict_output_that_cannot_be_written(model, rows, tmp_path):
 def test_weights_file_that_is_a_fifo(model, rows, tmp_path):
     (model / "model.safetensors").unlink()
     os.mkfifo(model / "model.safetensors")
-    one_line_error(predict(tmp_path, model, rows), "model.safetensors", "FIFO")
+    one_line_error(predict(tmp_path, model, rows, timeout=HANG), "model.safetensors", "FIFO")
 
 
 def test_model_json_that_is_a_fifo(model, rows, tmp_path):
     (model / "model.json").unlink()
     os.mkfifo(model / "model.json")
-    one_line_error(predict(tmp_path, model, rows), "model.json", "FIFO")
+    one_line_error(predict(tmp_path, model, rows, timeout=HANG), "model.json", "FIFO")
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model.json"])
 def test_model_file_that_links_to_dev_zero(model, rows, tmp_path, name):
     (model / name).unlink()
     (model / name).symlink_to("/dev/zero")
-    one_line_error(predict(tmp_path, model, rows), name, "character device")
+    one_line_error(predict(tmp_path, model, rows, timeout=HANG), name, "character device")
 
 
 def test_weights_file_that_is_a_directory(model, rows, tmp_path):
     (model / "model.safetensors").unlink()
     (model / "model.safetensors").mkdir()
-    one_line_error(predict(tmp_path, model, rows), "model.safetensors", "directory")
+    one_line_error(predict(tmp_path, model, rows, timeout=HANG), "model.safetensors", "directory")
 
 
 @pytest.mark.parametrize("command", ["train", "predict"])
@@ -464,9 +466,9 @@ def test_data_that_is_not_a_regular_file(trained, tmp_path, command, kind):
     words = {"fifo": "FIFO", "directory": "directory"}.get(kind, "character device")
     if command == "train":
         proc = run_xent("train", "--data", str(path), "--target", "y", cwd=tmp_path,
-                        timeout=TIMEOUT)
+                        timeout=HANG)
     else:
-        proc = predict(tmp_path, trained, path)
+        proc = predict(tmp_path, trained, path, timeout=HANG)
     one_line_error(proc, str(path.name), words)
 
 
