@@ -31,6 +31,7 @@ import pytest
 from helpers import dead_pid, one_line_error, run_xent
 
 TIMEOUT = 120  # seconds before a command counts as hung (imports take ~5 s on a busy machine)
+HANG = 20  # the issue's bound, for commands that fail before the heavy imports
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -95,9 +96,10 @@ def rows(tmp_path) -> Path:
                       [list(map(repr, map(float, r))) for r in features()])
 
 
-def predict(cwd: Path, model: Path, data: Path, *more: str) -> subprocess.CompletedProcess:
+def predict(cwd: Path, model: Path, data: Path, *more: str,
+            timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     return run_xent("predict", "--model", str(model), "--data", str(data), *more, cwd=cwd,
-                    timeout=TIMEOUT)
+                    timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +168,58 @@ def test_kill_9_at_random_moments_during_an_overwrite_never_loses_the_model(tmp_
         previous = now
     report = "; ".join(f"{k[0]}, {k[1]}, {k[2]}: {v}" for k, v in sorted(outcomes.items()))
     print(f"\nkill -9 trials: 16 (a run takes {duration:.1f} s), 0 failures; {report}")
+
+
+def test_a_reader_during_swaps_always_loads_a_whole_model(trained, tmp_path):
+    """In-process: a thread swaps two different models into m over and over while the main
+    thread loads m as `xent predict` does. Every load succeeds and gives one of the two
+    models: a mix (one's model.json, the other's weights) would fail the SHA-256 check."""
+    import threading
+
+    from xent.cli import _files, _model
+
+    clf, meta = _model.load(trained)
+    one = {n: (trained / n).read_bytes() for n in os.listdir(trained)}
+    with __import__("torch").no_grad():
+        for p in clf.net.parameters():
+            p.add_(0.25)
+    weights = _model.weights_bytes(clf.net)
+    other = dict(one, **{_model.WEIGHTS_FILE: weights, _model.META_FILE: _model.json_bytes(
+        {**meta, "weights": {**meta["weights"], "sha256": _model.sha256(weights)}})})
+    out = tmp_path / "m"
+    shutil.copytree(trained, out)
+    X = features(10)
+    _model.load(out).__getitem__(0).proba(X)  # the imports, before the clock starts
+    done, enough = threading.Event(), threading.Event()
+    swaps = 0
+
+    def writer():
+        nonlocal swaps
+        try:
+            while not enough.is_set() and swaps < 5000:
+                files = other if swaps % 2 == 0 else one
+                _files.write_dir(out, lambda f, files=files: [
+                    _files.write_file(f / n, b) for n, b in files.items()])
+                swaps += 1
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen: collections.Counter = collections.Counter()
+    try:
+        while not done.is_set():
+            clf_now, meta_now = _model.load(out)
+            assert np.isfinite(clf_now.proba(X)).all()
+            seen[meta_now["weights"]["sha256"]] += 1
+            if sum(seen.values()) >= 200:
+                enough.set()
+    finally:
+        enough.set()
+        thread.join()
+    assert set(seen) <= {meta["weights"]["sha256"], _model.sha256(weights)}
+    assert len(seen) == 2 and swaps >= 10, (seen, swaps)  # both models seen, many swaps
+    assert leftovers(tmp_path) == []
 
 
 def test_leftovers_of_killed_runs_are_removed_by_the_next_run(model, tmp_path):
@@ -342,6 +396,17 @@ def test_out_in_a_read_only_directory(tmp_path):
         ro.chmod(0o755)
 
 
+def test_out_that_is_a_symlink_replaces_the_directory_it_points_to(trained, tmp_path):
+    from xent.cli import _files
+
+    shutil.copytree(trained, tmp_path / "run1")
+    (tmp_path / "latest").symlink_to("run1")
+    _files.write_dir(tmp_path / "latest", lambda f: [
+        _files.write_file(f / n, (trained / n).read_bytes()) for n in os.listdir(trained)])
+    assert (tmp_path / "latest").is_symlink() and (tmp_path / "run1" / "model.json").is_file()
+    assert leftovers(tmp_path) == []
+
+
 def test_out_that_holds_other_files_is_not_replaced(tmp_path):
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "notes.txt").write_text("mine")
@@ -364,26 +429,26 @@ def test_predict_output_that_cannot_be_written(model, rows, tmp_path):
 def test_weights_file_that_is_a_fifo(model, rows, tmp_path):
     (model / "model.safetensors").unlink()
     os.mkfifo(model / "model.safetensors")
-    one_line_error(predict(tmp_path, model, rows), "model.safetensors", "FIFO")
+    one_line_error(predict(tmp_path, model, rows, timeout=HANG), "model.safetensors", "FIFO")
 
 
 def test_model_json_that_is_a_fifo(model, rows, tmp_path):
     (model / "model.json").unlink()
     os.mkfifo(model / "model.json")
-    one_line_error(predict(tmp_path, model, rows), "model.json", "FIFO")
+    one_line_error(predict(tmp_path, model, rows, timeout=HANG), "model.json", "FIFO")
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model.json"])
 def test_model_file_that_links_to_dev_zero(model, rows, tmp_path, name):
     (model / name).unlink()
     (model / name).symlink_to("/dev/zero")
-    one_line_error(predict(tmp_path, model, rows), name, "character device")
+    one_line_error(predict(tmp_path, model, rows, timeout=HANG), name, "character device")
 
 
 def test_weights_file_that_is_a_directory(model, rows, tmp_path):
     (model / "model.safetensors").unlink()
     (model / "model.safetensors").mkdir()
-    one_line_error(predict(tmp_path, model, rows), "model.safetensors", "directory")
+    one_line_error(predict(tmp_path, model, rows, timeout=HANG), "model.safetensors", "directory")
 
 
 @pytest.mark.parametrize("command", ["train", "predict"])
@@ -401,9 +466,9 @@ def test_data_that_is_not_a_regular_file(trained, tmp_path, command, kind):
     words = {"fifo": "FIFO", "directory": "directory"}.get(kind, "character device")
     if command == "train":
         proc = run_xent("train", "--data", str(path), "--target", "y", cwd=tmp_path,
-                        timeout=TIMEOUT)
+                        timeout=HANG)
     else:
-        proc = predict(tmp_path, trained, path)
+        proc = predict(tmp_path, trained, path, timeout=HANG)
     one_line_error(proc, str(path.name), words)
 
 
@@ -514,8 +579,9 @@ def test_fifty_classes_report_the_most_frequent_confusions(tmp_path):
                [[*map(repr, map(float, x)), f"class{t:02d}"] for x, t in zip(X, y, strict=True)])
     proc = ok(run_xent("train", "--data", "many.csv", "--target", "label", "--epochs", "2",
                        "--out", "m", cwd=tmp_path, timeout=TIMEOUT))
-    assert max(len(line) for line in proc.stdout.splitlines()
-               if "files" not in line and "data  " not in line and "/" not in line) <= 120
+    widths = [len(line) for line in proc.stdout.splitlines()
+              if not line.strip().startswith(("files", "m/"))]  # the paths of the files
+    assert max(widths) <= 110, proc.stdout
     assert "most frequent" in proc.stdout and "class" in proc.stdout and " -> " in proc.stdout
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     cm = np.array(meta["metrics"]["confusion_matrix"])

@@ -344,18 +344,22 @@ def test_validation_split_is_stratified_and_val_size_zero_turns_it_off(tmp_path,
     assert "val_loss" not in m["history"] and m["training"]["kept_epoch"] == 3
 
 
-def test_a_diverging_run_stops_with_one_line_and_keeps_the_old_model(tmp_path, monkeypatch):
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_old_model(tmp_path, monkeypatch,
+                                                                     capsys):
+    """In-process (tests/test_cli_faults.py runs the issue's command in a subprocess): exit 2,
+    one line naming the epoch and --lr, and the model already in --out untouched."""
     from xent.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--task", "binary", "--epochs", "2", "--out", "d", "--quiet"]) == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()}
+    capsys.readouterr()
     for task in ("binary", "multiclass"):
-        proc = xent("train", "--task", task, "--lr", "1e6", "--optimizer", "sgd", "--out", "d",
-                    cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr
-        lines = proc.stderr.splitlines()
-        assert len(lines) == 1 and proc.stdout == "", proc.stderr
+        assert main(["train", "--task", task, "--lr", "1e6", "--optimizer", "sgd", "--out",
+                     "d"]) == 2
+        out, err = capsys.readouterr()
+        lines = err.splitlines()
+        assert len(lines) == 1 and out == "", err
         assert re.match(r"xent: error: training diverged in epoch 1: .* is nan; .*smaller --lr",
                         lines[0]), lines[0]
     assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
@@ -462,9 +466,10 @@ def test_predict_applies_the_temperature_fitted_on_the_validation_rows(tmp_path,
     np.testing.assert_allclose(printed, expected, rtol=1e-5, atol=1e-7)
 
     after = m["metrics"]["calibration"]["after"]
-    assert after["log_loss"] == pytest.approx(sk_log_loss(y_test, printed, labels=[0, 1, 2]),
+    p32 = printed.astype(np.float32)  # float32 sums: sklearn checks them at float32's precision
+    assert after["log_loss"] == pytest.approx(sk_log_loss(y_test, p32, labels=[0, 1, 2]),
                                               rel=1e-4)
-    assert after["brier"] == pytest.approx(brier_score_loss(y_test, printed, labels=[0, 1, 2]),
+    assert after["brier"] == pytest.approx(brier_score_loss(y_test, p32, labels=[0, 1, 2]),
                                            rel=1e-4)
     before = m["metrics"]["calibration"]["before"]
     assert before["log_loss"] == pytest.approx(m["metrics"]["test_log_loss"])
@@ -516,3 +521,20 @@ def test_large_csv_trains_with_the_large_recipe_and_stops_early(tmp_path):
     assert tr["stopped_early"] and tr["epochs_run"] < 200
     assert m["metrics"]["test_accuracy"] > 0.85
     assert "test accuracy" in proc.stdout
+
+
+def test_a_class_too_rare_for_a_stratified_validation_split_is_one_line(tmp_path, monkeypatch,
+                                                                         capsys):
+    from xent.cli import main
+
+    X, y = builtin("binary")
+    labels = np.where(y == 1, "b", "a").astype(object)
+    labels[0] = "rare"  # index 0 is in the training split (random_state 42) and alone
+    write_csv(tmp_path / "rare.csv", ["p", "q", "r", "s", "label"],
+              [[*map(float, x), t] for x, t in zip(X, labels, strict=True)])
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "rare.csv", "--target", "label", "--out", "r"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "stratified validation split" in err[0] and "--val-size 0" in err[0]
+    assert main(["train", "--data", "rare.csv", "--target", "label", "--val-size", "0",
+                 "--epochs", "2", "--out", "r", "--quiet"]) == 0

@@ -138,17 +138,27 @@ def _release(storage: np.ndarray) -> None:
 
 
 def _take(nbytes: int) -> np.ndarray | None:
-    """The smallest idle storage of nbytes to 2·nbytes bytes, removed from the idle list."""
+    """The smallest idle storage of nbytes to 2·nbytes bytes, removed from the idle list.
+
+    A garbage collection can start at any allocation in this loop and run a finalizer here, in
+    this thread (the lock is re-entrant): :func:`_release` then appends to the idle list and may
+    trim its oldest entries, which shifts every index. So the choice is made on a snapshot and
+    by identity, never by a position found before the list changed (that could hand out a
+    smaller storage than requested).
+    """
     global _idle_bytes
-    best = -1
-    for i, s in enumerate(_idle):
-        if nbytes <= s.nbytes <= 2 * nbytes and (best < 0 or s.nbytes < _idle[best].nbytes):
-            best = i
-    if best < 0:
+    best = None
+    for s in list(_idle):
+        if nbytes <= s.nbytes <= 2 * nbytes and (best is None or s.nbytes < best.nbytes):
+            best = s
+    if best is None:
         return None
-    storage = _idle.pop(best)
-    _idle_bytes -= storage.nbytes
-    return storage
+    for i in range(len(_idle)):  # allocates no tracked object: no collection in between
+        if _idle[i] is best:
+            del _idle[i]
+            _idle_bytes -= best.nbytes
+            return best
+    return None  # released to the system by a trim meanwhile
 
 
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:

@@ -553,19 +553,14 @@ def _sum_exp_rest(r, m):
 
 
 @_jit_fast
-def _copy_sum_exp_rest(r, out, m):
-    """:func:`_sum_exp_rest`, copying r into out on the way (out_c = r_c)."""
-    dt = r.dtype.type
-    s = dt(0)
-    n = dt(0)
+def _copy_sum_exp(r, out, m):
+    """Σ_c exp(r_c - m), copying r into out on the way (out_c = r_c)."""
+    s = r.dtype.type(0)
     for j in range(r.shape[0]):
         v = r[j]
         out[j] = v
-        d = v - m
-        top = d == dt(0)
-        s += dt(0) if top else vexp(d)
-        n += dt(1) if top else dt(0)
-    return s, n
+        s += vexp(v - m)
+    return s
 
 
 @_jit_vec
@@ -576,65 +571,68 @@ def _copy(r, out):
 
 
 @_jit
-def _max_log1p_rest(r, out, copy):
-    """One read of the row: (m, log1p(s')), m = max_c r_c and s' = Σ_c exp(r_c - m) without
-    the 1 of one max (a tie's other maxima count 1 each), so lse - m = log1p(s') keeps the
-    terms below the float's resolution at 1: log1p(e^-40) = 4.25e-18 for [0, -40], where
-    log Σ exp(r - m) is 0 (SciPy's logsumexp since gh-18295).
-
-    Online over blocks as :func:`_max_sum_exp`: s' holds the terms below the running max m and
-    n the entries equal to it; when a block raises m, the old maxima join the rest,
-    s' ← (s' + n)·exp(m_old - m_new). With ``copy``, out = r on the way (so the row's output
-    is written while it is read from memory, and the second pass runs in the cache).
-    log1p(s') is NaN for the rows :func:`_max_sum_exp` gives s = NaN (a NaN, a +inf, all -inf).
-    """
+def _max_sum_exp_copy(r, out, copy):
+    """:func:`_max_sum_exp` (the same online pass and non-finite results) that, with ``copy``,
+    also copies the row into out on the way: the row's output is then written while the row is
+    read from memory, and the second pass runs in the cache."""
     C = r.shape[0]
     dt = r.dtype.type
     m = dt(-np.inf)
     s = dt(0)
-    n = dt(0)
     for lo in range(0, C, _BLOCK):
         hi = min(lo + _BLOCK, C)
         blk = r[lo:hi]
         mb = _max(blk)
         if mb != mb or mb == np.inf:
-            return mb, np.nan
+            return mb, dt(np.nan)
         if mb == -np.inf:  # adds exactly 0, unless a (negative) NaN hides among the -inf
             if _has_nan(blk):
-                return mb, np.nan
+                return mb, dt(np.nan)
             if copy:
                 _copy(blk, out[lo:hi])
             continue
         if mb > m:
-            s = (s + n) * dt(math.exp(np.float64(m) - np.float64(mb)))  # 0 while m = -inf
-            n = dt(0)
+            s = s * dt(math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
             m = mb
         if copy:
-            sb, nb = _copy_sum_exp_rest(blk, out[lo:hi], m)
+            s += _copy_sum_exp(blk, out[lo:hi], m)
         else:
-            sb, nb = _sum_exp_rest(blk, m)
-        s += sb
-        n += nb
+            s += _sum_exp(blk, m)
     if m == -np.inf:
-        return m, np.nan
-    return m, math.log1p(np.float64(s) + (np.float64(n) - 1.0))
+        return m, dt(np.nan)
+    return m, s
+
+
+@_jit
+def _log1p_rest(r, m, s):
+    """lse - m = log1p(s') for a row with max m and s = Σ_c exp(r_c - m) (finite), s' the sum
+    without the max's own 1, so terms below the float's resolution at 1 count: log1p(e^-40) =
+    4.25e-18 for [0, -40], where log s is 0 (SciPy's logsumexp since gh-18295).
+
+    Where s >= 2, log s is as exact as log1p(s') and is used; where s < 2 (one max, the rest
+    below 1 together) the rest is summed again without the max's term (from the cache).
+    """
+    if s >= 2:
+        return math.log(np.float64(s))
+    rest, n = _sum_exp_rest(r, m)
+    return math.log1p(np.float64(rest) + (np.float64(n) - 1.0))
 
 
 @_jit
 def _log_softmax_row(i, x, out, inplace):
     """out[i] = (x[i] - m) - log1p(s'), s' = Σ exp(x[i] - m) without the max's own 1.
 
-    Pass 1 (:func:`_max_log1p_rest`) reads the row from memory and copies it into out; pass 2
-    shifts out in place, in the cache: writing out only in pass 2 would make that pass wait
-    on memory for every line of out it first touches.
+    Pass 1 (:func:`_max_sum_exp_copy`) reads the row from memory and copies it into out; pass 2
+    shifts out in place, in the cache: writing out only in pass 2 would make that pass wait on
+    memory for every line of out it first touches (measured ~15% slower, single thread).
     """
     r = x[i]
     o = r if inplace else out[i]
-    m, log_s = _max_log1p_rest(r, o, not inplace)
-    if not math.isfinite(log_s):
+    m, s = _max_sum_exp_copy(r, o, not inplace)
+    if not math.isfinite(s):
         _fill(o, r.dtype.type(np.nan))
         return
-    _shift_sub_inplace(o, m, r.dtype.type(log_s))
+    _shift_sub_inplace(o, m, r.dtype.type(_log1p_rest(r, m, s)))
 
 
 @_jit

@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, metavar="DIR",
                     help="the directory 'xent train' wrote (or its model.json)")
     pr.add_argument("--data", required=True, metavar="CSV",
-                    help="rows to predict: the model's feature columns (any order; the target "
-                    "column may be present and is ignored)")
+                    help="rows to predict: the model's feature columns (any order; other "
+                    "columns, such as the target, are ignored with a note)")
     pr.add_argument("--delimiter", type=_delimiter, metavar="D", help=_DELIMITER_HELP)
     pr.add_argument("--keep", action="append", metavar="COLUMN",
                     help="copy this column of --data (an ID, say) into the output, before the "

@@ -230,6 +230,16 @@ def _check_scalable(table: Table) -> None:
                        "expected values of magnitude below about 1e150")
 
 
+def standardise(X: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The scaler's formula, ``(X - mean) / scale``, in float64, unchecked (overflow gives inf).
+
+    >>> standardise(np.array([[1.0, 4.0]]), np.array([0.0, 2.0]), np.array([2.0, 1.0]))
+    array([[0.5, 2. ]])
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (np.asarray(X, dtype=np.float64) - mean) / scale
+
+
 def standardised(table: Table, mean: np.ndarray, scale: np.ndarray,
                  rows: np.ndarray | None = None) -> np.ndarray:
     """``(X - mean) / scale`` as float32 (the networks' input), for ``table.X`` or its ``rows``.
@@ -257,8 +267,7 @@ def standardised(table: Table, mean: np.ndarray, scale: np.ndarray,
     """
     index = np.arange(len(table.X)) if rows is None else np.asarray(rows)
     X = table.X[index]
-    with np.errstate(over="ignore", invalid="ignore"):
-        Z = (X - mean) / scale
+    Z = standardise(X, mean, scale)
     bad = ~(np.abs(Z) <= _FLOAT32_MAX)  # also true for nan
     if bad.any():
         i, j = (int(v) for v in np.argwhere(bad)[0])
@@ -341,7 +350,8 @@ def read_prediction_csv(path: str | Path, features: list[str], target: str | Non
              "features of the model (--keep COLUMN copies a column into the output)")
     cols = [header.index(f) for f in features]
     kept_cols = [header.index(k) for k in keep]
-    X, lines, kept = [], [], [[] for _ in keep]
+    X, lines = [], []
+    kept: list[list[str]] = [[] for _ in keep]
     for row, line, fields in rows:
         X.append([_number(path, row, line, header[j], fields[j]) for j in cols])
         lines.append(line)

@@ -326,11 +326,14 @@ def prepare(out: str | os.PathLike) -> Path:
     """Check that ``out`` can receive a run's folder, before the run; return it as a `Path`.
 
     Creates the parent directories, restores or removes what killed runs left (`recover`), and
-    raises `CLIError` (one line) when ``out`` is not a directory, is a directory that holds
+    raises `CLIError` (one line) when ``out`` is not a directory (a symlink is followed: the
+    directory it points to is the one replaced), is a directory that holds
     other files than a model (it would be replaced whole), contains the working directory, or
     its parent cannot be written.
     """
     out = Path(out)
+    if out.is_symlink():  # replace the directory it points to, keep the link
+        out = Path(os.path.realpath(out))
     if out.name in ("", ".", ".."):
         raise CLIError(f"--out {short(out)}: expected a directory name for the model files "
                        "(the folder is replaced whole; give e.g. runs/model)")

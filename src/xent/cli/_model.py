@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,11 @@ class Classifier:
     temperature: float = 1.0  # probabilities are softmax(logits / T): temperature scaling
 
     def scaled(self, X: np.ndarray) -> np.ndarray:
-        """Standardise raw features ``(N, D)`` with the stored scaler, as float32."""
-        return ((np.asarray(X, dtype=np.float64) - self.mean) / self.scale).astype(np.float32)
+        """Standardise raw features ``(N, D)`` with the stored scaler, as float32 (unchecked:
+        `_data.standardised` names a value beyond float32's range)."""
+        from ._data import standardise
+
+        return standardise(X, self.mean, self.scale).astype(np.float32)
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         """The network's raw output for raw features: ``(N,)`` for binary, ``(N, C)`` else."""
@@ -214,6 +218,9 @@ def _weights_name(meta: dict, p: Path) -> str:
     return wname
 
 
+_READ_ATTEMPTS = 5  # a file missing from a directory being swapped out: read again
+
+
 def read_model(model: str | Path) -> ModelFiles:
     """Read ``model.json`` and the weights of a model directory (or of its ``model.json``).
 
@@ -224,46 +231,50 @@ def read_model(model: str | Path) -> ModelFiles:
     the format and its version are checked here, every other field by `load`.
     """
     model = Path(model)
-    for attempt in range(3):
+    gone = f"{_files.short(model)}: the model kept changing while being read"
+    for _ in range(_READ_ATTEMPTS):
         folder, meta_name = _meta_location(model)
         meta_path = folder / meta_name
         try:
             dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except FileNotFoundError:
+            time.sleep(0.01)
             continue
         except NotADirectoryError:
             raise CLIError(f"{_files.short(folder)}: not a directory") from None
         except OSError as e:
             raise _files.os_error(folder, "cannot open the model directory", e) from None
         try:
-            try:
-                raw = _files.read_regular(meta_name, "a model.json written by 'xent train'",
-                                          META_LIMIT, dir_fd=dir_fd, label=meta_path)
-            except FileNotFoundError:
-                if attempt < 2:
-                    continue
-                raise CLIError(f"{_files.short(meta_path)}: file not found") from None
+            raw = _read_in(dir_fd, meta_name, "a model.json written by 'xent train'",
+                           META_LIMIT, meta_path, f"{_files.short(meta_path)}: file not found")
             meta = _files.load_json(raw, meta_path, JSON_DEPTH)
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise _bad(meta_path, f"not an xent model (expected \"format\": {FORMAT!r})")
             if meta.get("format_version") != FORMAT_VERSION:
                 raise _bad(meta_path, f"format_version {meta.get('format_version')!r} is not "
                                       f"supported (this xent reads {FORMAT_VERSION})")
-            wname = _weights_name(meta, meta_path)
-            wpath = folder / wname
-            try:
-                weights = _files.read_regular(wname, "a safetensors weights file",
-                                              WEIGHTS_LIMIT, dir_fd=dir_fd, label=wpath)
-            except FileNotFoundError:
-                if attempt < 2 and os.fstat(dir_fd).st_nlink == 0:
-                    continue  # the directory was swapped away and removed: read the new one
-                raise CLIError(f"{_files.short(wpath)}: weights file not found (named in "
-                               f"{_files.short(meta_path)})") from None
+            wpath = folder / _weights_name(meta, meta_path)
+            weights = _read_in(dir_fd, wpath.name, "a safetensors weights file", WEIGHTS_LIMIT,
+                               wpath, f"{_files.short(wpath)}: weights file not found (named "
+                               f"in {_files.short(meta_path)})")
             return ModelFiles(meta_path, meta, wpath, weights)
+        except _Gone as e:
+            gone = str(e)  # being swapped away and removed by a run: read the new one
+            time.sleep(0.01)
         finally:
             os.close(dir_fd)
-    raise CLIError(f"{_files.short(model)}: the model kept changing while being read (another "
-                   "'xent train' writing it?); try again")
+    raise CLIError(gone)
+
+
+class _Gone(Exception):
+    """A file named by the model is missing: the directory may be being swapped out."""
+
+
+def _read_in(dir_fd: int, name: str, what: str, limit: int, label: Path, missing: str) -> bytes:
+    try:
+        return _files.read_regular(name, what, limit, dir_fd=dir_fd, label=label)
+    except FileNotFoundError:
+        raise _Gone(missing) from None
 
 
 def read_meta(model_dir: str | Path) -> tuple[Path, dict]:
@@ -274,6 +285,11 @@ def read_meta(model_dir: str | Path) -> tuple[Path, dict]:
 
 _SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4,
                             "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _count(v: Any) -> bool:
+    """Whether ``v`` is a JSON integer >= 0 (not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def check_safetensors(data: bytes, path: Path) -> None:
@@ -299,13 +315,12 @@ def check_safetensors(data: bytes, path: Path) -> None:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        ok = isinstance(info, dict) and info.get("dtype") in _SAFETENSORS_DTYPE_BYTES
-        shape, offsets = (info.get("shape"), info.get("data_offsets")) if ok else (None, None)
-        ok = ok and isinstance(shape, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)
-        ok = ok and isinstance(offsets, list) and len(offsets) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in offsets)
-        if not ok:
+        info = info if isinstance(info, dict) else {}
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not (info.get("dtype") in _SAFETENSORS_DTYPE_BYTES
+                and isinstance(shape, list) and all(_count(v) for v in shape)
+                and isinstance(offsets, list) and len(offsets) == 2
+                and all(_count(v) for v in offsets)):
             raise _bad(path, f"tensor {name!r}: the header's dtype, shape or data_offsets are "
                              "malformed")
         size = math.prod(shape) * _SAFETENSORS_DTYPE_BYTES[info["dtype"]]

@@ -15,10 +15,10 @@ def _fmt_classes(classes: list) -> str:
     """The class labels for the report; more than `MATRIX_CLASSES` are shortened.
 
     >>> _fmt_classes(list(range(50)))
-    '0, 1, 2, 3, 4, ..., 48, 49 (50 classes)'
+    '0, 1, 2, ..., 49 (50 classes)'
     """
     if len(classes) > MATRIX_CLASSES:
-        shown = [*map(str, classes[:5]), "...", *map(str, classes[-2:])]
+        shown = [*map(str, classes[:3]), "...", str(classes[-1])]
         return f"{', '.join(shown)} ({len(classes)} classes)"
     return ", ".join(str(c) for c in classes)
 
@@ -178,7 +178,7 @@ def loss_curves_png(result) -> bytes:
                  f"test accuracy {m['test_accuracy']:.3f}\n{data_name(result)}", fontsize=10)
     ax.set_xlim(1, max(2, len(epochs)))
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right")
+    ax.legend(loc="best")
     return _png(fig)
 
 

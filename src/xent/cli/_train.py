@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,14 +131,16 @@ def split(table: _data.Table, test_size: float, scaler: str) -> Split:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    n = len(table.X)
+    n, y = len(table.X), table.y
+    if y is None:
+        raise CLIError(f"{table.source}: no class labels to train on (expected a target column)")
     try:
         i_train, i_test = train_test_split(np.arange(n), test_size=test_size,
                                            random_state=SPLIT_RANDOM_STATE)
     except ValueError as e:
         raise CLIError(f"{table.source}: cannot split {n} rows with --test-size {test_size} "
                        f"({e})") from None
-    if len(np.unique(table.y[i_train])) < 2:
+    if len(np.unique(y[i_train])) < 2:
         raise CLIError(f"{table.source}: the training split ({len(i_train)} rows) holds a single "
                        "class; expected at least 2 (add rows or lower --test-size)")
     fitted = StandardScaler().fit(table.X if scaler == "all" else table.X[i_train])
@@ -148,7 +151,7 @@ def split(table: _data.Table, test_size: float, scaler: str) -> Split:
         return ((X - mean) / scale).astype(np.float32)
 
     return Split(standardise(table.X[i_train]), standardise(table.X[i_test]),
-                 table.y[i_train], table.y[i_test], mean, scale,
+                 y[i_train], y[i_test], mean, scale,
                  table.X[i_train], table.X[i_test])
 
 
@@ -180,22 +183,18 @@ def loss_module(task: str, recipe: Recipe, backend: str, weights: np.ndarray | N
     its sigmoid) against ``y (1 - eps) + eps / 2`` with the per-row weight ``w[y]`` (a mean over
     the rows; balanced weights average 1 over the training rows, so it is the same scale).
     """
+    import importlib
+
     import torch
 
-    if backend == "xent":
-        import xent.torch as F
-    else:
-        import torch.nn.functional as F
-
+    F: Any = importlib.import_module("xent.torch" if backend == "xent"
+                                     else "torch.nn.functional")
     eps = recipe.label_smoothing
     w = None if weights is None else torch.tensor(weights, dtype=torch.float32)
-    options = [f"class weights {', '.join(f'{v:.4g}' for v in weights)}"] if w is not None else []
+    options = ([f"class weights {', '.join(f'{v:.4g}' for v in weights)}"]
+               if weights is not None else [])
     options += [f"label smoothing {eps:g}"] if eps else []
     suffix = f" ({'; '.join(options)})" if options else ""
-    if task == "multiclass":
-        def apply(net, X, y):
-            return F.cross_entropy(net.logits(X), y, weight=w, label_smoothing=eps)
-        return "cross_entropy" + suffix, apply
 
     def target(y):
         return y * (1 - eps) + eps / 2 if eps else y
@@ -203,16 +202,22 @@ def loss_module(task: str, recipe: Recipe, backend: str, weights: np.ndarray | N
     def row_weights(y):
         return None if w is None else w[y.long()]
 
-    if recipe.binary_loss == "sigmoid":
-        def apply(net, X, y):
-            return F.binary_cross_entropy(torch.sigmoid(net.logits(X)), target(y),
-                                          weight=row_weights(y))
-        return "binary_cross_entropy(sigmoid(logit))" + suffix, apply
+    def cross_entropy(net, X, y):
+        return F.cross_entropy(net.logits(X), y, weight=w, label_smoothing=eps)
 
-    def apply(net, X, y):
+    def bce_of_sigmoid(net, X, y):
+        return F.binary_cross_entropy(torch.sigmoid(net.logits(X)), target(y),
+                                      weight=row_weights(y))
+
+    def bce_with_logits(net, X, y):
         return F.binary_cross_entropy_with_logits(net.logits(X), target(y),
                                                   weight=row_weights(y))
-    return "binary_cross_entropy_with_logits" + suffix, apply
+
+    if task == "multiclass":
+        return "cross_entropy" + suffix, cross_entropy
+    if recipe.binary_loss == "sigmoid":
+        return "binary_cross_entropy(sigmoid(logit))" + suffix, bce_of_sigmoid
+    return "binary_cross_entropy_with_logits" + suffix, bce_with_logits
 
 
 @contextlib.contextmanager
@@ -314,8 +319,9 @@ def validation_split(y: np.ndarray, val_size: float) -> tuple[np.ndarray, np.nda
                                         random_state=SPLIT_RANDOM_STATE, stratify=y)
     except ValueError as e:
         raise CLIError(f"--val-size {val_size:g}: cannot hold out a stratified validation "
-                       f"split of {n} training rows ({e}); give a larger --val-size, more rows, "
-                       "or --val-size 0") from None
+                       f"split of {n} training rows ({e}); expected every class to have 2 or "
+                       "more training rows and the split to hold one of each: add rows, change "
+                       "--val-size, or give --val-size 0 (no validation split)") from None
     return np.sort(i_fit), np.sort(i_val)
 
 
@@ -641,7 +647,7 @@ def run(args) -> int:
         if args.target is not None:
             raise CLIError("--target names a column of --data CSV, but no --data was given")
         tasks = ["binary", "multiclass"] if args.task in (None, "both") else [args.task]
-        jobs = [(task, None) for task in tasks]
+        jobs: list[tuple[str, _data.Table | None]] = [(task, None) for task in tasks]
     else:
         if args.target is None:
             raise CLIError(f"--data {args.data} needs --target COLUMN: the column that holds "
@@ -663,9 +669,8 @@ def run(args) -> int:
     for out in outs:
         _model.make_dir(out)  # before training: a bad --out fails in a second, not a minute
     show_bar = not args.quiet and sys.stderr.isatty()
-    for i, ((task, table), out) in enumerate(zip(jobs, outs, strict=True)):
-        if table is None:
-            table = _data.builtin(task)
+    for i, ((task, given), out) in enumerate(zip(jobs, outs, strict=True)):
+        table = _data.builtin(task) if given is None else given
         recipe = resolve_recipe(args, len(table.X))
         result = train(table, task, recipe, seed=args.seed, test_size=args.test_size,
                        loss=args.loss, progress=show_bar)
