@@ -148,12 +148,7 @@ def _describe(s: Any) -> str:
 
 # Known failures in the lead's area (cross-entropy core, xent.torch): (key, kind, dtype, layout,
 # index, api) -> reason. Each is xfail(strict=True), so a fix shows up as an unexpected pass.
-LEAD_XFAILS: dict[tuple[str, str, str, str, int, str], str] = {
-    **{("linear_cross_entropy", "error", dt, "contiguous", 3, "drop-in"):
-       "linear_cross_entropy(x, W, probabilities, ignore_index=0) gives a loss; torch raises "
-       "'ignore_index cannot be specified when target contains probabilities'"
-       for dt in DTYPES},
-}
+LEAD_XFAILS: dict[tuple[str, str, str, str, int, str], str] = {}
 
 
 def _cases(keys: list[str], kinds: tuple[str, ...], api: str) -> Iterator[Any]:

@@ -147,10 +147,9 @@ def split(table: _data.Table, test_size: float, scaler: str) -> Split:
     mean = np.asarray(fitted.mean_, dtype=np.float64)
     scale = np.asarray(fitted.scale_, dtype=np.float64)  # 1 for constant columns
 
-    def standardise(X):
-        return ((X - mean) / scale).astype(np.float32)
-
-    return Split(standardise(table.X[i_train]), standardise(table.X[i_test]),
+    # The one scaling formula, with the overflow check naming the file's row and column.
+    return Split(_data.standardised(table, mean, scale, rows=i_train),
+                 _data.standardised(table, mean, scale, rows=i_test),
                  y[i_train], y[i_test], mean, scale,
                  table.X[i_train], table.X[i_test])
 
