@@ -166,13 +166,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def _fallback(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
               options, torch_options):
-    if not options.extended:
+    if not options.extended:  # ignore_index None: PyTorch's own default and checks
         return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias,
                                       weight=weight, reduction=reduction,
                                       ignore_index=ignore_index, label_smoothing=
                                       options.label_smoothing, options=torch_options)
     return _reference.cross_entropy(
-        F.linear(input, linear_weight, linear_bias), target, weight, ignore_index, reduction,
+        F.linear(input, linear_weight, linear_bias), target, weight,
+        -100 if ignore_index is None else ignore_index, reduction,
         options.label_smoothing, options.lse_square_scale, options.softcap, options.return_lse)
 
 
@@ -265,7 +266,8 @@ def linear_cross_entropy(
     if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
     ii = -100 if ignore_index is None else ignore_index
-    fallback = (input, linear_weight, target, linear_bias, weight, reduction, ii, opts, options)
+    fallback = (input, linear_weight, target, linear_bias, weight, reduction, ignore_index, opts,
+                options)
     if (_bridge.tracing() or not isinstance(input, torch.Tensor) or input.dim() not in (1, 2)
             or not isinstance(linear_weight, torch.Tensor) or linear_weight.dim() != 2):
         return _fallback(*fallback)  # PyTorch's own checks (and its K-dimensional weights)
