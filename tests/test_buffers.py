@@ -194,13 +194,6 @@ def test_a_release_inside_take_never_hands_out_a_smaller_buffer():
     del out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead: xent._kernels._threads.run_rows: a helper's queued work item (the `work` "
-    "closure) keeps the call's arrays, the output buffer included, alive until that helper "
-    "runs, after the call has returned; clear the closure's arguments when the last block is "
-    "done",
-)
 def test_a_dropped_output_is_idle_even_while_a_kernel_helper_is_busy():
     """Deterministic form of the scheduling race: the one helper thread is kept busy while a
     parallel softmax runs (the calling thread takes every block), so the helper's work item is

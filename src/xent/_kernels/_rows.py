@@ -137,27 +137,9 @@ def _max_sum_exp(r):
 
     Non-finite rows: returns s = NaN when the row has a NaN or a +inf, or is all -inf (the rows
     for which PyTorch's log_softmax is NaN). A block that is all -inf adds exactly 0.
+    (The one implementation is :func:`_max_sum_exp_copy`, here without the copy.)
     """
-    C = r.shape[0]
-    dt = r.dtype.type
-    m = dt(-np.inf)
-    s = dt(0)
-    for lo in range(0, C, _BLOCK):
-        blk = r[lo : min(lo + _BLOCK, C)]
-        mb = _max(blk)
-        if mb != mb or mb == np.inf:
-            return mb, dt(np.nan)
-        if mb == -np.inf:  # adds exactly 0, unless a (negative) NaN hides among the -inf
-            if _has_nan(blk):
-                return mb, dt(np.nan)
-            continue
-        if mb > m:
-            s = s * dt(math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
-            m = mb
-        s += _sum_exp(blk, m)
-    if m == -np.inf:
-        return m, dt(np.nan)
-    return m, s
+    return _max_sum_exp_copy(r, r, False)
 
 
 # Loops that write a row come in two compiled forms from one source: into another array, and
@@ -572,9 +554,9 @@ def _copy(r, out):
 
 @_jit
 def _max_sum_exp_copy(r, out, copy):
-    """:func:`_max_sum_exp` (the same online pass and non-finite results) that, with ``copy``,
-    also copies the row into out on the way: the row's output is then written while the row is
-    read from memory, and the second pass runs in the cache."""
+    """:func:`_max_sum_exp`'s online pass that, with ``copy``, also copies the row into out on
+    the way: the row's output is then written while the row is read from memory, and the second
+    pass runs in the cache."""
     C = r.shape[0]
     dt = r.dtype.type
     m = dt(-np.inf)

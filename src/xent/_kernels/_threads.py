@@ -60,6 +60,7 @@ def run_rows(fn, rows: int, cols: int, args: tuple) -> None:
     done = threading.Condition()
     finished = [0]
     errors: list[BaseException] = []
+    job = [args]  # emptied when the call is done: a helper scheduled late keeps no array alive
 
     def work() -> None:
         while True:
@@ -67,7 +68,7 @@ def run_rows(fn, rows: int, cols: int, args: tuple) -> None:
             if k >= blocks:
                 return
             try:
-                fn(*args, bounds[k], bounds[k + 1])
+                fn(*job[0], bounds[k], bounds[k + 1])
             except BaseException as exc:  # re-raised on the calling thread
                 errors.append(exc)
             with done:
@@ -82,5 +83,6 @@ def run_rows(fn, rows: int, cols: int, args: tuple) -> None:
     with done:
         while finished[0] < blocks:
             done.wait()
+    job[0] = None
     if errors:
         raise errors[0]
