@@ -39,6 +39,8 @@ def problem_for(
 ) -> Problem:
     """The core's validation step for a call on tensors (logits of ``shape``, default
     ``input``'s)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     dt = compute_dtype(input)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
