@@ -61,12 +61,19 @@ def backend(request):
         yield name
 
 
-# Whole files of slow tests (subprocesses of the command line, torch.distributed, scikit-learn's
-# estimator checks); single slow tests elsewhere carry @pytest.mark.slow themselves.
-_SLOW_FILES = ("test_cli_", "test_torch_parallel", "test_sklearn")
+# `python3 tasks.py test-fast` (-m "not slow") keeps the NumPy backend's conformance suite, the
+# torch drop-ins and the tutorials' numbers. Slow: whole files (subprocesses of the command line,
+# torch.distributed, scikit-learn's estimator checks, PyTorch's OpInfo sweep, the kernels' own
+# sweeps and the cross-product of options and entry points) and every test run on the numba
+# backend (first compiles, then the same assertions as on numpy). Single slow tests elsewhere
+# carry @pytest.mark.slow themselves.
+_SLOW_FILES = ("test_cli_", "test_torch_parallel", "test_sklearn", "test_opinfo", "test_kernels",
+               "test_vexp", "test_core_options", "test_core_properties")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name.startswith(_SLOW_FILES):
+        params = getattr(item, "callspec", None)
+        numba = params is not None and params.params.get("backend") == "numba"
+        if numba or item.path.name.startswith(_SLOW_FILES):
             item.add_marker(pytest.mark.slow)
