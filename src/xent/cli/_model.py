@@ -232,8 +232,16 @@ def read_model(model: str | Path) -> ModelFiles:
     """
     model = Path(model)
     gone = f"{_files.short(model)}: the model kept changing while being read"
-    for _ in range(_READ_ATTEMPTS):
-        folder, meta_name = _meta_location(model)
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            folder, meta_name = _meta_location(model)
+        except CLIError:
+            # A reader between a run's two renames finds the set-aside folder, which the run
+            # may empty and remove before it is read: look again; a real mistake stays one.
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * 2**attempt)
+            continue
         meta_path = folder / meta_name
         try:
             dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
