@@ -23,7 +23,6 @@ from torch.nn import _reduction as _Reduction
 from xent import _buffers
 
 _FAST_DTYPES = (torch.float32, torch.float64)
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 #: Below this many input elements PyTorch's own op runs even where xent's could: the bridge costs
 #: tens of microseconds (autograd Function, NumPy views), more than the whole loss of a small
