@@ -242,3 +242,16 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def spy(monkeypatch, targets, on_call: Callable[[str], object]) -> None:
+    """Wrap each ``(module, attribute, label)`` of ``targets`` so that every call first runs
+    ``on_call(label)``, then the real function (a test proves which path ran)."""
+    for module, attr, label in targets:
+        real = getattr(module, attr)
+
+        def wrapper(*args, _real=real, _label=label, **kwargs):
+            on_call(_label)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, attr, wrapper)

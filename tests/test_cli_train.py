@@ -169,24 +169,20 @@ def test_loss_torch_agrees_with_xent_in_the_tutorial_recipe(tmp_path, monkeypatc
 def test_training_calls_xent_losses_for_every_batch(tmp_path, monkeypatch):
     """In-process: with --loss xent, each batch's loss and gradient come from xent's functions
     (through xent.torch), not from torch.nn.functional."""
+    import collections
+
     import torch.nn.functional as F
 
     import xent
+    from helpers import spy
     from xent import _cross_entropy
     from xent.cli import main
 
-    calls = {"cross_entropy": 0, "binary_cross_entropy_with_logits": 0}
+    calls: collections.Counter = collections.Counter()
     # xent.torch's drop-in and xent.cross_entropy both end in the core's solve()
-    for module, attr, name in ((_cross_entropy, "solve", "cross_entropy"),
-                               (xent, "binary_cross_entropy_with_logits",
-                                "binary_cross_entropy_with_logits")):
-        original = getattr(module, attr)
-
-        def counted(*a, _name=name, _original=original, **k):
-            calls[_name] += 1
-            return _original(*a, **k)
-
-        monkeypatch.setattr(module, attr, counted)
+    spy(monkeypatch, [(_cross_entropy, "solve", "cross_entropy"),
+                      (xent, "binary_cross_entropy_with_logits",
+                       "binary_cross_entropy_with_logits")], lambda n: calls.update((n,)))
 
     def forbidden(*a, **k):
         raise AssertionError("torch.nn.functional's loss ran instead of xent's")

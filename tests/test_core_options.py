@@ -6,6 +6,7 @@ through the one validation step. The reproducers of issue 9 are tests named afte
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch.distributed as dist
 
 import xent
 import xent.torch as xt
+from helpers import spy
 from xent.torch import _reference
 
 INF, NAN = float("inf"), float("nan")
@@ -35,15 +37,9 @@ def kernel_calls(monkeypatch):
     pytest.importorskip("numba")
     import xent._kernels as kernels
 
-    count = {"ce_index": 0, "ce_prob": 0}
-    for name in count:
-        real = getattr(kernels, name)
-
-        def spy(*a, _real=real, _name=name, **k):
-            count[_name] += 1
-            return _real(*a, **k)
-
-        monkeypatch.setattr(kernels, name, spy)
+    count: collections.Counter = collections.Counter()
+    spy(monkeypatch, [(kernels, n, n) for n in ("ce_index", "ce_prob")],
+        lambda n: count.update((n,)))
     return count
 
 

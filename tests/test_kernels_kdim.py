@@ -22,7 +22,7 @@ import torch.nn.functional as F
 pytest.importorskip("numba")
 
 import xent  # noqa: E402
-from helpers import assert_close  # noqa: E402
+from helpers import assert_close, spy  # noqa: E402
 from xent import _activations, _cross_entropy  # noqa: E402
 from xent import _kernels as K  # noqa: E402
 
@@ -54,14 +54,7 @@ LARGE = {(2, 3000, 70), (8, 1000, 160)}
 def calls(monkeypatch):
     """Count the kernel calls the public functions make (they look kernels up on the module)."""
     counts: collections.Counter = collections.Counter()
-    for name in KERNELS:
-        fn = getattr(K, name)
-
-        def spy(*args, _fn=fn, _name=name, **kwargs):
-            counts[_name] += 1
-            return _fn(*args, **kwargs)
-
-        monkeypatch.setattr(K, name, spy)
+    spy(monkeypatch, [(K, name, name) for name in KERNELS], lambda n: counts.update((n,)))
     with xent.use_backend("numba"):
         yield counts
 

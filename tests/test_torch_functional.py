@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import xent
 import xent.torch as xt
+from helpers import spy
 from xent import _cross_entropy
 from xent.torch import _reference
 
@@ -53,19 +54,12 @@ def no_small_cutoff(monkeypatch):
 @pytest.fixture
 def count_core(monkeypatch):
     """Count the calls that reach xent's core (proves the fast path was taken)."""
-    calls = []
-    for module, attr, name in ((_cross_entropy, "solve", "cross_entropy"),
-                               (_cross_entropy, "nll_solve", "nll_loss"),
-                               (xent, "binary_cross_entropy", "binary_cross_entropy"),
-                               (xent, "binary_cross_entropy_with_logits",
-                                "binary_cross_entropy_with_logits")):
-        real = getattr(module, attr)
-
-        def wrapper(*a, _real=real, _name=name, **k):
-            calls.append(_name)
-            return _real(*a, **k)
-
-        monkeypatch.setattr(module, attr, wrapper)
+    calls: list[str] = []
+    spy(monkeypatch, [(_cross_entropy, "solve", "cross_entropy"),
+                      (_cross_entropy, "nll_solve", "nll_loss"),
+                      (xent, "binary_cross_entropy", "binary_cross_entropy"),
+                      (xent, "binary_cross_entropy_with_logits",
+                       "binary_cross_entropy_with_logits")], calls.append)
     return calls
 
 
