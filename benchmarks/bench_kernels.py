@@ -3,6 +3,7 @@
     python3 tasks.py bench              # the full sweep (a few minutes on 2 cores)
     python3 tasks.py bench --quick      # a smoke run (seconds)
     python3 tasks.py bench --crossover  # also the NumPy/kernel sweep behind _dispatch's threshold
+    python3 tasks.py bench --only half  # one section: core, half, compile, small, linear
 
 One process, one run: every contender is timed on the same inputs, interleaved repeat by repeat
 in a rotating order with a short pause before each call (so load from other processes, and other
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import platform
@@ -47,6 +49,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the section scripts (SECTIONS)
 
 import xent  # noqa: E402
 
@@ -593,7 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per contender")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--crossover", action="store_true", help="also the NumPy/kernel crossover")
+    ap.add_argument("--only", action="append", choices=["core", *SECTIONS], default=None,
+                    help="run only these sections (repeatable; default: all)")
     args = ap.parse_args(argv)
+    only = set(args.only or ["core", *SECTIONS])
     repeats = args.repeats or (3 if args.quick else 7)
 
     print("xent kernel benchmark", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
@@ -601,6 +607,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}; repeats: {repeats}")
     print("times are medians; 'vs torch' = torch time / contender time (>1: faster than torch)")
 
+    if "core" in only:
+        core_tables(args, repeats)
+    # 16-bit floats, torch.compile, small batches, linear cross-entropy: their own modules
+    for name, module in SECTIONS.items():
+        if name in only:
+            importlib.import_module(module).run(repeats, args.quick)
+
+    if "core" in only:
+        print(
+            "\nFirst use of the kernels (fresh process; NUMBA_CACHE_DIR = a new temporary "
+            "directory):"
+        )
+        print(first_use())
+    return 0
+
+
+#: Sections in their own scripts (each has ``run(repeats, quick)``), run after the core tables.
+SECTIONS = {
+    "half": "bench_half",
+    "compile": "bench_compile",
+    "small": "bench_small",
+    "linear": "bench_linear",
+}
+
+
+def core_tables(args: argparse.Namespace, repeats: int) -> None:
+    """The float32 tables: cross-entropy, options, K-dim, softmax, BCE, tiny inputs."""
     rng = np.random.default_rng(0)
     main_shape = (512, 4096) if args.quick else (4096, 32768)
     big_shape = None if args.quick else (8192, 128256)
@@ -708,12 +741,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.crossover:
         crossover()
-
-    print(
-        "\nFirst use of the kernels (fresh process; NUMBA_CACHE_DIR = a new temporary directory):"
-    )
-    print(first_use())
-    return 0
 
 
 if __name__ == "__main__":
