@@ -4,6 +4,7 @@ large vocabularies, and vocabulary-parallel cross-entropy over `torch.distribute
 See ``docs/torch.md``.
 """
 
+from ._activations import log_softmax, softmax
 from ._bridge import get_min_elements, min_elements, set_min_elements
 from ._functional import (
     binary_cross_entropy,
@@ -27,9 +28,11 @@ __all__ = [
     "default_chunk_size",
     "get_min_elements",
     "linear_cross_entropy",
+    "log_softmax",
     "min_elements",
     "nll_loss",
     "set_min_elements",
+    "softmax",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
 ]
