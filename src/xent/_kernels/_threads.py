@@ -12,9 +12,11 @@ serial one under load; benchmarks/README.md). Here instead:
   scheduled yet when the caller runs out of blocks finds nothing to do later, so it costs nothing:
   in the worst case the call runs serially, never slower.
 
-Threads: ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``). The
-helpers block on a queue while idle (they never spin). Calls from several Python threads at once
-are safe: every call has its own counter and completion count.
+Threads: ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``), read by
+`thread_count` without starting Numba's threading layer (see there: starting it changes the
+OpenMP runtime PyTorch shares). The helpers block on a queue while idle (they never spin). Calls
+from several Python threads at once are safe: every call has its own counter and completion
+count.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
+from numba.np.ufunc import parallel as _numba_parallel
 
 # Below this many elements (or with one row) the kernel runs on the calling thread alone: the
 # hand-off to a helper costs tens of microseconds. From 1M elements (~1 ms of serial work; e.g. a
@@ -48,9 +51,29 @@ def _helpers(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def thread_count() -> int:
+    """Numba's thread count for this thread, without starting Numba's threading layer.
+
+    ``numba.get_num_threads()`` first launches the threading layer, and its OpenMP layer (the
+    one chosen where PyTorch is loaded: both then use the process's one ``libgomp.so.1``) calls
+    ``omp_set_num_threads(NUMBA_NUM_THREADS)`` on the calling thread. PyTorch's intra-op thread
+    count is that OpenMP setting, so a ``torch.set_num_threads(1)`` made before was silently
+    undone and every later PyTorch op ran on all cores. xent's kernels never use that layer (the
+    helpers here are plain Python threads), so until someone else has started it (which
+    ``numba.set_num_threads`` does) the count is ``NUMBA_NUM_THREADS`` and nothing is launched.
+
+    Example:
+        >>> thread_count() >= 1
+        True
+    """
+    if getattr(_numba_parallel, "_is_initialized", True):  # started: reading it changes nothing
+        return numba.get_num_threads()
+    return numba.config.NUMBA_NUM_THREADS
+
+
 def run_rows(fn, rows: int, cols: int, args: tuple) -> None:
     """Call ``fn(*args, lo, hi)`` over ``[0, rows)`` in blocks, on up to the Numba thread count."""
-    threads = numba.get_num_threads()
+    threads = thread_count()
     if threads <= 1 or rows < 2 or rows * cols < PARALLEL_MIN_ELEMENTS:
         fn(*args, 0, rows)
         return

@@ -414,11 +414,6 @@ def fit_network(X: np.ndarray, y: np.ndarray, task: str, recipe: Recipe, num_cla
                     if not math.isfinite(v):  # the last step made the weights non-finite
                         _diverged(bar, progress, recipe, epoch, f"the {name} loss is {v}")
                     history[f"{name}_loss"].append(v)
-            # A large evaluation runs xent's Numba kernel on Numba's thread pool, which leaves
-            # OpenMP's thread count at the pool's size under PyTorch (torch.get_num_threads()
-            # still says 1): every later step then ran its small matmuls on all threads, 5-10x
-            # slower on a busy 2-core machine (benchmarks/bench_scale.py). Pin it again.
-            torch.set_num_threads(1)
             history["epoch_loss"].append(total / n)
             if progress:
                 shown = {k: f"{history[f'{k}_loss'][-1]:.4f}" for k in ("val", "test")
