@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import xent
 import xent.torch as xt
 from xent.torch import _reference
 
@@ -195,3 +196,182 @@ def test_weight_gradient_is_handed_over_without_a_copy():
     precomputed = loss.grad_fn.grads[1].data_ptr()
     loss.backward()
     assert Wl.grad.data_ptr() == precomputed
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch 2.13's K-dimensional weight: linear_weight (C, d1, ..., dK, H), logits (N, C, d1, ..)
+
+
+def _kdim_problem(seed, n=9, h=5, c=6, out=(3, 2), dtype=torch.float64, prob=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, h, generator=g, dtype=dtype)
+    W = torch.randn(c, *out, h, generator=g, dtype=dtype)
+    b = torch.randn(c, *out, generator=g, dtype=dtype)
+    if prob:
+        t = torch.softmax(torch.randn(n, c, *out, generator=g, dtype=dtype), 1)
+    else:
+        t = torch.randint(0, c, (n, *out), generator=g)
+        t.view(-1)[::4] = -100
+    w = torch.rand(c, generator=g, dtype=dtype) + 0.5
+    return x, W, b, t, w
+
+
+@pytest.fixture
+def kdim_calls(monkeypatch):
+    """Which cross-entropy kernels the chunks ran: the K-dimensional ones or the row ones."""
+    from helpers import spy
+    from xent import _cross_entropy, _kernels
+    seen: list[str] = []
+    spy(monkeypatch, [(_kernels, "ce_index_kdim", "kdim"), (_kernels, "ce_prob_kdim", "kdim"),
+                      (_cross_entropy, "backend_rows", "rows")], seen.append)
+    return seen
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("prob", [False, True])
+@pytest.mark.parametrize("out", [(3, 2), (4,)])
+def test_kdim_weight_matches_torch(kdim_calls, backend, reduction, prob, out):
+    x, W, b, t, w = _kdim_problem(11, out=out, prob=prob)
+    go = torch.rand(t.shape if not prob else (t.shape[0], *t.shape[2:]), dtype=x.dtype) \
+        if reduction == "none" else None
+    kw = dict(weight=w, reduction=reduction, label_smoothing=0.1)
+    with xent.use_backend(backend):
+        ours = _grads(lambda a, B, c: xt.linear_cross_entropy(a, B, t, linear_bias=c,
+                                                              chunk_size=4, **kw), x, W, b, go)
+    assert kdim_calls and set(kdim_calls) == {"kdim" if backend == "numba" else "rows"}
+    ref = _grads(lambda a, B, c: F.linear_cross_entropy(a, B, t, linear_bias=c, **kw), x, W, b,
+                 go)
+    _compare(ours, ref, torch.float64, f"{backend} {reduction} prob={prob} out={out}")
+    assert ours[0].shape == ref[0].shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kdim_weight_with_the_options(dtype):
+    """z-loss, soft-capping and lse need the row kernel: the class axis is moved last per chunk."""
+    x, W, b, t, w = _kdim_problem(12, dtype=dtype)
+    logits = lambda a, B, c: (a @ B.reshape(-1, a.shape[1]).T + c.reshape(-1)).reshape(  # noqa: E731
+        a.shape[0], *B.shape[:-1])
+    for zs, cap in ((1e-2, None), (0.0, 3.0), (1e-2, 3.0)):
+        ours = _grads(lambda a, B, c, zs=zs, cap=cap: xt.linear_cross_entropy(
+            a, B, t, linear_bias=c, weight=w, chunk_size=2, lse_square_scale=zs, softcap=cap),
+            x, W, b)
+        ref = _grads(lambda a, B, c, zs=zs, cap=cap: _reference.cross_entropy(
+            logits(a, B, c), t, w, -100, "mean", 0.0, zs, cap, False), x, W, b)
+        _compare(ours, ref, dtype, f"z={zs} cap={cap}")
+    _, lse = xt.linear_cross_entropy(x, W, t, linear_bias=b, return_lse=True, chunk_size=4)
+    torch.testing.assert_close(lse, torch.logsumexp(logits(x, W, b), 1), **TOL[dtype])
+
+
+def test_kdim_weight_errors_are_pytorchs_or_say_what_was_expected():
+    x, W, b, t, w = _kdim_problem(13)
+    with pytest.raises(RuntimeError, match="requires batched input"):  # PyTorch's own check
+        xt.linear_cross_entropy(x[0], W, t[0])
+    with pytest.raises(ValueError, match=r"linear_bias must have shape \(6, 3, 2\)"):
+        xt.linear_cross_entropy(x, W, t, linear_bias=b.reshape(-1))
+    with pytest.raises(ValueError, match=r"has 4 features .*: expected \(C, d1, ..., dK, 4\)"):
+        xt.linear_cross_entropy(x[:, :4], W, t)
+    with pytest.raises(ValueError, match=r"shape \(9, 3, 2\)"):
+        xt.linear_cross_entropy(x, W, t[:, :, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch's options and ignore_index=None
+
+
+def test_options_chunking_is_honoured(monkeypatch):
+    from helpers import spy
+    from xent import _cross_entropy
+    calls: list[str] = []
+    spy(monkeypatch, [(_cross_entropy, "backend_rows", "chunk")], calls.append)
+    x, W, b, t, w = _problem(14, n=40, h=8, v=64, dtype=torch.float32)
+    Opt = torch.nn.LinearCrossEntropyOptions
+    cases = [(Opt(batch_chunk_size=16), 3),  # ceil(40 / 16)
+             (Opt(chunking_method="aspect_ratio"),  # PyTorch's pick: next_pow2(ceil(40/8)) = 8
+              -(-40 // Opt()._compute_batch_chunk_size(40, 8, 64, "aspect_ratio"))),
+             (Opt(), 1)]  # "auto": xent's default chunk (one chunk at this size)
+    for opt, chunks in cases:
+        calls.clear()
+        loss = xt.linear_cross_entropy(x, W.requires_grad_(True), t, options=opt)
+        assert len(calls) == chunks, opt
+        torch.testing.assert_close(loss, F.cross_entropy(x @ W.T, t), **TOL[torch.float32])
+    with pytest.raises(ValueError, match="give different chunk sizes"):  # PyTorch's check
+        xt.linear_cross_entropy(x, W, t, options=Opt(batch_chunk_size=3,
+                                                     chunking_method="aspect_ratio"))
+
+
+def test_ignore_index_none_means_minus_100_and_is_refused_with_probabilities():
+    x, W, b, t, w = _problem(15, dtype=torch.float32)
+    torch.testing.assert_close(xt.linear_cross_entropy(x, W, t),
+                               F.cross_entropy(x @ W.T, t, ignore_index=-100))
+    y = torch.softmax(torch.randn(x.shape[0], W.shape[0]), 1)
+    with pytest.raises(ValueError, match="cannot be given with class-probability"):
+        xt.linear_cross_entropy(x, W, y, ignore_index=-100)
+    torch.testing.assert_close(xt.linear_cross_entropy(x, W, y),
+                               F.linear_cross_entropy(x, W, y), **TOL[torch.float32])
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+
+
+def _module_pair(seed, **kw):
+    torch.manual_seed(seed)
+    theirs = torch.nn.LinearCrossEntropyLoss(5, 6, **kw)
+    torch.manual_seed(seed + 1)
+    ours = xt.LinearCrossEntropyLoss(5, 6, **kw)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"bias": True}, {"out_features": (3, 2), "bias": True},
+    {"out_features": (4,), "reduction": "none", "label_smoothing": 0.2},
+    {"weight": torch.rand(6) + 0.5, "ignore_index": 2, "reduction": "sum"},
+    {"dtype": torch.float64, "bias": True, "options": torch.nn.LinearCrossEntropyOptions()},
+])
+def test_module_matches_torchs_and_state_dicts_load_both_ways(kw):
+    ours, theirs = _module_pair(16, **kw)
+    assert isinstance(ours, torch.nn.LinearCrossEntropyLoss)
+    assert repr(ours).replace("xent.torch.", "") == repr(theirs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()]
+    assert not torch.equal(ours.linear.weight, theirs.linear.weight)  # different seeds
+    # PyTorch's state dict into ours, ours into PyTorch's: strict, every key and shape.
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    for k, v in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+    other = torch.nn.LinearCrossEntropyLoss(5, 6, **kw)
+    other.load_state_dict(ours.state_dict(), strict=True)
+    dt = kw.get("dtype", torch.float32)
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(7, 5, generator=g, dtype=dt, requires_grad=True)
+    t = torch.randint(0, 6, (7, *kw.get("out_features", ())), generator=g)
+    ys = []
+    for m in (ours, theirs, other):
+        m.zero_grad()
+        x.grad = None
+        out = m(x, t)
+        out.backward(torch.ones_like(out))
+        ys.append((out.detach(), x.grad.clone(),
+                   *(p.grad.clone() for p in m.parameters())))
+    for a, e in zip(ys[0], ys[1], strict=True):
+        torch.testing.assert_close(a, e, **TOL[dt])
+    for a, e in zip(ys[2], ys[1], strict=True):
+        torch.testing.assert_close(a, e, **TOL[dt])
+
+
+def test_module_forward_runs_xents_chunked_path(kdim_calls):
+    m = xt.LinearCrossEntropyLoss(5, 6, out_features=(3,), bias=True)
+    with xent.use_backend("numba"):
+        m(torch.randn(4, 5), torch.randint(0, 6, (4, 3))).backward()
+    assert kdim_calls == ["kdim"]
+    assert m.linear.weight.grad.shape == (18, 5) and m.linear.bias.grad.shape == (18,)
+
+
+def test_module_constructor_errors_are_pytorchs():
+    for kw in ({"weight": torch.ones(5)}, {"label_smoothing": 1.5}):
+        with pytest.raises(RuntimeError) as want:
+            torch.nn.LinearCrossEntropyLoss(5, 6, **kw)
+        with pytest.raises(RuntimeError) as got:
+            xt.LinearCrossEntropyLoss(5, 6, **kw)
+        assert str(got.value) == str(want.value)

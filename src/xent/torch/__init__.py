@@ -13,7 +13,13 @@ from ._functional import (
     nll_loss,
 )
 from ._linear import DEFAULT_CHUNK_BYTES, default_chunk_size, linear_cross_entropy
-from ._modules import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss
+from ._modules import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    LinearCrossEntropyLoss,
+    NLLLoss,
+)
 from ._parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
 
 __all__ = [
@@ -21,6 +27,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "DEFAULT_CHUNK_BYTES",
+    "LinearCrossEntropyLoss",
     "NLLLoss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",

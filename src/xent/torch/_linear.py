@@ -14,6 +14,8 @@ and PyTorch's chunked path do) so that ``backward`` is a scale by ``grad_output`
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from xent import _cross_entropy, _reduction
+from xent import _cross_entropy, _dispatch, _reduction
 from xent._problem import Problem, check_options
 
 from . import _bridge, _functional, _reference
@@ -34,6 +36,7 @@ from . import _bridge, _functional, _reference
 #: memory and gain nothing measurable.
 DEFAULT_CHUNK_BYTES = 128 * 2**20
 _MIN_CHUNK_ROWS = 64
+_TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
 def default_chunk_size(num_classes: int, itemsize: int = 4) -> int:
@@ -49,27 +52,76 @@ def default_chunk_size(num_classes: int, itemsize: int = 4) -> int:
 class _Spec:
     """Everything about a call but the differentiable tensors."""
 
-    problem: Problem  # the validated call, logits (N, V)
-    target: np.ndarray  # (N,) int64 or (N, V) probabilities, rows as the kernels take them
+    problem: Problem  # the validated call, logits (N, C, d1, ..., dK) or (N, C)
+    target: np.ndarray  # (N·D,) int64 or (N, C, D) probabilities, as the kernels take them
     chunk: int
     allow_retain_graph: bool
+    positions: int = 1  # D = d1·...·dK: class-axis positions per row of the (N, C·D) logits
+
+
+def _chunk_ce(spec: _Spec, z: np.ndarray, tgt: np.ndarray, rs, rz, grad: np.ndarray | None,
+              spare: np.ndarray | None):
+    """The cross-entropy of one chunk ``z`` (m, C·D) of logits: (ce (m·D,), lse (m·D,) or None,
+    the array holding d loss / d z or None). ``grad``: where the gradient may go (``z`` itself
+    or ``spare``); ``spare``: a second (m, C·D) buffer, needed when D > 1.
+
+    D == 1: the row kernel in place (``backend_rows``). D > 1: the (m, C, D) view goes to the
+    core's K-dimensional kernel where the dispatcher picks one and no option needs the rows
+    (gradient into ``spare``); otherwise the class axis is moved last into ``spare``, the row
+    kernel runs there in place, and the gradient is moved back into ``z``.
+    """
+    p = spec.problem
+    d = spec.positions
+    if d == 1:
+        ce, lse = _cross_entropy.backend_rows(p, z, tgt, rs, rz, grad)
+        return ce, lse, grad
+    m, C = z.shape[0], p.num_classes
+    z3 = z.reshape(m, C, d)
+    name = ("ce_prob" if p.prob else "ce_index") + "_kdim"
+    kdim = None if p.options.extended else getattr(
+        _dispatch.backend_for(name, m * d, C, z.dtype), name, None)
+    eps = p.options.label_smoothing
+    if kdim is not None:
+        g3 = None if grad is None else spare.reshape(m, C, d)
+        if p.prob:
+            ce = kdim(z3, tgt, p.weight, eps, rs, g3)
+        else:
+            ce = kdim(z3, tgt, p.weight, p.ignore_index, eps, rs, g3)
+        return ce.reshape(m * d), None, (None if grad is None else spare)
+    r3 = spare.reshape(m, d, C)
+    np.copyto(r3, z3.transpose(0, 2, 1))
+    rows = r3.reshape(m * d, C)
+    t = np.ascontiguousarray(tgt.transpose(0, 2, 1)).reshape(m * d, C) if p.prob else tgt
+    ce, lse = _cross_entropy.backend_rows(p, rows, t, rs, rz, None if grad is None else rows)
+    if grad is None:
+        return ce, lse, None
+    np.copyto(z3, r3.transpose(0, 2, 1))
+    return ce, lse, z
 
 
 def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
-    """One pass over the chunks. ``row_scale``, ``z_row_scale``: (N,) per-row scales of the
-    cross-entropy and of the z-loss, or None for forward only. ``need``: which of (gx, gW, gb)
-    to compute. Returns (ce rows, lse rows, gx, gW, gb); ce and lse are (N,) NumPy arrays."""
+    """One pass over the chunks. ``W`` (C·D, H), ``b`` (C·D,) or None; ``row_scale``,
+    ``z_row_scale``: (N·D,) per-position scales of the cross-entropy and of the z-loss, or None
+    for forward only. ``need``: which of (gx, gW, gb) to compute. Returns (ce, lse, gx, gW, gb);
+    ce and lse are (N·D,) NumPy arrays in the compute dtype.
+
+    The products run in the input's dtype (bfloat16: oneDNN's bf16 matmul, float32
+    accumulation inside each product); ``grad_b`` accumulates in the compute dtype.
+    """
     n, v = x.shape[0], W.shape[0]
+    d = spec.positions
     dt = x.dtype
+    cdt = spec.problem.dtype
     want_grad = row_scale is not None and any(need)
     chunk = max(1, min(spec.chunk, n))
     buf = torch.empty(chunk, v, dtype=dt)
-    bufn = buf.numpy()
-    ndt = bufn.dtype
-    ce, lse = np.empty(n, ndt), np.empty(n, ndt)
+    bufn = _bridge.as_numpy(buf)
+    spare_t = torch.empty(chunk, v, dtype=dt) if d > 1 else None
+    spare = None if spare_t is None else _bridge.as_numpy(spare_t)
+    ce, lse = np.empty(n * d, cdt), np.full(n * d, np.nan, cdt)
     gx = torch.empty_like(x) if (want_grad and need[0]) else None
     gW = torch.zeros_like(W) if (want_grad and need[1]) else None
-    gb = torch.zeros(v, dtype=dt) if (want_grad and need[2]) else None
+    gb = torch.zeros(v, dtype=_TORCH[cdt]) if (want_grad and need[2]) else None
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
         xs = x[s:e]
@@ -79,38 +131,55 @@ def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
         else:
             torch.addmm(b, xs, W.t(), out=z)
         zn = bufn[: e - s]
-        rs = row_scale[s:e] if want_grad else None
-        rz = z_row_scale[s:e] if (want_grad and z_row_scale is not None) else None
-        ce[s:e], lse[s:e] = _cross_entropy.backend_rows(spec.problem, zn, spec.target[s:e], rs, rz,
-                                                        zn if want_grad else None)
+        pos = slice(s * d, e * d)
+        tgt = spec.target[s:e] if spec.problem.prob else spec.target[pos]
+        rs = row_scale[pos] if want_grad else None
+        rz = z_row_scale[pos] if (want_grad and z_row_scale is not None) else None
+        sp = None if spare is None else spare[: e - s]
+        ce[pos], lse_c, gn = _chunk_ce(spec, zn, tgt, rs, rz, zn if want_grad else None, sp)
+        if lse_c is not None:
+            lse[pos] = lse_c
         if not want_grad:
             continue
+        dz = z if gn is zn else spare_t[: e - s]
         if gx is not None:
-            torch.mm(z, W, out=gx[s:e])
+            torch.mm(dz, W, out=gx[s:e])
         if gW is not None:
-            gW.addmm_(z.t(), xs)
+            gW.addmm_(dz.t(), xs)
         if gb is not None:
-            gb += z.sum(0)
+            gb += dz.sum(0, dtype=gb.dtype)
+    if gb is not None:
+        gb = gb.to(dt)
     return ce, lse, gx, gW, gb
 
 
-def _row_scales(p: Problem, n: int, grad_output: np.ndarray | None):
-    """(N,) scales of the cross-entropy rows and of the z-loss rows (None without z-loss)."""
+def _row_scales(p: Problem, grad_output: np.ndarray | None):
+    """(N·D,) scales of the cross-entropy positions and of the z-loss (None without z-loss)."""
     g: Any
+    m = p.positions
     if p.reduction == "none":
-        g = grad_output.reshape(n).astype(p.dtype)
+        g = grad_output.reshape(m).astype(p.dtype)
     else:
         g = p.dtype.type(1) if grad_output is None else grad_output.reshape(()).astype(p.dtype)
-    rs = np.broadcast_to(_reduction.row_scale(p.reduction, g, p.denom), (n,))
+    rs = np.broadcast_to(_reduction.row_scale(p.reduction, g, p.denom), (m,))
     if not p.options.lse_square_scale:
         return rs, None
-    return rs, np.broadcast_to(_reduction.row_scale(p.reduction, g, p.denom_z), (n,))
+    return rs, np.broadcast_to(_reduction.row_scale(p.reduction, g, p.denom_z), (m,))
 
 
-def _loss(spec: _Spec, ce: np.ndarray, lse: np.ndarray) -> torch.Tensor:
+def _loss(spec: _Spec, ce: np.ndarray, lse: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """The loss (0-d, or the loss shape for 'none') in the input's ``dtype``."""
     p = spec.problem
-    return torch.as_tensor(np.asarray(_cross_entropy.rows_loss(
-        p, ce, lse, None if p.all_valid else p.valid), dtype=p.dtype))
+    loss = np.asarray(_cross_entropy.rows_loss(p, ce, lse, None if p.all_valid else p.valid),
+                      dtype=p.dtype)
+    if p.reduction == "none":
+        loss = loss.reshape(p.loss_shape)
+    return torch.as_tensor(loss).to(dtype)
+
+
+def _lse(spec: _Spec, lse: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """The per-position log-sum-exp in the loss's shape and the input's dtype."""
+    return torch.from_numpy(lse).reshape(spec.problem.loss_shape).to(dtype)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -119,9 +188,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need = tuple(ctx.needs_input_grad[:3])
         ctx.spec = spec
         ctx.need = need
-        n = x.shape[0]
         if spec.problem.reduction != "none" and any(need):
-            ce, lse, gx, gW, gb = _run_chunks(x, W, b, spec, *_row_scales(spec.problem, n, None),
+            ce, lse, gx, gW, gb = _run_chunks(x, W, b, spec, *_row_scales(spec.problem, None),
                                               need)
             ctx.grads = [gx, gW, gb]
         else:
@@ -129,9 +197,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ctx.grads = None
             if any(need):
                 ctx.save_for_backward(x, W, b)
-        lse_t = torch.from_numpy(lse)
+        lse_t = _lse(spec, lse, x.dtype)
         ctx.mark_non_differentiable(lse_t)
-        return _loss(spec, ce, lse), lse_t
+        return _loss(spec, ce, lse, x.dtype), lse_t
 
     @staticmethod
     @once_differentiable
@@ -139,9 +207,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         spec = ctx.spec
         if spec.problem.reduction == "none":
             x, W, b = ctx.saved_tensors
-            g = _bridge.as_numpy(grad_loss.contiguous())
-            _, _, gx, gW, gb = _run_chunks(x, W, b, spec, *_row_scales(spec.problem, x.shape[0], g),
-                                           ctx.need)
+            g = _bridge.as_numpy(grad_loss.to(_TORCH[spec.problem.dtype]).contiguous())
+            _, _, gx, gW, gb = _run_chunks(x, W, b, spec, *_row_scales(spec.problem, g), ctx.need)
             return gx, gW, gb, None
         grads = ctx.grads
         if grads is None:
@@ -164,6 +231,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return out[0], out[1], out[2], None
 
 
+def _flat_linear(input, linear_weight, linear_bias):
+    """PyTorch's logits of the K-dimensional form: ``linear`` on the (C·D, H) view of the
+    weight, reshaped to (N, C, d1, ..., dK)."""
+    if linear_weight.dim() <= 2:
+        return F.linear(input, linear_weight, linear_bias)
+    out = tuple(linear_weight.shape[:-1])
+    flat = F.linear(input, linear_weight.reshape(-1, linear_weight.shape[-1]),
+                    None if linear_bias is None else linear_bias.reshape(-1))
+    return flat.reshape(*input.shape[:-1], *out)
+
+
 def _fallback(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
               options, torch_options):
     if not options.extended:  # ignore_index None: PyTorch's own default and checks
@@ -172,7 +250,7 @@ def _fallback(input, linear_weight, target, linear_bias, weight, reduction, igno
                                       ignore_index=ignore_index, label_smoothing=
                                       options.label_smoothing, options=torch_options)
     return _reference.cross_entropy(
-        F.linear(input, linear_weight, linear_bias), target, weight,
+        _flat_linear(input, linear_weight, linear_bias), target, weight,
         -100 if ignore_index is None else ignore_index, reduction,
         options.label_smoothing, options.lse_square_scale, options.softcap, options.return_lse)
 
@@ -214,30 +292,44 @@ def linear_cross_entropy(
 
     Args:
         input: ``(N, H)`` or ``(H,)`` hidden states.
-        linear_weight: ``(V, H)`` classifier matrix.
-        target: class indices ``(N,)``/``()`` (int64) or probabilities ``(N, V)``/``(V,)``.
-        linear_bias: ``(V,)`` or None.
-        weight: class weights ``(V,)`` or None.
+        linear_weight: ``(V, H)`` classifier matrix, or ``(C, d1, ..., dK, H)`` for PyTorch
+            2.13's K-dimensional loss (batched input only): the logits are then
+            ``(N, C, d1, ..., dK)`` (``input @ W.reshape(-1, H).T`` viewed so) and the
+            cross-entropy runs along ``C`` at each position ``(d1, ..., dK)``.
+        target: class indices ``(N,)``/``()``/``(N, d1, ..., dK)`` (int64) or probabilities of
+            the logits' shape.
+        linear_bias: ``linear_weight``'s shape without its last dimension, or None.
+        weight: class weights ``(C,)`` or None.
         reduction: ``'none'`` | ``'mean'`` | ``'sum'``.
-        ignore_index: ignored target value; None means -100, as in PyTorch.
+        ignore_index: ignored target value; None means -100, as in PyTorch (and must be None
+            with probability targets).
         label_smoothing: ``eps`` in ``[0, 1]``.
-        options: a ``torch.nn.LinearCrossEntropyOptions`` (accepted for compatibility: its
-            ``batch_chunk_size`` is used as ``chunk_size`` and its ``allow_retain_graph``
-            honoured; the fallback path passes it on to PyTorch).
-        chunk_size: rows per chunk; default ``default_chunk_size(V)`` (a 128 MiB buffer).
+        options: a ``torch.nn.LinearCrossEntropyOptions``: its ``batch_chunk_size`` is the
+            chunk size (unless ``chunk_size`` is given), a ``chunking_method`` other than
+            ``"auto"`` picks it by PyTorch's own heuristic, ``allow_retain_graph`` is honoured.
+            ``acc_policy`` and ``acc_dtype`` are ignored: xent's kernels always compute the
+            cross-entropy in float32 or float64 (and ``grad_b`` accumulates in float32 for
+            bfloat16). The fallback path passes ``options`` on to PyTorch.
+        chunk_size: rows per chunk; default ``default_chunk_size(C·d1·...·dK)`` (a 128 MiB
+            buffer; two 64 MiB ones for a K-dimensional weight).
         lse_square_scale: z-loss coefficient ``s``.
         softcap: logit soft-capping value, or None.
-        return_lse: also return the per-row ``lse`` (after soft-capping, not differentiable).
+        return_lse: also return the per-position ``lse`` (after soft-capping, not
+            differentiable).
         allow_retain_graph: keep the precomputed gradients after ``backward`` so that it can
             run again (``retain_graph=True``, gradcheck); by default they are handed to autograd
             without a copy and a second backward raises.
 
     Returns:
-        The loss (0-d, or ``(N,)`` for ``'none'``), and the ``(N,)`` lse with ``return_lse``.
+        The loss (0-d, or the target's shape for ``'none'``) in the input's dtype, and the lse
+        of that shape with ``return_lse``.
 
-    Edge cases: everything ignored gives a NaN mean with zero gradients. Off the fast path
-    (non-CPU, dtypes other than float32/float64, ``(C, d1, ..)`` weights, a target or class
-    weight that requires grad, tracing/compiling) PyTorch's own function runs.
+    Edge cases: everything ignored gives a NaN mean with zero gradients. bfloat16 runs the
+    three products in bfloat16 (oneDNN) and the cross-entropy on xent's kernels on the
+    bfloat16 chunk in place, once the core takes bfloat16 arrays. Off the fast path (non-CPU,
+    float16, bfloat16 before that, mixed dtypes, bfloat16 probability targets, a target or class
+    weight that requires grad, tracing/compiling, unbatched input with a K-dimensional weight)
+    PyTorch's own function runs.
 
     Example:
         >>> import torch
@@ -260,7 +352,6 @@ def linear_cross_entropy(
     """
     opts = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
     if options is not None:
-        chunk_size = chunk_size or getattr(options, "batch_chunk_size", None)
         allow_retain_graph = allow_retain_graph or bool(
             getattr(options, "allow_retain_graph", False))
     if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
@@ -269,50 +360,98 @@ def linear_cross_entropy(
     fallback = (input, linear_weight, target, linear_bias, weight, reduction, ignore_index, opts,
                 options)
     if (_bridge.tracing() or not isinstance(input, torch.Tensor) or input.dim() not in (1, 2)
-            or not isinstance(linear_weight, torch.Tensor) or linear_weight.dim() != 2):
-        return _fallback(*fallback)  # PyTorch's own checks (and its K-dimensional weights)
+            or not isinstance(linear_weight, torch.Tensor) or linear_weight.dim() < 2
+            or (linear_weight.dim() > 2 and input.dim() != 2)):
+        return _fallback(*fallback)  # PyTorch's own checks and errors
     single = input.dim() == 1
-    h, v = input.shape[-1], linear_weight.shape[0]
-    if linear_weight.shape[1] != h:
+    h, C, out = input.shape[-1], linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
+    d = math.prod(out)
+    v = C * d
+    if linear_weight.shape[-1] != h:
+        want = "(V, " if not out else "(C, d1, ..., dK, "
         raise ValueError(f"input has {h} features but linear_weight has shape "
-                         f"{tuple(linear_weight.shape)}: expected (V, {h})")
-    if linear_bias is not None and tuple(linear_bias.shape) != (v,):
-        raise ValueError(f"linear_bias must have shape ({v},), got {tuple(linear_bias.shape)}")
-    shape = (v,) if single else (input.shape[0], v)
+                         f"{tuple(linear_weight.shape)}: expected {want}{h})")
+    if linear_bias is not None and tuple(linear_bias.shape) != (C, *out):
+        raise ValueError(f"linear_bias must have shape {(C, *out)} (linear_weight's shape "
+                         f"without its last dimension), got {tuple(linear_bias.shape)}")
+    shape = (C,) if single else (input.shape[0], C, *out)
     problem = _functional.problem_for(input, target, weight, ii, reduction, opts, shape=shape)
     if problem.prob and ignore_index is not None:
         raise ValueError(f"ignore_index={ignore_index} cannot be given with class-probability "
                          "targets (as torch.nn.functional.linear_cross_entropy)")
-    eligible = (
-        _bridge.fast_path_ok(input, target, weight, small_ok=True)
-        and _bridge.plain_cpu(linear_weight) and linear_weight.dtype == input.dtype
-        and (linear_bias is None or (_bridge.plain_cpu(linear_bias)
-                                     and linear_bias.dtype == input.dtype))
-    )
-    if not eligible:
+    if not _eligible(input, linear_weight, linear_bias, target, weight, problem.prob):
         return _fallback(*fallback)
     x = input[None] if single else input
     n = x.shape[0]
-    rows = problem.y.reshape(n, v) if problem.prob else problem.target
-    spec = _Spec(
-        problem=problem, target=np.ascontiguousarray(rows),
-        chunk=int(chunk_size) if chunk_size else default_chunk_size(v, x.element_size()),
-        allow_retain_graph=allow_retain_graph,
-    )
+    if problem.prob:
+        rows = problem.y.reshape(n, C, d) if d > 1 else problem.y.reshape(n, v)
+    else:
+        rows = problem.target
+    chunk = _chunk_size(chunk_size, options, n, h, v, x)
+    spec = _Spec(problem=problem, target=np.ascontiguousarray(rows),
+                 chunk=chunk or max(1, default_chunk_size(v, x.element_size()) // min(d, 2)),
+                 allow_retain_graph=allow_retain_graph, positions=d)
     xc = x.contiguous()
-    Wc = linear_weight.contiguous()
+    Wc = (linear_weight if not out else linear_weight.reshape(v, h)).contiguous()
+    bc = None if linear_bias is None else linear_bias.reshape(v)
     grad_on = torch.is_grad_enabled() and (
         input.requires_grad or linear_weight.requires_grad
         or (linear_bias is not None and linear_bias.requires_grad))
     if grad_on:
-        loss, lse = _LinearCrossEntropy.apply(xc, Wc, linear_bias, spec)
+        loss, lse = _LinearCrossEntropy.apply(xc, Wc, bc, spec)
     else:
         with torch.no_grad():
-            ce, lse_n, *_ = _run_chunks(xc.detach(), Wc.detach(), None if linear_bias is None
-                                        else linear_bias.detach(), spec, None, None, (False,) * 3)
-            loss, lse = _loss(spec, ce, lse_n), torch.from_numpy(lse_n)
-    if single and reduction == "none":
-        loss = loss.reshape(())
-    if not return_lse:
-        return loss
-    return loss, (lse.reshape(()) if single else lse)
+            ce, lse_n, *_ = _run_chunks(xc.detach(), Wc.detach(), None if bc is None
+                                        else bc.detach(), spec, None, None, (False,) * 3)
+            loss, lse = _loss(spec, ce, lse_n, x.dtype), _lse(spec, lse_n, x.dtype)
+    return (loss, lse) if return_lse else loss
+
+
+def _chunk_size(chunk_size: int | None, options: Any, n: int, h: int, v: int,
+                x: torch.Tensor) -> int | None:
+    """Rows per chunk: ``chunk_size``; else the options' ``batch_chunk_size``, or PyTorch's own
+    heuristic (``options._adjust``) when they name a ``chunking_method`` other than ``"auto"``;
+    else None (xent's default, `default_chunk_size`)."""
+    if chunk_size is not None or options is None:
+        return None if chunk_size is None else int(chunk_size)
+    method = getattr(options, "chunking_method", None)
+    if method not in (None, "auto") and hasattr(options, "_adjust"):
+        return int(options._adjust(num_batches=n, in_features=h, num_classes=v, dtype=x.dtype,
+                                   device=x.device).batch_chunk_size)
+    size = getattr(options, "batch_chunk_size", None)
+    return None if size is None else int(size)
+
+
+_CORE_DTYPES = (torch.float32, torch.float64)
+
+
+@functools.cache
+def _bf16_on_the_kernels() -> bool:
+    """Whether the core takes bfloat16 arrays zero-copy (``xent._validation.is_half``) and the
+    bridge views bfloat16 tensors as ``ml_dtypes.bfloat16`` arrays."""
+    from xent import _validation
+
+    is_half = getattr(_validation, "is_half", None)
+    if is_half is None:
+        return False
+    try:
+        a = _bridge.as_numpy(torch.zeros(1, dtype=torch.bfloat16))
+    except (TypeError, RuntimeError):
+        return False
+    return bool(is_half(a.dtype))
+
+
+def _eligible(input, linear_weight, linear_bias, target, weight, prob: bool) -> bool:
+    """Whether the chunked path on xent's kernels runs: plain CPU tensors of one dtype, float32,
+    float64 or bfloat16 (when the core takes it); ``target`` and ``weight`` not requiring grad;
+    probability targets in float32/float64."""
+    dt = input.dtype
+    if dt not in _CORE_DTYPES and not (dt == torch.bfloat16 and _bf16_on_the_kernels()):
+        return False
+    for t in (input, linear_weight, linear_bias):
+        if t is not None and (not _bridge.plain_cpu(t) or t.dtype != dt):
+            return False
+    for t in (target, weight):
+        if t is not None and (not _bridge.plain_cpu(t) or t.requires_grad):
+            return False
+    return not prob or target.dtype in _CORE_DTYPES

@@ -11,7 +11,7 @@ from typing import cast
 
 import torch
 
-from . import _functional
+from . import _functional, _linear
 
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
@@ -100,3 +100,42 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
             input, target, weight=self.weight, reduction=self.reduction,
             pos_weight=self.pos_weight,
         )
+
+
+class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
+    r"""`torch.nn.LinearCrossEntropyLoss` computed by `xent.torch.linear_cross_entropy`.
+
+    ``LinearCrossEntropyLoss(in_features, num_classes, *, out_features=(), bias=False,
+    device=None, dtype=None, reduction='mean', weight=None, ignore_index=None,
+    label_smoothing=0.0, options=None)`` as in PyTorch 2.13: the module owns the classifier,
+    ``self.linear`` (a `torch.nn.Linear` from ``in_features`` to ``num_classes·Π out_features``
+    outputs, stored two-dimensional and viewed as ``(num_classes, *out_features, in_features)``
+    in ``forward``), and the class ``weight`` buffer, so ``state_dict`` keys (``linear.weight``,
+    ``linear.bias``, ``weight``) and ``repr`` are PyTorch's and a state dict loads either way.
+    ``forward(input, target)`` is the chunked ``linear_cross_entropy(input, W, target, ...)``,
+    which never holds the ``(N, C, *out_features)`` logits: for row ``i`` and position ``k``,
+    with ``z = W x_i + b``, ``loss_ik = lse_k(z) - z_{t_ik, k}`` (weights and smoothing as
+    `CrossEntropyLoss`). ``options`` is honoured as by `linear_cross_entropy`.
+
+    Example:
+        >>> import torch
+        >>> from xent.torch import LinearCrossEntropyLoss
+        >>> _ = torch.manual_seed(0)
+        >>> ours = LinearCrossEntropyLoss(4, 10, out_features=(3,), bias=True)
+        >>> theirs = torch.nn.LinearCrossEntropyLoss(4, 10, out_features=(3,), bias=True)
+        >>> theirs.load_state_dict(ours.state_dict())
+        <All keys matched successfully>
+        >>> x, t = torch.randn(5, 4), torch.randint(0, 10, (5, 3))
+        >>> bool(torch.allclose(ours(x, t), theirs(x, t)))
+        True
+    """
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        shape = (self.num_classes, *self.out_features)
+        bias = self.linear.bias
+        return cast(torch.Tensor, _linear.linear_cross_entropy(
+            input, self.linear.weight.reshape(*shape, self.linear.in_features), target,
+            linear_bias=None if bias is None else bias.reshape(shape), weight=self.weight,
+            reduction=self.reduction, ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing, options=self.options,
+        ))
