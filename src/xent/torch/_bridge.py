@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.autograd.forward_ad  # noqa: F401  (read by tracing)
+from torch._subclasses.fake_tensor import FakeTensor  # torch.export's stand-in for tensors
 from torch.nn import _reduction as _Reduction
 
 from xent import _buffers
@@ -75,6 +76,8 @@ def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: 
 
 
 def tracing() -> bool:
+    """Whether the call is traced or transformed: TorchScript, ``torch.compile`` /
+    ``torch.export`` (`graph_capture`, where `_ops` runs), or forward-mode AD."""
     return (
         torch.jit.is_scripting()
         or torch.jit.is_tracing()
@@ -83,19 +86,33 @@ def tracing() -> bool:
     )
 
 
-def plain_cpu(t: torch.Tensor) -> bool:
+def graph_capture() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` traces the call (and not TorchScript or
+    forward-mode AD): there the drop-ins run xent's custom operators (`_ops`)."""
     return (
-        type(t) in _PLAIN_TYPES
-        and t.device.type == "cpu"
-        and t.layout == torch.strided
-        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+        torch.compiler.is_compiling()
+        and not (torch.jit.is_scripting() or torch.jit.is_tracing())
+        and getattr(torch.autograd.forward_ad, "_current_level", -1) < 0
     )
 
 
-def fast_path_ok(input: object, *others: object, small_ok: bool = False) -> bool:
+def plain_cpu(t: torch.Tensor) -> bool:
+    return (
+        (type(t) in _PLAIN_TYPES or (torch.compiler.is_compiling() and type(t) is FakeTensor))
+        and t.device.type == "cpu"
+        and t.layout == torch.strided
+        and (torch.compiler.is_compiling()  # dynamo cannot call the check (it traces functorch)
+             or not torch._C._functorch.is_functorch_wrapped_tensor(t))
+    )
+
+
+def fast_path_ok(input: object, *others: object, small_ok: bool = False,
+                 captured: bool = False) -> bool:
     """Whether xent's kernels can compute this call: see the module docstring. Inputs of fewer
-    than `MIN_ELEMENTS` elements go to PyTorch unless ``small_ok``."""
-    if not isinstance(input, torch.Tensor) or tracing():
+    than `MIN_ELEMENTS` elements go to PyTorch unless ``small_ok``. ``captured``: the caller
+    runs xent's custom operators (`_ops`) under `graph_capture`, which then does not count as
+    tracing."""
+    if not isinstance(input, torch.Tensor) or (tracing() and not (captured and graph_capture())):
         return False
     if not small_ok and input.numel() < MIN_ELEMENTS:
         return False

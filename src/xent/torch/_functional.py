@@ -17,11 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import xent
-from xent import _cross_entropy
 from xent._problem import Options, Problem, check_options, cross_entropy_problem
 
-from . import _bridge, _reference
+from . import _bridge, _ops, _reference
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "nll_loss"]
@@ -131,8 +129,9 @@ def cross_entropy(
                                         options.label_smoothing, options.lse_square_scale,
                                         options.softcap, options.return_lse)
 
-    if _bridge.tracing():
-        return reference(input)
+    if _bridge.tracing():  # torch.compile / export: xent's custom operator; else PyTorch's ops
+        return _ops.cross_entropy(input, target, weight, ignore_index, reduction, options,
+                                  reference)
     problem = problem_for(input, target, weight, ignore_index, reduction, options)
     if not _bridge.fast_path_ok(input, target, weight, small_ok=options.extended):
         if options.extended:
@@ -143,11 +142,10 @@ def cross_entropy(
     lse = []
 
     def compute(grad: bool):
-        out = _cross_entropy.solve(problem, x, x.dtype, return_grad=grad)
-        out = out if isinstance(out, tuple) else (out,)
+        loss, lse_rows, g = _ops.ce_arrays(problem, x, grad)  # shared with xent::cross_entropy
         if options.return_lse:
-            lse.append(_bridge.from_numpy(out[1]))
-        return out[0], (out[-1] if grad else None)
+            lse.append(_bridge.from_numpy(lse_rows))
+        return loss, g
 
     def differentiable(x: torch.Tensor) -> torch.Tensor:
         out = reference(x)
@@ -198,7 +196,7 @@ def nll_loss(
         return F.nll_loss(x, target, weight, ignore_index=ignore_index, reduction=reduction)
 
     if _bridge.tracing():
-        return reference(input)
+        return _ops.nll_loss(input, target, weight, ignore_index, reduction, reference)
     problem = problem_for(input, target, weight, ignore_index, reduction, fn="nll_loss",
                           probabilities=False)
     if not _bridge.fast_path_ok(input, target, weight):
@@ -206,8 +204,7 @@ def nll_loss(
     x = _bridge.as_numpy(input)
 
     def compute(grad: bool):
-        out = _cross_entropy.nll_solve(problem, x, x.dtype, return_grad=grad)
-        return out if grad else (out, None)
+        return _ops.nll_arrays(problem, x, grad)
 
     return _bridge.run_core(input, compute, _bridge.class_dim_for_none(input, reduction),
                             reference)
@@ -256,15 +253,17 @@ def binary_cross_entropy(
     def reference(x: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy(x, target, weight, reduction=reduction)
 
+    if _bridge.tracing():
+        return _ops.binary_cross_entropy(
+            input, target, weight, reduction, reference, isinstance(target, torch.Tensor)
+            and target.shape == input.shape and _same_shape_after_broadcast(input, weight))
     if (not _bridge.fast_path_ok(input, target, weight) or target.shape != input.shape
             or not _same_shape_after_broadcast(input, weight)):
         return reference(input)
     x, y, w = _bridge.as_numpy(input), _bridge.as_numpy(target), _bridge.as_numpy(weight)
 
     def compute(grad: bool):
-        out = xent.binary_cross_entropy(  # type: ignore[call-overload]
-            x, y, w, reduction, return_grad=grad)
-        return out if grad else (out, None)
+        return _ops.bce_arrays(x, y, w, reduction, grad)
 
     return _bridge.run_core(input, compute, None, reference)
 
@@ -311,6 +310,11 @@ def binary_cross_entropy_with_logits(
         return F.binary_cross_entropy_with_logits(x, target, weight, reduction=reduction,
                                                   pos_weight=pos_weight)
 
+    if _bridge.tracing():
+        return _ops.binary_cross_entropy_with_logits(
+            input, target, weight, pos_weight, reduction, reference,
+            isinstance(target, torch.Tensor) and target.shape == input.shape
+            and _same_shape_after_broadcast(input, weight, pos_weight))
     if (not _bridge.fast_path_ok(input, target, weight, pos_weight)
             or target.shape != input.shape
             or not _same_shape_after_broadcast(input, weight, pos_weight)):
@@ -319,8 +323,6 @@ def binary_cross_entropy_with_logits(
     w, pw = _bridge.as_numpy(weight), _bridge.as_numpy(pos_weight)
 
     def compute(grad: bool):
-        out = xent.binary_cross_entropy_with_logits(  # type: ignore[call-overload]
-            x, y, w, reduction, pw, return_grad=grad)
-        return out if grad else (out, None)
+        return _ops.bce_logits_arrays(x, y, w, pw, reduction, grad)
 
     return _bridge.run_core(input, compute, None, reference)
