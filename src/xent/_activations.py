@@ -13,27 +13,38 @@ import numpy as np
 
 from . import _buffers, _dispatch
 from ._backend_numpy import _QUIET, _log1p_rest, _sigmoid_neg
-from ._validation import as_float, as_float_like, as_result, check_same_shape, normalize_axis
+from ._validation import (
+    as_float,
+    as_float_like,
+    as_result,
+    as_storage,
+    check_same_shape,
+    is_half,
+    normalize_axis,
+)
 
 
 def _cast(x: Any, dtype: Any) -> Any:
     """``x`` cast to ``dtype`` (PyTorch's ``dtype=``: the input is cast before the operation, the
     result has that dtype), or ``x`` itself for ``dtype=None``. Only float dtypes: the result
-    of softmax is never an integer (TypeError otherwise)."""
+    of softmax is never an integer (TypeError otherwise); bfloat16 (``ml_dtypes``) is a float."""
     if dtype is None:
         return x
     try:
         dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"dtype must be a NumPy float dtype or None, got {dtype!r}") from None
-    if dt.kind != "f" or dt.itemsize > 8:
-        raise TypeError(f"dtype must be float16, float32 or float64 (or None), got {dt}")
+    if not (dt.kind == "f" and dt.itemsize <= 8) and not is_half(dt):
+        raise TypeError(
+            f"dtype must be float16, bfloat16, float32 or float64 (or None), got {dt}"
+        )
     return np.asarray(x).astype(dt, copy=False)
 
 
 def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
-    """Run a row kernel (softmax / log_softmax) along ``axis`` of ``x``."""
-    arr, rdt = as_float(x, "x")
+    """Run a row kernel (softmax / log_softmax) along ``axis`` of ``x``; a 16-bit ``x`` goes to
+    the backend as it is (computed in float32, the output written in 16 bits)."""
+    arr, rdt = as_storage(x, "x")
     if arr.ndim == 0:  # a scalar is a 1-element distribution, as in torch
         normalize_axis(axis, 1)  # torch accepts dim 0 or -1 for a 0-d input
         return as_result(_rowwise(op, arr.reshape(1), 0).reshape(()), rdt)
@@ -87,7 +98,8 @@ def softmax(x: Any, axis: int = -1, *, dtype: Any = None) -> np.ndarray:
             has that dtype (``torch.softmax``'s ``dtype=``).
 
     Returns:
-        An array of ``x``'s shape and float dtype (float16 is computed in float32).
+        An array of ``x``'s shape and float dtype (float16 and ``ml_dtypes.bfloat16`` are
+        computed in float32 and rounded to nearest even once).
 
     Edge cases: never overflows for finite input; a row that is all ``-inf`` or holds ``+inf``
     gives nan, as ``torch.softmax`` does; an empty array gives an empty array.

@@ -9,16 +9,53 @@ Every function here follows PyTorch's arithmetic on non-finite input: the row ma
 subtracted as is, so a row whose maximum is +inf or whose entries are all -inf gives nan, as
 ``torch.log_softmax`` does. IEEE warnings for those inputs are silenced locally (``np.errstate``):
 the nan/inf *values* are the documented result.
+
+16-bit floats (float16, bfloat16): every function takes them (``x``, a probability or BCE
+target) and computes as PyTorch's CPU kernels do, in float32, rounding its 16-bit output
+(gradient, softmax) once to nearest even at the end (:func:`_in_float32`); the per-row loss and
+lse are returned in float32, the compute dtype.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ._validation import is_half
+
 _QUIET: dict[str, Any] = {
     "over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
+
+
+def _in_float32(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(*inputs, out)`` on 16-bit arrays: the 16-bit inputs are read as float32 copies,
+    ``fn`` computes in float32, and ``out`` (the last positional argument: a gradient or
+    softmax buffer, or None; it may be ``x`` itself) gets the float32 result rounded to its
+    dtype, once (``astype`` rounds to nearest even, as ml_dtypes and NumPy do)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if not any(isinstance(a, np.ndarray) and is_half(a.dtype) for a in args):
+            return fn(*args, **kwargs)
+        *ins, out = args
+        ins32 = [a.astype(np.float32) if isinstance(a, np.ndarray) and is_half(a.dtype) else a
+                 for a in ins]
+        if out is None or not is_half(out.dtype):
+            out32 = out
+        elif np.may_share_memory(out, ins[0]):  # in place: x is already read into its copy
+            out32 = ins32[0]
+        else:
+            out32 = np.empty(out.shape, np.float32)
+        result = fn(*ins32, out32, **kwargs)
+        if out32 is not out:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out[...] = out32
+        return out if result is out32 else result
+
+    return run
 
 
 def _log1p_rest(d: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -41,6 +78,7 @@ def _log1p_rest(d: np.ndarray, top: np.ndarray) -> np.ndarray:
     return rest
 
 
+@_in_float32
 def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = (x - m) - log1p(s')`` row-wise, ``s'`` the sum of ``exp(x - m)`` without the
     max's own 1 (:func:`_log1p_rest`); ``out`` may be ``x``.
@@ -60,6 +98,7 @@ def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+@_in_float32
 def softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = exp(x - max) / Σ exp(x - max)`` row-wise; ``out`` may be ``x``."""
     with np.errstate(**_QUIET):
@@ -99,6 +138,7 @@ def _no_classes(M: int, dt: np.dtype, grad_out: np.ndarray | None):
     return np.zeros(M, dt), np.full(M, -np.inf, dt)
 
 
+@_in_float32
 def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale, softcap,
              row_scale, z_row_scale, grad_out, *, ignored_lse=True):
     """Cross-entropy with class-index targets per row, with the options; gradient into
@@ -167,6 +207,7 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
     return loss, lse
 
 
+@_in_float32
 def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale, z_row_scale,
             grad_out):
     """Cross-entropy with class-probability targets per row, with the options. Returns
@@ -209,6 +250,7 @@ def _sigmoid_neg(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, z / (1 + z), 1 / (1 + z))
 
 
+@_in_float32
 def bce_logits(x, y, weight, pos_weight, scale, grad_out):
     """Binary cross-entropy on logits, elementwise.
 

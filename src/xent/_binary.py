@@ -14,10 +14,14 @@ from ._backend_numpy import _QUIET
 from ._validation import (
     as_float,
     as_float_like,
+    as_operand,
     as_result,
+    as_storage,
     broadcastable_to,
     check_reduction,
+    compute_dtype,
     grad_output_for,
+    is_float,
 )
 
 Array = np.ndarray
@@ -25,15 +29,16 @@ _EPSILON = 1e-12  # PyTorch's floor on x(1-x) in binary_cross_entropy's backward
 
 
 def _target_like(x: np.ndarray, target: Any) -> np.ndarray:
+    """``target`` as an array of ``x``'s shape holding real numbers (in its own dtype)."""
     y = np.asarray(target)
     if y.shape != x.shape:
         raise ValueError(
             f"Using a target size ({y.shape}) that is different to the input size ({x.shape}) "
             "is not supported: target must have the input's shape"
         )
-    if y.dtype.kind not in "fiub":
+    if y.dtype.kind not in "iub" and not is_float(y.dtype):
         raise TypeError(f"target must hold real numbers, got dtype {y.dtype}")
-    return y.astype(x.dtype, copy=False)
+    return y
 
 
 def _in_unit_interval(a: np.ndarray, name: str) -> None:
@@ -97,7 +102,7 @@ def binary_cross_entropy(
     """
     x, rdt = as_float(input, "input")
     reduction = check_reduction(reduction)
-    y = _target_like(x, target)
+    y = _target_like(x, target).astype(x.dtype, copy=False)
     w = None
     if weight is not None:
         w = broadcastable_to(as_float_like(weight, x.dtype, "weight"), x.shape, "weight", "input")
@@ -164,7 +169,8 @@ def binary_cross_entropy_with_logits(
         grad_output: upstream gradient (scalar, or the input's shape for ``none``).
 
     Returns:
-        ``loss`` or ``(loss, grad_input)``, in the input's float dtype.
+        ``loss`` or ``(loss, grad_input)``, in the input's float dtype (float16 and
+        ``ml_dtypes.bfloat16`` are computed in float32 and rounded to nearest even once).
 
     Edge cases: logits of ±1e4 give exact finite losses (0 or 1e4); an empty input gives nan
     for ``mean`` and 0 for ``sum``.
@@ -178,10 +184,10 @@ def binary_cross_entropy_with_logits(
 
     Reference: ``torch.nn.functional.binary_cross_entropy_with_logits``.
     """
-    x, rdt = as_float(input, "input")
+    x, rdt = as_storage(input, "input")  # a 16-bit input stays 16-bit: read by the backend
     reduction = check_reduction(reduction)
-    y = _target_like(x, target)
-    dt = x.dtype
+    dt = compute_dtype(x.dtype, "input")[0]
+    y = as_operand(_target_like(x, target), dt, "target")
     w = pw = None
     if weight is not None:
         w = broadcastable_to(as_float_like(weight, dt, "weight"), x.shape, "weight", "input")
@@ -204,10 +210,10 @@ def binary_cross_entropy_with_logits(
             else:
                 scale = np.asarray(_reduction.row_scale(reduction, g, dt.type(x.size)), dt)
             scale = np.broadcast_to(scale, x.shape)
-            grad = _buffers.empty(shape2, dt)
+            grad = _buffers.empty(shape2, x.dtype)
         else:
             scale = grad = None
-        backend = _dispatch.backend_for("bce_logits", M, K, dt)
+        backend = _dispatch.backend_for("bce_logits", M, K, x.dtype)
         loss = backend.bce_logits(
             np.ascontiguousarray(x).reshape(shape2), y.reshape(shape2), flat(w), flat(pw),
             flat(scale), grad,

@@ -20,7 +20,7 @@ import numpy as np
 from . import _buffers, _dispatch, _reduction
 from ._backend_numpy import _QUIET
 from ._problem import Problem, check_options, cross_entropy_problem
-from ._validation import as_float, as_result, grad_output_for
+from ._validation import as_result, as_storage, grad_output_for
 
 Array = np.ndarray
 
@@ -115,13 +115,15 @@ def cross_entropy(
         grad_output: upstream gradient: a scalar for ``mean``/``sum``, the unreduced loss's shape
             for ``none`` (default ones).
         inplace: write the gradient into ``input``'s buffer and return it (destroys the logits;
-            needs ``return_grad=True`` and a writable float32/float64 C-contiguous ndarray with
-            the class axis last, i.e. shape ``(C,)`` or ``(N, C)``).
+            needs ``return_grad=True`` and a writable float (float16, bfloat16, float32 or
+            float64) C-contiguous ndarray with the class axis last, i.e. shape ``(C,)`` or
+            ``(N, C)``).
 
     Returns:
         ``loss``, then ``lse`` if ``return_lse``, then ``grad_input`` if ``return_grad``, as a
-        tuple when there is more than the loss; in the input's float dtype
-        (float16 is computed in float32; integer logits are promoted to float64).
+        tuple when there is more than the loss; in the input's float dtype (float16 and
+        ``ml_dtypes.bfloat16`` are read in 16 bits, computed in float32 and rounded to nearest
+        even once; integer logits are promoted to float64).
 
     Edge cases: every target ignored, or an empty batch: ``mean`` gives nan, ``sum`` gives 0, the
     gradient is zeros. Rows with ``+inf`` or all ``-inf`` logits give nan, as in PyTorch.
@@ -139,7 +141,7 @@ def cross_entropy(
 
     Reference: ``torch.nn.functional.cross_entropy``; Szegedy et al. 2016 (label smoothing).
     """
-    x, rdt = as_float(input, "input")
+    x, rdt = as_storage(input, "input")
     options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
     problem = cross_entropy_problem(x.shape, x.dtype, target, weight, ignore_index, reduction,
                                     options)
@@ -158,7 +160,7 @@ def _check_inplace(input: Any, x: np.ndarray, return_grad: bool) -> None:
         and input.flags.c_contiguous and input.flags.writeable
     ):
         raise ValueError(
-            "inplace=True needs input to be a writable C-contiguous float32 or float64 "
+            "inplace=True needs input to be a writable C-contiguous float ndarray "
             f"ndarray of shape (C,) or (N, C); got {type(input).__name__} "
             f"{getattr(input, 'dtype', '')} {np.shape(input)}"
         )
@@ -172,7 +174,9 @@ def backend_rows(
     cross-entropy of each row and its log-sum-exp (after soft-capping), the gradient into
     ``grad_out`` (which may be ``x``) with the rows' scales (see ``docs/ARCHITECTURE.md``).
 
-    ``target``: the rows' int64 class indices (m,), or their probabilities (m, C).
+    ``target``: the rows' int64 class indices (m,), or their probabilities (m, C). ``x`` may
+    be a 16-bit float (float16, bfloat16) array; ``grad_out`` then has its dtype and gets the
+    gradient rounded to it, and the returned rows are float32.
     """
     o = problem.options
     m, C = x.shape
@@ -199,11 +203,12 @@ def solve(
     grad_output: Any = None, inplace: bool = False,
 ) -> Array | tuple[Array, ...]:
     """Compute a validated cross-entropy ``problem`` on the logits ``x`` (its shape, in the
-    compute dtype): the loss, then the lse and the gradient as asked, in ``rdt``."""
+    compute dtype or a 16-bit float, read as it is): the loss, then the lse and the gradient as
+    asked, in ``rdt``."""
     p, o = problem, problem.options
     C, M, dt = p.num_classes, p.positions, p.dtype
     g = grad_output_for(grad_output, p.loss_shape, p.reduction, dt) if return_grad else None
-    kdim = None if o.extended else _kdim_kernel("ce_prob" if p.prob else "ce_index", x, dt)
+    kdim = None if o.extended else _kdim_kernel("ce_prob" if p.prob else "ce_index", x)
     if kdim is not None:  # (A, C, B) view, no move of the class axis
         rows = np.ascontiguousarray(x).reshape(x.shape[0], C, math.prod(x.shape[2:]))
     else:
@@ -247,7 +252,7 @@ def solve(
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def _kdim_kernel(op: str, x: np.ndarray, dt: np.dtype) -> Callable[..., np.ndarray] | None:
+def _kdim_kernel(op: str, x: np.ndarray) -> Callable[..., np.ndarray] | None:
     """The kernel ``op + '_kdim'`` for ``x`` (N, C, d1, ..., dK) if the dispatcher picks one.
 
     Only for K >= 1 dimensions after the class axis holding more than one position (with
@@ -260,7 +265,7 @@ def _kdim_kernel(op: str, x: np.ndarray, dt: np.dtype) -> Callable[..., np.ndarr
     if B <= 1:
         return None
     name = op + "_kdim"
-    backend = _dispatch.backend_for(name, x.shape[0] * B, x.shape[1], dt)
+    backend = _dispatch.backend_for(name, x.shape[0] * B, x.shape[1], x.dtype)
     return getattr(backend, name, None)
 
 
@@ -315,7 +320,7 @@ def nll_loss(
 
     Reference: ``torch.nn.functional.nll_loss``.
     """
-    x, rdt = as_float(input, "input")
+    x, rdt = as_storage(input, "input")
     p = cross_entropy_problem(x.shape, x.dtype, target, weight, ignore_index, reduction,
                               fn="nll_loss", probabilities=False)
     return nll_solve(p, x, rdt, return_grad=return_grad, grad_output=grad_output)
@@ -326,8 +331,9 @@ def nll_solve(
     grad_output: Any = None,
 ) -> Array | tuple[Array, Array]:
     """Compute a validated NLL problem ``p`` on the log-probabilities ``x`` (its shape, in the
-    compute dtype): loss_n = -w[t_n]·x[n, t_n], 0 where ignored; the gradient is -w[t_n]·s_n at
-    the target and 0 elsewhere."""
+    compute dtype or a 16-bit float: the gathered values are computed in float32):
+    loss_n = -w[t_n]·x[n, t_n], 0 where ignored; the gradient is -w[t_n]·s_n at the target and
+    0 elsewhere."""
     C, M, dt = p.num_classes, p.positions, p.dtype
     g = grad_output_for(grad_output, p.loss_shape, p.reduction, dt) if return_grad else None
     rows = x.reshape(1, C) if x.ndim == 1 else _rows(x, p.class_axis)
@@ -336,7 +342,7 @@ def nll_solve(
     ar = np.arange(M)
     with np.errstate(**_QUIET):
         w_t = np.where(keep, 1 if p.weight is None else (p.weight[ts] if C else 0), 0).astype(dt)
-        x_t = rows[ar, ts] if C else np.zeros(M, dt)
+        x_t = rows[ar, ts].astype(dt, copy=False) if C else np.zeros(M, dt)
         loss_rows = np.where(keep, -w_t * x_t, dt.type(0)).astype(dt, copy=False)
         loss = _reduction.reduce(loss_rows, p.reduction, p.denom)
         loss = as_result(np.asarray(loss, dtype=dt).reshape(p.loss_shape)

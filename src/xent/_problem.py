@@ -24,11 +24,14 @@ import numpy as np
 from . import _reduction
 from ._validation import (
     as_float_like,
+    as_operand,
     check_bool,
     check_ignore_index,
     check_label_smoothing,
     check_real,
     check_reduction,
+    compute_dtype,
+    is_float,
 )
 
 
@@ -88,8 +91,9 @@ class Problem:
 
     ``target`` int64 ``(M,)`` with ignored positions kept as ``ignore_index`` and ``valid``
     ``(M,)`` their mask (index targets), or ``y`` probabilities of the logits' shape in the
-    compute dtype (``prob``); ``weight`` contiguous ``(C,)`` or None; ``denom`` and ``denom_z``
-    the mean's denominators of the cross-entropy and of the z-loss (``xent._reduction``).
+    compute dtype or a 16-bit float (``prob``); ``weight`` contiguous ``(C,)`` or None;
+    ``denom`` and ``denom_z`` the mean's denominators of the cross-entropy and of the z-loss
+    (``xent._reduction``).
     """
 
     shape: tuple[int, ...]
@@ -186,6 +190,10 @@ def cross_entropy_problem(
     """Validate a cross-entropy (or, with ``probabilities=False``, NLL) call on logits of
     ``shape`` in the compute dtype ``dtype``; return the normalised :class:`Problem`.
 
+    A 16-bit ``dtype`` (float16, bfloat16: the logits' storage) stands for its compute dtype,
+    float32. Probability targets in a 16-bit float are kept in it for float32 logits (the
+    backends read them in 16 bits); weights are always in the compute dtype.
+
     ``target`` is chosen as PyTorch chooses: class probabilities when it has the logits' shape,
     class indices otherwise. ``ignore_index`` other than -100 with probabilities is an error.
 
@@ -203,6 +211,7 @@ or ignore_index=-100)
     reduction = check_reduction(reduction)
     ignore_index = check_ignore_index(ignore_index)
     options = Options() if options is None else options
+    dtype = compute_dtype(np.dtype(dtype), "input")[0]
     axis = class_axis(shape, fn)
     C = shape[axis]
     loss_shape = shape[:axis] + shape[axis + 1 :]
@@ -217,7 +226,7 @@ or ignore_index=-100)
             "cross_entropy)"
         )
     if prob:
-        if tgt.dtype.kind != "f":
+        if not is_float(tgt.dtype):
             raise TypeError(
                 f"target has the input's shape {tuple(shape)}, so it must hold float class "
                 f"probabilities, got dtype {tgt.dtype} (class indices have shape {loss_shape})"
@@ -227,7 +236,7 @@ or ignore_index=-100)
                 f"ignore_index={ignore_index} is not supported with class-probability targets "
                 "(leave it at the default -100)"
             )
-        y = as_float_like(tgt, dtype, "target")
+        y = as_operand(tgt, dtype, "target")
         denom = _reduction.prob_denominator(M, C, dtype)
         return Problem(tuple(shape), axis, C, M, loss_shape, dtype, True, None, None, y, w,
                        ignore_index, reduction, options, denom, denom)

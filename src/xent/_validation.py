@@ -6,6 +6,7 @@ expected and what arrived. Nothing here uses ``assert`` (Python drops asserts un
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Any
@@ -82,22 +83,56 @@ def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
     return axis % ndim
 
 
+@functools.cache
+def bfloat16() -> np.dtype | None:
+    """``ml_dtypes.bfloat16`` as a NumPy dtype, or None where ml_dtypes is not installed.
+
+    ml_dtypes (JAX's NumPy bfloat16; an optional dependency, in the ``fast`` and ``torch``
+    extras) is imported on the first call, never by ``import xent``. Its dtype's kind is
+    ``'V'``, not ``'f'``, so a bfloat16 array is recognised by equality with this dtype.
+    """
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_half(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is a 16-bit float xent computes in float32: float16 or bfloat16.
+
+    >>> is_half(np.dtype(np.float16)), is_half(np.dtype(np.float32))
+    (True, False)
+    """
+    if dtype == np.float16:
+        return True
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype == bfloat16()
+
+
+def is_float(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` holds floats: NumPy's float dtypes and bfloat16."""
+    return dtype.kind == "f" or is_half(dtype)
+
+
 def compute_dtype(dtype: np.dtype, name: str) -> tuple[np.dtype, np.dtype]:
     """Return ``(compute_dtype, result_dtype)`` for an input of ``dtype``.
 
-    float32 and float64 compute in themselves; float16 computes in float32 and is returned as
-    float16 (as PyTorch's CPU kernels do); integers and bools are promoted to float64, as SciPy
-    does; anything else (complex, strings, objects) is a TypeError.
+    float32 and float64 compute in themselves; float16 and bfloat16 (``ml_dtypes.bfloat16``)
+    compute in float32 and are returned in their 16-bit dtype, rounded to nearest even (as
+    PyTorch's CPU kernels do); integers and bools are promoted to float64, as SciPy does;
+    anything else (complex, strings, objects) is a TypeError.
     """
     if dtype == np.float32 or dtype == np.float64:
         return dtype, dtype
-    if dtype == np.float16:
+    if is_half(dtype):
         return np.dtype(np.float32), dtype
     if dtype.kind in "iub":
         return np.dtype(np.float64), np.dtype(np.float64)
     if dtype.kind == "f":  # longdouble and other exotic floats: float64 is what we compute in
         return np.dtype(np.float64), np.dtype(np.float64)
-    raise TypeError(f"{name} must hold real numbers (float or integer), got dtype {dtype}")
+    raise TypeError(
+        f"{name} must hold real numbers (float, bfloat16 or integer), got dtype {dtype}"
+    )
 
 
 def as_float(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
@@ -109,11 +144,31 @@ def as_float(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
     return arr, rdt
 
 
+def as_storage(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
+    """``x`` as an ndarray the backends take as it is, and the dtype the result must have.
+
+    As :func:`as_float`, except that a 16-bit float array (float16, bfloat16) is kept in its
+    own dtype, not copied to float32: the backends read 16-bit input, compute in float32 and
+    write 16-bit output themselves (``docs/ARCHITECTURE.md``, backend contract).
+
+    >>> a, rdt = as_storage(np.zeros(3, np.float16), "x")
+    >>> a.dtype, rdt
+    (dtype('float16'), dtype('float16'))
+    >>> as_storage([1, 2], "x")[0].dtype
+    dtype('float64')
+    """
+    arr = np.asarray(x)
+    if is_half(arr.dtype):
+        return arr, arr.dtype
+    return as_float(arr, name)
+
+
 def as_result(a: Any, rdt: np.dtype) -> np.ndarray:
     """``a`` as an ndarray of the result dtype ``rdt``.
 
-    Only float16 results are cast (from float32): a value beyond float16's range becomes ±inf,
-    which is the answer in that dtype, so the cast's overflow warning is silenced here.
+    Only 16-bit results are cast (from float32, rounded to nearest even): a value beyond
+    float16's range becomes ±inf, which is the answer in that dtype, so the cast's overflow
+    warning is silenced here.
     """
     with np.errstate(over="ignore"):
         return np.asarray(a).astype(rdt, copy=False)
@@ -124,6 +179,16 @@ def as_float_like(x: Any, dtype: np.dtype, name: str) -> np.ndarray:
     arr = np.asarray(x)
     compute_dtype(arr.dtype, name)  # rejects complex / strings / objects
     return arr.astype(dtype, copy=False)
+
+
+def as_operand(x: Any, dtype: np.dtype, name: str) -> np.ndarray:
+    """A second float operand (probability target, BCE target) for a computation in ``dtype``:
+    kept as it is when it is a 16-bit float and ``dtype`` is float32 (the backends read it in
+    16 bits), else :func:`as_float_like`."""
+    arr = np.asarray(x)
+    if dtype == np.float32 and is_half(arr.dtype):
+        return arr
+    return as_float_like(arr, dtype, name)
 
 
 def check_same_shape(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> None:
