@@ -21,9 +21,39 @@ import torch.autograd.forward_ad  # noqa: F401  (read by tracing)
 from torch._subclasses.fake_tensor import FakeTensor  # torch.export's stand-in for tensors
 from torch.nn import _reduction as _Reduction
 
-from xent import _buffers
+import xent
+from xent import _buffers, _validation
 
-_FAST_DTYPES = (torch.float32, torch.float64)
+
+def _bfloat16() -> np.dtype | None:
+    """``ml_dtypes.bfloat16`` as the core names it (None without ml_dtypes, or before the core
+    knows bfloat16)."""
+    find = getattr(_validation, "bfloat16", None)
+    return find() if find is not None else None
+
+
+def _core_half_dtypes() -> tuple[torch.dtype, ...]:
+    """The 16-bit floats xent's core computes without a float32 copy of the input (it reads
+    them, computes in float32 and writes 16-bit results), probed by one (1, 2) call each, so
+    that the bridge admits them exactly when the core does."""
+    if not hasattr(_validation, "as_storage"):  # the core copies 16-bit input to float32
+        return ()
+    found = []
+    for tdt, ndt in ((torch.float16, np.dtype(np.float16)), (torch.bfloat16, _bfloat16())):
+        if ndt is None:
+            continue
+        try:
+            loss, grad = xent.cross_entropy(np.zeros((1, 2), ndt), np.zeros(1, np.int64),
+                                            return_grad=True)
+        except (TypeError, ValueError):
+            continue
+        if loss.dtype == ndt and grad.dtype == ndt:
+            found.append(tdt)
+    return tuple(found)
+
+
+#: The input dtypes of the fast path: float32, float64 and the 16-bit floats the core takes.
+_FAST_DTYPES = (torch.float32, torch.float64, *_core_half_dtypes())
 
 #: Below this many input elements PyTorch's own op runs even where xent's could: the bridge costs
 #: tens of microseconds (autograd Function, NumPy views), more than the whole loss of a small
@@ -95,6 +125,13 @@ def graph_capture() -> bool:
         and getattr(torch.autograd.forward_ad, "_current_level", -1) < 0
     )
 
+def autocasting() -> bool:
+    """Whether CPU autocast is on (``torch.autocast("cpu")``): the drop-ins then run xent's
+    custom operators (`_ops`), whose autocast rule casts their inputs as PyTorch's autocast
+    casts its losses' (16-bit floats to float32, float64 kept)."""
+    return torch.is_autocast_enabled("cpu")
+
+
 
 def plain_cpu(t: torch.Tensor) -> bool:
     return (
@@ -127,14 +164,19 @@ def fast_path_ok(input: object, *others: object, small_ok: bool = False,
 
 
 def as_numpy(t: torch.Tensor | None) -> np.ndarray | None:
-    """A NumPy view of a CPU tensor (zero-copy; a copy only for negated-bit views)."""
+    """A NumPy view of a CPU tensor (zero-copy; a copy only for negated-bit views). bfloat16,
+    which NumPy lacks, is viewed as ``ml_dtypes.bfloat16`` through its int16 bits."""
     if t is None:
         return None
-    return t.detach().resolve_neg().numpy()
+    t = t.detach().resolve_neg()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_BF16)
+    return t.numpy()
 
 
 def from_numpy(a: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``a``'s memory (a copy only when ``a`` is read-only)."""
+    """A tensor sharing ``a``'s memory (a copy only when ``a`` is read-only); an
+    ``ml_dtypes.bfloat16`` array becomes a torch.bfloat16 tensor through its int16 bits."""
     a = np.asarray(a)
     if not a.flags.writeable:
         a = a.copy()
@@ -147,9 +189,14 @@ class SavedGrad(torch.autograd.Function):
     ``compute()`` returns ``(loss, grad)``: for ``reduction='none'`` ``grad`` is the VJP with
     ones, so the VJP with ``grad_output`` is ``grad * grad_output`` broadcast along the class
     dimension ``class_dim`` (None for elementwise losses and for reduced ones).
+    if a.dtype == _BF16 and _BF16 is not None:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
 
     Double backward (``create_graph=True``, e.g. a gradient penalty): the saved gradient is a
     constant, so backward then differentiates ``reference(input)``, the same loss written with
+_BF16 = _bfloat16()
+
+
     PyTorch's differentiable ops, and returns a gradient with a graph (PyTorch's own cost for
     that call). The input is held only by a weak reference: the first-order backward never reads
     it, so the loss keeps nothing of size N×C but the gradient (logits nobody else holds are
@@ -239,8 +286,9 @@ def class_dim_for_none(input: torch.Tensor, reduction: str) -> int | None:
 def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype) -> np.ndarray | None:
     """What the core's validation step reads of a target or weight tensor ``t``: a NumPy view of
     a CPU tensor NumPy can hold; class indices (or weights) of any other tensor copied to the
-    CPU (O(N) values); a float tensor that NumPy cannot view (CUDA, bfloat16, ...) as a
-    zero-stride stand-in of its shape in ``float_dtype`` (only its shape and kind are checked)."""
+    CPU (O(N) values); a float tensor that NumPy cannot view (CUDA, bfloat16 without
+    ml_dtypes, ...) as a zero-stride stand-in of its shape in ``float_dtype`` (only its shape
+    and kind are checked)."""
     if t is None:
         return None
     if t.device.type == "cpu" and t.dtype in _NUMPY_VIEWABLE and plain_cpu(t):
@@ -251,4 +299,5 @@ def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype) -> np.ndarray |
 
 
 _NUMPY_VIEWABLE = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32,
-                   torch.int16, torch.int8, torch.uint8, torch.bool)
+                   torch.int16, torch.int8, torch.uint8, torch.bool,
+                   *((torch.bfloat16,) if _BF16 is not None else ()))

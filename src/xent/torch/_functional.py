@@ -129,7 +129,7 @@ def cross_entropy(
                                         options.label_smoothing, options.lse_square_scale,
                                         options.softcap, options.return_lse)
 
-    if _bridge.tracing():  # torch.compile / export: xent's custom operator; else PyTorch's ops
+    if _bridge.tracing() or _bridge.autocasting():  # compile/export/autocast: xent's custom op
         return _ops.cross_entropy(input, target, weight, ignore_index, reduction, options,
                                   reference)
     problem = problem_for(input, target, weight, ignore_index, reduction, options)
@@ -195,7 +195,7 @@ def nll_loss(
     def reference(x: torch.Tensor) -> torch.Tensor:
         return F.nll_loss(x, target, weight, ignore_index=ignore_index, reduction=reduction)
 
-    if _bridge.tracing():
+    if _bridge.tracing() or _bridge.autocasting():
         return _ops.nll_loss(input, target, weight, ignore_index, reduction, reference)
     problem = problem_for(input, target, weight, ignore_index, reduction, fn="nll_loss",
                           probabilities=False)
@@ -253,7 +253,7 @@ def binary_cross_entropy(
     def reference(x: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy(x, target, weight, reduction=reduction)
 
-    if _bridge.tracing():
+    if _bridge.tracing() or _bridge.autocasting():
         return _ops.binary_cross_entropy(
             input, target, weight, reduction, reference, isinstance(target, torch.Tensor)
             and target.shape == input.shape and _same_shape_after_broadcast(input, weight))
@@ -310,7 +310,7 @@ def binary_cross_entropy_with_logits(
         return F.binary_cross_entropy_with_logits(x, target, weight, reduction=reduction,
                                                   pos_weight=pos_weight)
 
-    if _bridge.tracing():
+    if _bridge.tracing() or _bridge.autocasting():
         return _ops.binary_cross_entropy_with_logits(
             input, target, weight, pos_weight, reduction, reference,
             isinstance(target, torch.Tensor) and target.shape == input.shape

@@ -216,6 +216,7 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, lse_squar
     return loss, lse, _fake_token(input)
 
 
+_cross_entropy_op.register_autocast("cpu", torch.float32)  # as PyTorch's autocast
 _register_autograd(_cross_entropy_op, lambda a: _class_dim_for_none(a[0], a[4]))
 
 
@@ -251,6 +252,7 @@ def _(input, target, weight, ignore_index, reduction, need_grad):
     return input.new_empty(_loss_shape(input, reduction)), _fake_token(input)
 
 
+_nll_loss_op.register_autocast("cpu", torch.float32)  # as PyTorch's autocast
 _register_autograd(_nll_loss_op, lambda a: _class_dim_for_none(a[0], a[4]))
 
 
@@ -283,6 +285,7 @@ def _(input, target, weight, reduction, need_grad):
     return _bce_fake_loss(input, reduction), _fake_token(input)
 
 
+_bce_op.register_autocast("cpu", torch.float32)  # as PyTorch's autocast
 _register_autograd(_bce_op, lambda a: None)
 
 
@@ -301,6 +304,7 @@ def _(input, target, weight, pos_weight, reduction, need_grad):
     return _bce_fake_loss(input, reduction), _fake_token(input)
 
 
+_bce_logits_op.register_autocast("cpu", torch.float32)  # as PyTorch's autocast
 _register_autograd(_bce_logits_op, lambda a: None)
 
 
