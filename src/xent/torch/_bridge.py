@@ -95,6 +95,7 @@ def min_elements(n: int) -> Iterator[None]:
     finally:
         set_min_elements(old)
 
+
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -116,6 +117,13 @@ def tracing() -> bool:
     )
 
 
+def autocasting() -> bool:
+    """Whether CPU autocast is on (``torch.autocast("cpu")``): the drop-ins then run xent's
+    custom operators (`_ops`), whose autocast rule casts their inputs as PyTorch's autocast
+    casts its losses' (16-bit floats to float32, float64 kept)."""
+    return torch.is_autocast_enabled("cpu")
+
+
 def graph_capture() -> bool:
     """Whether ``torch.compile`` or ``torch.export`` traces the call (and not TorchScript or
     forward-mode AD): there the drop-ins run xent's custom operators (`_ops`)."""
@@ -124,13 +132,6 @@ def graph_capture() -> bool:
         and not (torch.jit.is_scripting() or torch.jit.is_tracing())
         and getattr(torch.autograd.forward_ad, "_current_level", -1) < 0
     )
-
-def autocasting() -> bool:
-    """Whether CPU autocast is on (``torch.autocast("cpu")``): the drop-ins then run xent's
-    custom operators (`_ops`), whose autocast rule casts their inputs as PyTorch's autocast
-    casts its losses' (16-bit floats to float32, float64 kept)."""
-    return torch.is_autocast_enabled("cpu")
-
 
 
 def plain_cpu(t: torch.Tensor) -> bool:
@@ -180,7 +181,12 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     a = np.asarray(a)
     if not a.flags.writeable:
         a = a.copy()
+    if a.dtype == _BF16 and _BF16 is not None:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
+
+
+_BF16 = _bfloat16()
 
 
 class SavedGrad(torch.autograd.Function):
@@ -189,14 +195,9 @@ class SavedGrad(torch.autograd.Function):
     ``compute()`` returns ``(loss, grad)``: for ``reduction='none'`` ``grad`` is the VJP with
     ones, so the VJP with ``grad_output`` is ``grad * grad_output`` broadcast along the class
     dimension ``class_dim`` (None for elementwise losses and for reduced ones).
-    if a.dtype == _BF16 and _BF16 is not None:
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
 
     Double backward (``create_graph=True``, e.g. a gradient penalty): the saved gradient is a
     constant, so backward then differentiates ``reference(input)``, the same loss written with
-_BF16 = _bfloat16()
-
-
     PyTorch's differentiable ops, and returns a gradient with a graph (PyTorch's own cost for
     that call). The input is held only by a weak reference: the first-order backward never reads
     it, so the loss keeps nothing of size N×C but the gradient (logits nobody else holds are
