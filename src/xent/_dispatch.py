@@ -30,6 +30,7 @@ from types import ModuleType
 import numpy as np
 
 from . import _backend_numpy
+from ._validation import is_half
 
 BACKENDS = ("auto", "numpy", "numba")
 
@@ -86,9 +87,14 @@ def _load_kernels() -> ModuleType | None:
 
 
 def backend_for(op: str, rows: int, cols: int, dtype: np.dtype) -> ModuleType:
-    """The module whose ``op`` function runs a call on ``rows × cols`` values of ``dtype``."""
+    """The module whose ``op`` function runs a call on ``rows × cols`` values of ``dtype``.
+
+    ``dtype`` is the storage of the input: float32, float64, or a 16-bit float (float16,
+    bfloat16), which both backends read as it is and compute in float32; other dtypes run on
+    NumPy.
+    """
     name = _current.get()
-    if name == "numpy" or dtype not in (np.float32, np.float64):
+    if name == "numpy" or (dtype != np.float32 and dtype != np.float64 and not is_half(dtype)):
         return _backend_numpy
     if name == "auto" and rows * cols < AUTO_MIN_ELEMENTS_BY_OP.get(op, AUTO_MIN_ELEMENTS):
         return _backend_numpy

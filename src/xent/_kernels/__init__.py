@@ -8,10 +8,13 @@ types each compiled kernel is specialised for, and run the kernel over blocks of
 threads for large inputs (``_threads.run_rows``).
 
 Contract (``docs/ARCHITECTURE.md``): ``x`` is ``(M, C)`` in the compute dtype (float32 or
-float64); ``row_scale`` is ``(M,)``; ``grad_out`` is an ``(M, C)`` buffer, possibly ``x`` itself,
-or None for the forward pass only. Each returns the unreduced per-row (per-element for
-``bce_logits``) loss. The ``*_kdim`` functions take ``x`` as ``(A, C, B)`` instead, the class
-axis in the middle (the ``(N, C, d1, ..., dK)`` layout, viewed without a copy), see ``_kdim.py``.
+float64) or a 16-bit float (float16, ``ml_dtypes.bfloat16``: viewed as uint16, zero-copy,
+computed in float32 through a per-thread scratch row, see ``_half.py``; the gradient or output
+is then in x's 16-bit dtype and the returned losses are float32); ``row_scale`` is ``(M,)``;
+``grad_out`` is an ``(M, C)`` buffer, possibly ``x`` itself, or None for the forward pass only.
+Each returns the unreduced per-row (per-element for ``bce_logits``) loss. The ``*_kdim``
+functions take ``x`` as ``(A, C, B)`` instead, the class axis in the middle (the
+``(N, C, d1, ..., dK)`` layout, viewed without a copy), see ``_kdim.py``.
 
 Compiled code is cached on disk (``cache=True``; the directory is Numba's ``__pycache__`` beside
 these files or ``NUMBA_CACHE_DIR``), so only the first call on a machine pays for compilation.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _buffers
-from . import _bce, _kdim, _rows
+from . import _bce, _half, _kdim, _rows
 from ._exp import vexp_array
 from ._threads import PARALLEL_MIN_ELEMENTS, run_rows
 
@@ -89,6 +92,30 @@ def _prepare(x, grad_out):
     return xc, np.empty(xc.shape, dt), 1, grad_out
 
 
+_F32 = np.dtype(np.float32)
+
+
+def _compute(dt) -> np.dtype:
+    """The compute dtype of storage ``dt``: float32 for the 16-bit floats, else ``dt``."""
+    return _F32 if _half.kind_of(dt) is not None else dt
+
+
+def _prepare16(x, grad_out):
+    """Return (xb, g, gb, has_g, copy_back) for 16-bit ``x``: its C-contiguous uint16 bits, the
+    16-bit gradient buffer and its bits (``x`` itself in place: the kernels read a row into
+    their scratch before writing its gradient), and the caller's buffer to copy ``g`` into
+    afterwards when it could not be written directly (other dtype, not C-contiguous, or
+    overlapping ``x`` without being it)."""
+    xc = np.ascontiguousarray(x)
+    if grad_out is None:
+        return _half.bits(xc), None, np.empty((1, 1), np.uint16), False, None
+    if (grad_out.dtype == x.dtype and grad_out.flags.c_contiguous
+            and (_same_buffer(xc, grad_out) or not np.may_share_memory(grad_out, xc))):
+        return _half.bits(xc), grad_out, _half.bits(grad_out), True, None
+    g = np.empty(xc.shape, x.dtype)
+    return _half.bits(xc), g, _half.bits(g), True, grad_out
+
+
 def _finish(g, copy_back):
     if copy_back is not None:
         copy_back[...] = g
@@ -117,10 +144,9 @@ def _ignore_key(ignore_index) -> np.int64:
     return np.int64(ign if info.min <= ign <= info.max else info.min)
 
 
-def _option_args(x, label_smoothing, lse_square_scale, softcap, row_scale, z_row_scale):
-    """(ε, ζ, cap, has_cap, s, s_z): the options and the rows' scales as the kernels take them."""
-    M = x.shape[0]
-    dt = x.dtype
+def _option_args(M, dt, label_smoothing, lse_square_scale, softcap, row_scale, z_row_scale):
+    """(ε, ζ, cap, has_cap, s, s_z): the options and the rows' scales as the kernels take them
+    (``dt``: the compute dtype)."""
     has_cap = softcap is not None
     zscale = float(lse_square_scale)
     return (float(label_smoothing), zscale, float(softcap) if has_cap else 1.0, has_cap,
@@ -143,19 +169,23 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
     gets 0 for both, and its lse only with ``ignored_lse`` (NaN otherwise: the row is not read).
     """
     M, C = x.shape
-    dt = x.dtype
+    kind = _half.kind_of(x.dtype)
+    dt = _compute(x.dtype)
     if M == 0 or C == 0:
         return _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
-    xc, g, mode, copy_back = _prepare(x, grad_out)
     tgt = _contiguous(target, np.int64)
     w, wsum = _weights(weight, C, dt)
-    eps, zscale, cap, has_cap, rs, rz = _option_args(x, label_smoothing, lse_square_scale,
+    eps, zscale, cap, has_cap, rs, rz = _option_args(M, dt, label_smoothing, lse_square_scale,
                                                      softcap, row_scale, z_row_scale)
     loss, lse = np.empty(M, dt), np.full(M, np.nan, dt)
-    args = (xc, tgt, w, wsum, _ignore_key(ignore_index), eps, zscale, cap, has_cap,
-            bool(ignored_lse), rs, rz,
-            g, mode, loss, lse)
-    run_rows(_rows.ce_index_rows, M, C, args)
+    opts = (tgt, w, wsum, _ignore_key(ignore_index), eps, zscale, cap, has_cap,
+            bool(ignored_lse), rs, rz)
+    if kind is None:
+        xc, g, mode, copy_back = _prepare(x, grad_out)
+        run_rows(_rows.ce_index_rows, M, C, (xc, *opts, g, mode, loss, lse))
+    else:
+        xb, g, gb, has_g, copy_back = _prepare16(x, grad_out)
+        run_rows(_rows.ce_index_rows16, M, C, (xb, kind, *opts, gb, has_g, loss, lse))
     _finish(g, copy_back)
     return loss, lse
 
@@ -169,40 +199,52 @@ def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale,
     ``x``, ``y`` (M, C); the rest as :func:`ce_index`. Returns (loss (M,), lse (M,)).
     """
     M, C = x.shape
-    dt = x.dtype
+    kind = _half.kind_of(x.dtype)
+    dt = _compute(x.dtype)
     if M == 0 or C == 0:
         return _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
-    xc, g, mode, copy_back = _prepare(x, grad_out)
-    yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
     w, wsum = _weights(weight, C, dt)
-    eps, zscale, cap, has_cap, rs, rz = _option_args(x, label_smoothing, lse_square_scale,
+    eps, zscale, cap, has_cap, rs, rz = _option_args(M, dt, label_smoothing, lse_square_scale,
                                                      softcap, row_scale, z_row_scale)
     a1, a0 = dt.type(1.0 - eps), dt.type(eps / C)
     loss, lse = np.empty(M, dt), np.empty(M, dt)
-    args = (xc, yc, w, wsum, a1, a0, zscale, cap, has_cap, rs, rz, g, mode, loss, lse)
-    run_rows(_rows.ce_prob_rows, M, C, args)
+    opts = (w, wsum, a1, a0, zscale, cap, has_cap, rs, rz)
+    if kind is None:
+        xc, g, mode, copy_back = _prepare(x, grad_out)
+        yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
+        run_rows(_rows.ce_prob_rows, M, C, (xc, yc, *opts, g, mode, loss, lse))
+    else:
+        xb, g, gb, has_g, copy_back = _prepare16(x, grad_out)
+        y16, y32, ykind = _half.operand(y, (M, C))
+        run_rows(_rows.ce_prob_rows16, M, C,
+                 (xb, kind, y16, y32, ykind, *opts, gb, has_g, loss, lse))
     _finish(g, copy_back)
     return loss, lse
 
 
-def _rowwise(fn, x, out):
+def _rowwise(fn, log, x, out):
     M, C = x.shape
     if M == 0 or C == 0:
         return out
-    xc, g, mode, copy_back = _prepare(x, out)
-    run_rows(fn, M, C, (xc, g, mode == 2))
+    kind = _half.kind_of(x.dtype)
+    if kind is None:
+        xc, g, mode, copy_back = _prepare(x, out)
+        run_rows(fn, M, C, (xc, g, mode == 2))
+    else:
+        xb, g, gb, _, copy_back = _prepare16(x, out)
+        run_rows(_rows.rowwise_rows16, M, C, (xb, kind, gb, log))
     _finish(g, copy_back)
     return out
 
 
 def log_softmax(x, out):
     """``out = (x - max) - log Σ exp(x - max)`` row-wise over (M, C); ``out`` may be ``x``."""
-    return _rowwise(_rows.log_softmax_rows, x, out)
+    return _rowwise(_rows.log_softmax_rows, True, x, out)
 
 
 def softmax(x, out):
     """``out = exp(x - max) / Σ exp(x - max)`` row-wise over (M, C); ``out`` may be ``x``."""
-    return _rowwise(_rows.softmax_rows, x, out)
+    return _rowwise(_rows.softmax_rows, False, x, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +302,27 @@ def _run_tiles(fn, A: int, C: int, B: int, itemsize: int, args: tuple) -> None:
     run_rows(fn, A * ((B + bt - 1) // bt), C * bt, (*args, bt, R, cc))
 
 
+def _run_tiles16(fn, A: int, C: int, B: int, args: tuple) -> None:
+    """:func:`_run_tiles` for the 16-bit tile drivers, whose tiles are gathered into float32
+    scratch of B = nb positions: at most TILE_BYTES of float32 (16 positions at the least), so
+    :func:`_tiling` of that width makes each tile all of its B (row groups apply)."""
+    width = TILE_BYTES // (C * 4)
+    width = max(16, width - width % 16)
+    bt, R, cc = _tiling(C, min(B, width), 4)
+    run_rows(fn, A * ((B + bt - 1) // bt), C * bt, (*args, bt, R, cc))
+
+
+def _kdim_out16(xc, out):
+    """(out buffer, its uint16 bits, copy_back) for 16-bit ``xc`` (A, C, B): as
+    :func:`_kdim_out`; a dummy when out is None."""
+    if out is None:
+        return None, np.empty((1, 1, 1), np.uint16), None
+    if out.flags.c_contiguous and out.dtype == xc.dtype and not np.may_share_memory(out, xc):
+        return out, _half.bits(out), None
+    o = np.empty(xc.shape, xc.dtype)
+    return o, _half.bits(o), out
+
+
 def _kdim_operands(x, weight, grad_out):
     """(xc, g, copy_back, w, wsum): contiguous logits, gradient buffer, weights and their sum."""
     dt = x.dtype
@@ -278,17 +341,26 @@ def ce_index_kdim(x, target, weight, ignore_index, label_smoothing, row_scale, g
     (not ``x``) or None. Returns the loss (A, B). NaN/inf and ignored positions as ``ce_index``.
     """
     A, C, B = x.shape
-    dt = x.dtype
+    kind = _half.kind_of(x.dtype)
+    dt = _compute(x.dtype)
     if A == 0 or B == 0 or C == 0:
         return _no_elements((A, B), dt, grad_out)
-    xc, g, copy_back, w, wsum = _kdim_operands(x, weight, grad_out)
     tgt = _contiguous(target, np.int64).reshape(A, B)
     rs = _row_vector(row_scale, A * B, dt).reshape(A, B)
     loss = np.empty((A, B), dt)
     eps, has_g = float(label_smoothing), grad_out is not None
-    args = (xc, _flat(xc), tgt, w, wsum, _ignore_key(ignore_index), eps, rs, g, _flat(g), has_g,
-            loss)
-    _run_tiles(_kdim.ce_index_tiles, A, C, B, dt.itemsize, args)
+    if kind is None:
+        xc, g, copy_back, w, wsum = _kdim_operands(x, weight, grad_out)
+        args = (xc, _flat(xc), tgt, w, wsum, _ignore_key(ignore_index), eps, rs, g, _flat(g),
+                has_g, loss)
+        _run_tiles(_kdim.ce_index_tiles, A, C, B, dt.itemsize, args)
+    else:
+        xc = np.ascontiguousarray(x)
+        g, gb, copy_back = _kdim_out16(xc, grad_out)
+        w, wsum = _weights(weight, C, dt)
+        args = (_half.bits(xc), kind, tgt, w, wsum, _ignore_key(ignore_index), eps, rs, gb,
+                has_g, loss)
+        _run_tiles16(_kdim.ce_index_tiles16, A, C, B, args)
     _finish(g, copy_back)
     return loss
 
@@ -300,17 +372,26 @@ def ce_prob_kdim(x, y, weight, label_smoothing, row_scale, grad_out):
     grad[a,:,b] = s_ab·(p_ab·Σ_c w_c·y'[a,c,b] - w∘y'[a,:,b]). Returns the loss (A, B).
     """
     A, C, B = x.shape
-    dt = x.dtype
+    kind = _half.kind_of(x.dtype)
+    dt = _compute(x.dtype)
     if A == 0 or B == 0 or C == 0:
         return _no_elements((A, B), dt, grad_out)
-    xc, g, copy_back, w, wsum = _kdim_operands(x, weight, grad_out)
-    yc = _contiguous(np.broadcast_to(y, (A, C, B)), dt)
     eps = float(label_smoothing)
     rs = _row_vector(row_scale, A * B, dt).reshape(A, B)
     loss = np.empty((A, B), dt)
     a1, a0, has_g = dt.type(1.0 - eps), dt.type(eps / C), grad_out is not None
-    args = (xc, _flat(xc), yc, w, wsum, a1, a0, rs, g, has_g, loss)
-    _run_tiles(_kdim.ce_prob_tiles, A, C, B, dt.itemsize, args)
+    if kind is None:
+        xc, g, copy_back, w, wsum = _kdim_operands(x, weight, grad_out)
+        yc = _contiguous(np.broadcast_to(y, (A, C, B)), dt)
+        args = (xc, _flat(xc), yc, w, wsum, a1, a0, rs, g, has_g, loss)
+        _run_tiles(_kdim.ce_prob_tiles, A, C, B, dt.itemsize, args)
+    else:
+        xc = np.ascontiguousarray(x)
+        g, gb, copy_back = _kdim_out16(xc, grad_out)
+        w, wsum = _weights(weight, C, dt)
+        y16, y32, ykind = _half.operand(y, (A, C, B))
+        args = (_half.bits(xc), kind, y16, y32, ykind, w, wsum, a1, a0, rs, gb, has_g, loss)
+        _run_tiles16(_kdim.ce_prob_tiles16, A, C, B, args)
     _finish(g, copy_back)
     return loss
 
@@ -320,8 +401,14 @@ def _softmax_kdim(x, out, log):
     if A == 0 or B == 0 or C == 0:
         return out
     xc = _contiguous(x, x.dtype)
-    o, copy_back = _kdim_out(xc, out)
-    _run_tiles(_kdim.softmax_tiles, A, C, B, x.dtype.itemsize, (xc, _flat(xc), o, _flat(o), log))
+    kind = _half.kind_of(x.dtype)
+    if kind is None:
+        o, copy_back = _kdim_out(xc, out)
+        _run_tiles(_kdim.softmax_tiles, A, C, B, x.dtype.itemsize,
+                   (xc, _flat(xc), o, _flat(o), log))
+    else:
+        o, ob, copy_back = _kdim_out16(xc, out)
+        _run_tiles16(_kdim.softmax_tiles16, A, C, B, (_half.bits(xc), kind, ob, log))
     _finish(o, copy_back)
     return out
 
@@ -360,41 +447,51 @@ def bce_logits(x, y, weight, pos_weight, scale, grad_out):
     ``x``, ``y`` (M, K) (any other shape is viewed as rows of its last axis); ``weight`` None or
     broadcastable to x; ``pos_weight`` None or broadcastable to x (per class: (K,));
     ``scale`` broadcastable to x;
-    ``grad_out`` like x, or None. Returns the elementwise loss, shaped like x.
+    ``grad_out`` like x, or None. Returns the elementwise loss, shaped like x (float32 for a
+    16-bit x, whose gradient is rounded to x's dtype; a 16-bit y is read in 16 bits).
     """
     dt = x.dtype
+    kind = _half.kind_of(dt)
+    cdt = _compute(dt)
     shape = x.shape
     K = shape[-1] if x.ndim >= 1 else 1
     M = int(np.prod(shape[:-1])) if x.ndim >= 1 else 1
     if x.ndim != 2:  # view as rows of the last axis; broadcast operands follow
         if weight is not None:
-            weight = np.broadcast_to(np.asarray(weight, dt), shape).reshape(M, K)
+            weight = np.broadcast_to(np.asarray(weight, cdt), shape).reshape(M, K)
         if pos_weight is not None:
-            pos_weight = np.broadcast_to(np.asarray(pos_weight, dt), shape).reshape(M, K)
+            pos_weight = np.broadcast_to(np.asarray(pos_weight, cdt), shape).reshape(M, K)
         if scale is not None:
-            scale = np.broadcast_to(np.asarray(scale, dt), shape).reshape(M, K)
-        y = np.broadcast_to(np.asarray(y, dt), shape).reshape(M, K)
+            scale = np.broadcast_to(np.asarray(scale, cdt), shape).reshape(M, K)
+        y = np.asarray(y)
+        y = np.broadcast_to(y if kind is not None else y.astype(dt, copy=False), shape)
         out2 = None if grad_out is None else np.empty((M, K), dt)
-        loss = bce_logits(x.reshape(M, K), y, weight, pos_weight, scale, out2)
+        loss = bce_logits(x.reshape(M, K), y.reshape(M, K), weight, pos_weight, scale, out2)
         if grad_out is not None:
             grad_out[...] = out2.reshape(shape)
         return loss.reshape(shape)
     if M == 0 or K == 0:
-        return np.zeros(shape, dt)
-    xc = _contiguous(x, dt)
-    yc = _contiguous(np.broadcast_to(np.asarray(y, dt), (M, K)), dt)
-    w = _compact(1 if weight is None else weight, M, K, dt)
+        return np.zeros(shape, cdt)
+    w = _compact(1 if weight is None else weight, M, K, cdt)
     has_pw = pos_weight is not None
-    pw = _compact(pos_weight if has_pw else 1, M, K, dt)
+    pw = _compact(pos_weight if has_pw else 1, M, K, cdt)
     has_g = grad_out is not None
-    sc = _compact(0 if scale is None else scale, M, K, dt)
+    sc = _compact(0 if scale is None else scale, M, K, cdt)
     if has_g and grad_out.flags.c_contiguous and grad_out.dtype == dt:
         g, copy_back = grad_out, None  # elementwise: writing over x (in place) is safe
     elif has_g:
         g, copy_back = np.empty((M, K), dt), grad_out
     else:
         g, copy_back = np.empty((1, K), dt), None
-    loss = _buffers.empty((M, K), dt)
-    run_rows(_bce.bce_rows, M, K, (xc, yc, w, pw, has_pw, sc, g, has_g, loss))
+    loss = _buffers.empty((M, K), cdt)
+    if kind is None:
+        xc = _contiguous(x, dt)
+        yc = _contiguous(np.broadcast_to(np.asarray(y, dt), (M, K)), dt)
+        run_rows(_bce.bce_rows, M, K, (xc, yc, w, pw, has_pw, sc, g, has_g, loss))
+    else:
+        y16, y32, ykind = _half.operand(y, (M, K))
+        args = (_half.bits(np.ascontiguousarray(x)), kind, y16, y32, ykind, w, pw, has_pw, sc,
+                _half.bits(g), has_g, loss)
+        run_rows(_bce.bce_rows16, M, K, args)
     _finish(g, copy_back)
     return loss

@@ -19,6 +19,10 @@ to rounding 1+z), and ``atanh(s) = s·Σ_k s^(2k)/(2k+1)`` to k = 17, whose rema
 ``w``, ``pw`` (pos_weight) and ``scale`` arrive compacted to shape ``(1 or M, 1 or K)``; the
 host function expands a ``(1, 1)`` operand to ``(1, K)``, and a per-row ``(M, 1)`` operand is
 expanded one row at a time here, so no ``(M, K)`` copy of a broadcast operand is made.
+
+16-bit logits (:func:`bce_rows16`, bfloat16 or float16 bits, see ``_half.py``): each row is
+converted into float32 scratch rows, run through the same loop, and its gradient rounded back
+into 16 bits; the elementwise loss stays float32 (the compute dtype).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numba
 import numpy as np
 
 from ._exp import vexp
+from ._half import F32, from_f32, operand_to_f32, to_f32
 
 _jit = numba.njit(cache=True)
 
@@ -114,3 +119,22 @@ def _bce_row(i, x, y, w, pw, has_pw, scale, g, has_g, loss):
 def bce_rows(x, y, w, pw, has_pw, scale, g, has_g, loss, lo, hi):
     for i in range(lo, hi):
         _bce_row(i, x, y, w, pw, has_pw, scale, g, has_g, loss)
+
+
+@numba.njit(nogil=True, cache=True)
+def bce_rows16(x, kind, y16, y32, ykind, w, pw, has_pw, scale, g, has_g, loss, lo, hi):
+    """:func:`bce_rows` on 16-bit ``x`` and ``g`` (uint16 bits of ``kind``); ``y`` is 16-bit
+    (``y16`` of ``ykind``) or float32 (``y32``, ykind F32), the other a dummy; ``loss``
+    float32."""
+    K = x.shape[1]
+    xb = np.empty(K, np.float32)
+    yb = np.empty(K, np.float32)
+    gb = np.empty(K if has_g else 1, np.float32)
+    f32 = ykind == F32
+    for i in range(lo, hi):
+        to_f32(x[i], kind, xb)
+        operand_to_f32(y16[0 if f32 else i], y32[i if f32 else 0], ykind, yb)
+        _bce_loop(xb, yb, _row_of(w, i, K), _row_of(pw, i, K), has_pw, _row_of(scale, i, K), gb,
+                  has_g, loss[i])
+        if has_g:
+            from_f32(gb, kind, g[i])

@@ -49,6 +49,12 @@ per-class terms) run R rows per step over R·B lanes of the flat ``(A, C·B)`` v
 partial results per position (``_max_sum_exp``, ``_write_rows``; R·B ≈ 128, chosen by the host;
 the measured gain is in benchmarks/README.md).
 
+16-bit input (``*_tiles16``, bfloat16 or float16 as uint16 bits, see ``_half.py``): each tile
+is gathered into float32 scratch of shape ``(1, C, nb)`` (one a, B = nb: the tile is all of its
+B, so the row groups apply), the float32 tile function above runs on it with its gradient or
+output in a second scratch, and that is rounded back into the 16-bit tile; the math is the
+float32 tile's, not a copy of it. The host sizes these tiles for the float32 scratch.
+
 Indexing: the innermost index ``b0 + j`` is unsigned (uint64), so Numba emits no negative-index
 wraparound for it and LLVM sees a unit-stride access it can vectorise. (Numba types
 int64·uint64 as int64: every factor of a lane index is kept uint64.)
@@ -62,6 +68,7 @@ import numba
 import numpy as np
 
 from ._exp import fmaximum, vexp
+from ._half import F32, from_f32, to_f32
 
 _jit = numba.njit(cache=True)
 # The tile drivers release the GIL so the host can run tiles on several threads (_threads).
@@ -474,3 +481,129 @@ def softmax_tiles(x, xf, out, of, log, bt, R, cc, lo, hi):
         b0 = np.uint64((u - a * nbb) * bt)
         nb = np.uint64(min(bt, B - (u - a * nbb) * bt))
         _softmax_tile(x, xf, out, of, log, a, b0, nb, R, cc, wk)
+
+
+# ---------------------------------------------------------------------------------------------
+# 16-bit tiles: gather into float32 scratch (1, C, nb), the float32 tile function, scatter back.
+# ---------------------------------------------------------------------------------------------
+@_jit
+def _gather(x16, kind, a, b0, nb, dst):
+    """dst[0, c, j] = x[a, c, b0 + j] as float32 (``x16`` the uint16 bits of ``kind``)."""
+    for c in range(x16.shape[1]):
+        to_f32(x16[a, c, b0:b0 + nb], kind, dst[0, c])
+
+
+@_jit
+def _gather_f32(y, a, b0, nb, dst):
+    """dst[0, c, j] = y[a, c, b0 + j] (float32)."""
+    for c in range(y.shape[1]):
+        src = y[a, c, b0:b0 + nb]
+        d = dst[0, c]
+        for j in range(nb):
+            d[j] = src[j]
+
+
+@_jit
+def _scatter(src, kind, a, b0, nb, out16):
+    """out[a, c, b0 + j] = src[0, c, j] rounded to ``kind`` (nearest even)."""
+    for c in range(src.shape[1]):
+        from_f32(src[0, c], kind, out16[a, c, b0:b0 + nb])
+
+
+@_jit
+def _scratch(buf, C, nb):
+    """The first C·nb values of ``buf`` as (1, C, nb) and its (1, C·nb) view."""
+    t = buf[:C * nb].reshape((1, C, nb))
+    return t, t.reshape((1, C * nb))
+
+
+@_jit
+def _tile_of(u, nbb, bt, B):
+    """(a, b0, nb) of tile u."""
+    a = u // nbb
+    b0 = (u - a * nbb) * bt
+    return a, b0, min(bt, B - b0)
+
+
+@_jit_tiles
+def ce_index_tiles16(x16, kind, target, w, wsum, ign, eps, rs, g16, has_g, loss, bt, R, cc, lo,
+                     hi):
+    """:func:`ce_index_tiles` on 16-bit ``x16`` and ``g16`` (uint16 bits of ``kind``)."""
+    C = x16.shape[1]
+    B = x16.shape[2]
+    nbb = (B + bt - 1) // bt
+    xs = np.empty(C * bt, np.float32)
+    gs = np.empty(C * bt if has_g else 1, np.float32)
+    tg = np.empty(bt, np.int64)
+    rsb = np.empty(bt, np.float32)
+    lb = np.empty(bt, np.float32)
+    wk = np.empty((_NROWS, R * bt), np.float32)
+    wk64 = np.empty((_NROWS64, bt), np.float64)
+    for u in range(lo, hi):
+        a, b0, nb = _tile_of(u, nbb, bt, B)
+        x3, xf3 = _scratch(xs, C, nb)
+        g3, gf3 = _scratch(gs, C if has_g else 1, nb if has_g else 1)
+        _gather(x16, kind, a, b0, nb, x3)
+        for j in range(nb):
+            tg[j] = target[a, b0 + j]
+            rsb[j] = rs[a, b0 + j]
+        _ce_index_tile(x3, xf3, tg[:nb].reshape((1, nb)), w, wsum, ign, eps,
+                       rsb[:nb].reshape((1, nb)), g3, gf3, has_g, lb[:nb].reshape((1, nb)),
+                       0, np.uint64(0), np.uint64(nb), R, cc, wk, wk64)
+        for j in range(nb):
+            loss[a, b0 + j] = lb[j]
+        if has_g:
+            _scatter(g3, kind, a, b0, nb, g16)
+
+
+@_jit_tiles
+def ce_prob_tiles16(x16, kind, y16, y32, ykind, w, wsum, a1, a0, rs, g16, has_g, loss, bt, R,
+                    cc, lo, hi):
+    """:func:`ce_prob_tiles` on 16-bit ``x16``, ``g16``; ``y`` 16-bit (``y16`` of ``ykind``)
+    or float32 (``y32``, ykind F32), the other a dummy."""
+    C = x16.shape[1]
+    B = x16.shape[2]
+    nbb = (B + bt - 1) // bt
+    xs = np.empty(C * bt, np.float32)
+    ys = np.empty(C * bt, np.float32)
+    gs = np.empty(C * bt if has_g else 1, np.float32)
+    rsb = np.empty(bt, np.float32)
+    lb = np.empty(bt, np.float32)
+    wk = np.empty((_NROWS, R * bt), np.float32)
+    wk64 = np.empty((_NROWS64, bt), np.float64)
+    for u in range(lo, hi):
+        a, b0, nb = _tile_of(u, nbb, bt, B)
+        x3, xf3 = _scratch(xs, C, nb)
+        y3, yf3 = _scratch(ys, C, nb)
+        g3, gf3 = _scratch(gs, C if has_g else 1, nb if has_g else 1)
+        _gather(x16, kind, a, b0, nb, x3)
+        if ykind == F32:
+            _gather_f32(y32, a, b0, nb, y3)
+        else:
+            _gather(y16, ykind, a, b0, nb, y3)
+        for j in range(nb):
+            rsb[j] = rs[a, b0 + j]
+        _ce_prob_tile(x3, xf3, y3, w, wsum, a1, a0, rsb[:nb].reshape((1, nb)), g3, has_g,
+                      lb[:nb].reshape((1, nb)), 0, np.uint64(0), np.uint64(nb), R, cc, wk, wk64)
+        for j in range(nb):
+            loss[a, b0 + j] = lb[j]
+        if has_g:
+            _scatter(g3, kind, a, b0, nb, g16)
+
+
+@_jit_tiles
+def softmax_tiles16(x16, kind, out16, log, bt, R, cc, lo, hi):
+    """:func:`softmax_tiles` on 16-bit ``x16`` into 16-bit ``out16`` (uint16 bits of ``kind``)."""
+    C = x16.shape[1]
+    B = x16.shape[2]
+    nbb = (B + bt - 1) // bt
+    xs = np.empty(C * bt, np.float32)
+    os_ = np.empty(C * bt, np.float32)
+    wk = np.empty((_NROWS, R * bt), np.float32)
+    for u in range(lo, hi):
+        a, b0, nb = _tile_of(u, nbb, bt, B)
+        x3, xf3 = _scratch(xs, C, nb)
+        o3, of3 = _scratch(os_, C, nb)
+        _gather(x16, kind, a, b0, nb, x3)
+        _softmax_tile(x3, xf3, o3, of3, log, 0, np.uint64(0), np.uint64(nb), R, cc, wk)
+        _scatter(o3, kind, a, b0, nb, out16)

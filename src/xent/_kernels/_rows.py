@@ -25,6 +25,11 @@ gradient instead of reading or writing out of bounds.
 The ``mode`` argument: 0 forward only (``g`` is a dummy), 1 gradient into ``g``, 2 gradient
 written over ``x`` itself (in place; ``g`` is ``x``). Mode 2 runs the in-place form of each
 writing loop (``_to_and_inplace``): the same source compiled with its output being its input.
+
+16-bit rows (``*_rows16``: bfloat16 or float16 as uint16 bits, see ``_half.py``): each row is
+converted into a float32 scratch row (128 KiB for C = 32768, it stays in L2), the float32 row
+function above runs on it in mode 2 (in place), and the scratch is rounded back into the 16-bit
+gradient or output row. The math is the float32 kernel's, not a copy of it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from numba import types
 from numba.extending import overload
 
 from ._exp import _i32_as_f32, _i64_as_f64, vexp, vtanh
+from ._half import F32, from_f32, operand_to_f32, to_f32, zero16
 
 # Reassociation (vectorised sums), FMA contraction, no signed zeros. Never nnan/ninf: the
 # non-finite checks below rely on NaN and inf keeping their IEEE meaning.
@@ -666,3 +672,64 @@ def log_softmax_rows(x, out, inplace, lo, hi):
 def softmax_rows(x, out, inplace, lo, hi):
     for i in range(lo, hi):
         _softmax_row(i, x, out, inplace)
+
+
+# ---------------------------------------------------------------------------------------------
+# 16-bit rows: ``x`` and ``g``/``out`` are uint16 bits of bfloat16 or float16 (``kind``, see
+# _half.py); each row goes through a float32 scratch row ``buf`` (1, C) and the float32 row
+# function, indexed 0 there with one-element views of the per-row arrays (the same compiled
+# specialisation as the float32 drivers above). ``g`` may be ``x`` itself: a row is read into
+# the scratch before its gradient is written.
+# ---------------------------------------------------------------------------------------------
+@_jit_rows
+def ce_index_rows16(x, kind, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
+                    sce, sz, g, has_g, loss, lse, lo, hi):
+    C = x.shape[1]
+    buf = np.empty((1, C), np.float32)
+    work = np.empty(C if (has_cap and not has_g) else 0, np.float32)
+    mode = 2 if has_g else 0
+    for i in range(lo, hi):
+        if target[i] == ignore_index and not want_lse:  # not read, as _ce_index_row
+            loss[i] = 0
+            if has_g:
+                zero16(g[i])
+            continue
+        to_f32(x[i], kind, buf[0])
+        _ce_index_row(0, buf, target[i:i + 1], w, wsum, ignore_index, eps, zscale, cap,
+                      has_cap, want_lse, sce[i:i + 1], sz[i:i + 1], buf, mode, loss[i:i + 1],
+                      lse[i:i + 1], work)
+        if has_g:
+            from_f32(buf[0], kind, g[i])
+
+
+@_jit_rows
+def ce_prob_rows16(x, kind, y16, y32, ykind, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g,
+                   has_g, loss, lse, lo, hi):
+    """``y`` is 16-bit (``y16``, of ``ykind``) or float32 (``y32``, ykind F32); the other array
+    is a dummy."""
+    C = x.shape[1]
+    buf = np.empty((1, C), np.float32)
+    ybuf = np.empty((1, C), np.float32)
+    work = np.empty(C if (has_cap and not has_g) else 0, np.float32)
+    mode = 2 if has_g else 0
+    f32 = ykind == F32
+    for i in range(lo, hi):
+        to_f32(x[i], kind, buf[0])
+        operand_to_f32(y16[0 if f32 else i], y32[i if f32 else 0], ykind, ybuf[0])
+        _ce_prob_row(0, buf, ybuf, w, wsum, a1, a0, zscale, cap, has_cap, sce[i:i + 1],
+                     sz[i:i + 1], buf, mode, loss[i:i + 1], lse[i:i + 1], work)
+        if has_g:
+            from_f32(buf[0], kind, g[i])
+
+
+@_jit_rows
+def rowwise_rows16(x, kind, out, log, lo, hi):
+    """log_softmax (``log``) or softmax of 16-bit rows into the 16-bit ``out`` (may be ``x``)."""
+    buf = np.empty((1, x.shape[1]), np.float32)
+    for i in range(lo, hi):
+        to_f32(x[i], kind, buf[0])
+        if log:
+            _log_softmax_row(0, buf, buf, True)
+        else:
+            _softmax_row(0, buf, buf, True)
+        from_f32(buf[0], kind, out[i])

@@ -1,0 +1,155 @@
+"""16-bit floats in the Numba kernels: bfloat16 and float16 storage, float32 arithmetic.
+
+Numba has no float16 or bfloat16 type on the CPU, so the host wrappers view a 16-bit array as
+``uint16`` (zero-copy) and pass a *kind* flag (:data:`BF16` or :data:`F16`) that the kernels
+test at run time, outside the loops: one compiled kernel serves both formats. A kernel converts
+each 16-bit row (or tile) into a float32 scratch row that stays in the core's cache, runs the
+float32 row kernel on it, and converts the result back into the 16-bit output, so memory sees a
+16-bit read and a 16-bit write per element and the math is the float32 kernel's.
+
+Conversions (each loop vectorises; about 0.1 ns per element from L2, see benchmarks/bench_half.py):
+
+* bfloat16 -> float32 is exact: the bfloat16 bits are the top half of the float32's,
+  ``f = uint32(h) << 16``.
+* float32 -> bfloat16, round to nearest even:
+  ``h = (u + 0x7FFF + ((u >> 16) & 1)) >> 16`` on the float32 bits ``u``; a carry out of the
+  mantissa rounds up the exponent, so the largest floats overflow to ±inf as IEEE rounding does.
+  A NaN (``u & 0x7FFFFFFF > 0x7F800000``) instead keeps its sign and top payload bits and gets
+  the quiet bit (``(u >> 16) | 0x40``): the rounding formula could carry a NaN into ±inf.
+* float16 <-> float32: LLVM's ``fpext half`` / ``fptrunc`` (IEEE: exact, and round to nearest
+  even with overflow to ±inf, NaN stays NaN), which compile to the F16C instructions
+  ``vcvtph2ps`` / ``vcvtps2ph`` on x86 (:func:`_h2f`, :func:`_f2h`).
+
+No fast-math flag is used here: NaN and inf keep their IEEE meaning.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+BF16 = 0  # the kind flag of bfloat16 storage
+F16 = 1  # float16
+F32 = 2  # (operands only) float32 storage, read as it is
+
+_jit = numba.njit(cache=True)
+
+
+@intrinsic
+def _h2f(typingctx, h):
+    """The float16 with bits ``h`` (uint16) as a float32 (LLVM ``fpext half``)."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _f2h(typingctx, f):
+    """The bits (uint16) of float32 ``f`` rounded to float16, to nearest even (``fptrunc``)."""
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return sig, codegen
+
+
+@intrinsic
+def _f2bf(typingctx, f):
+    """The bits (uint16) of float32 ``f`` rounded to bfloat16, to nearest even (NaN: quiet NaN of
+    its sign and top payload bits). In 32-bit integer IR: Numba's own integer arithmetic
+    widens uint32 to 64 bits, which halves the vector width of the loop."""
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        u = builder.bitcast(args[0], i32)
+        hi = builder.lshr(u, i32(16))
+        rne = builder.lshr(builder.add(builder.add(u, i32(0x7FFF)), builder.and_(hi, i32(1))),
+                           i32(16))
+        nan = builder.icmp_unsigned(">", builder.and_(u, i32(0x7FFFFFFF)), i32(0x7F800000))
+        out = builder.select(nan, builder.or_(hi, i32(0x40)), rne)
+        return builder.trunc(out, ir.IntType(16))
+
+    return sig, codegen
+
+
+@_jit
+def to_f32(src, kind, dst):
+    """dst_j = the 16-bit float with bits src_j (uint16; ``kind`` BF16 or F16) as float32."""
+    n = src.shape[0]
+    if kind == BF16:
+        d = dst.view(np.uint32)
+        for j in range(n):
+            d[j] = np.uint32(src[j]) << np.uint32(16)
+    else:
+        for j in range(n):
+            dst[j] = _h2f(src[j])
+
+
+@_jit
+def from_f32(src, kind, dst):
+    """dst_j = the bits (uint16) of float32 src_j rounded to nearest even in ``kind``."""
+    n = src.shape[0]
+    if kind == BF16:
+        for j in range(n):
+            dst[j] = _f2bf(src[j])
+    else:
+        for j in range(n):
+            dst[j] = _f2h(src[j])
+
+
+@_jit
+def operand_to_f32(s16, s32, kind, dst):
+    """dst = an operand row that is 16-bit (``s16``, ``kind`` BF16/F16) or float32 (``s32``,
+    ``kind`` F32) as float32; the other array is a dummy."""
+    if kind == F32:
+        for j in range(dst.shape[0]):
+            dst[j] = s32[j]
+    else:
+        to_f32(s16, kind, dst)
+
+
+@_jit
+def zero16(dst):
+    """dst_j = +0.0 (all bits zero in both formats)."""
+    for j in range(dst.shape[0]):
+        dst[j] = 0
+
+
+def kind_of(dtype: np.dtype) -> int | None:
+    """BF16 or F16 for a 16-bit float ``dtype``, None for any other dtype."""
+    if dtype == np.float16:
+        return F16
+    if dtype.kind == "V" and dtype.itemsize == 2:
+        from .._validation import bfloat16
+
+        if dtype == bfloat16():
+            return BF16
+    return None
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    """A 16-bit float array's uint16 view (no copy)."""
+    return a.view(np.uint16)
+
+
+def operand(a: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(s16, s32, kind) for a float operand broadcastable to ``shape`` (a probability or BCE
+    target): its C-contiguous uint16 bits and a dummy when it is 16-bit, else a dummy and a
+    float32 C-contiguous array (kind F32). Only a broadcast operand is copied, into its own
+    dtype."""
+    a = np.asarray(a)
+    kind = kind_of(a.dtype)
+    dummy16 = np.empty((1,) * len(shape), np.uint16)
+    if kind is None:
+        b = np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32)
+        return dummy16, b, F32
+    b = np.ascontiguousarray(np.broadcast_to(a, shape))
+    return bits(b), np.empty((1,) * len(shape), np.float32), kind
