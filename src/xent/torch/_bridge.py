@@ -234,7 +234,7 @@ class SavedGrad(torch.autograd.Function):
         g, go = as_numpy(grad), as_numpy(grad_output)
         out = _buffers.empty(np.broadcast_shapes(g.shape, go.shape), np.result_type(g, go))
         np.multiply(g, go, out=out)
-        return torch.from_numpy(out), None, None, None
+        return from_numpy(out), None, None, None  # (bfloat16 too)
 
     @staticmethod
     def _differentiable_grad(ctx, grad_output: torch.Tensor) -> torch.Tensor:
