@@ -4,6 +4,18 @@
     python3 tasks.py bench-linear            # N=8192, H=1024, V in 32768, 65536, 131072 (fp32)
     python3 tasks.py bench-linear --quick    # small sizes, a minute
     python3 benchmarks/bench_linear.py --sizes 4096x1024x32768 --methods xent,eager
+    python3 benchmarks/bench_linear.py --section [--quick]  # the in-process section below
+    python3 tasks.py bench --only linear     # the same section, in the kernel benchmark's run
+
+Section (``run(repeats, quick)``, one process): linear cross-entropy at N=4096, H=1024,
+V=32768 (``--quick``: 1024x256x8192), float32 and bfloat16, forward+backward, timed interleaved
+(bench_kernels.time_interleaved: contenders in turn, rotating order, medians):
+  xent           xent.torch.linear_cross_entropy (default chunk size)
+  3 matmuls      its three products alone at the same chunking and dtype (logits x@W.T into the
+                 chunk buffer, grad_x = dz@W, grad_W += dz.T@x): the floor for xent's time
+  torch          F.linear_cross_entropy (options=None: PyTorch's reference, the (N, V) logits)
+and, for xent and torch, the peak resident memory during one call beyond what it held before,
+minus the gradients of x and W (VmHWM after a reset through /proc/self/clear_refs).
 
 Table 1, linear cross-entropy forward+backward (loss = CE(x @ W.T, t), gradients of x and W):
   eager          F.cross_entropy(x @ W.T, t): PyTorch holding the (N, V) logits
@@ -43,6 +55,7 @@ from pathlib import Path
 FULL_SIZES = [(8192, 1024, 32768), (8192, 1024, 65536), (8192, 1024, 131072)]
 QUICK_SIZES = [(1024, 256, 8192), (2048, 256, 16384)]
 METHODS = ["eager", "compile", "torch-chunked", "xent", "gemm-only"]
+SECTION_METHODS = ["xent", "xent-compact", "torch-lce"]  # (worker only: the section's memory)
 SAMPLE_ROWS = 512
 
 
@@ -77,9 +90,11 @@ def worker(method: str, n: int, h: int, v: int, out: str) -> None:
 
     import xent.torch as xt
 
+    method, _, dtname = method.partition(":")  # e.g. xent:bfloat16
+    dt = getattr(torch, dtname or "float32")
     torch.manual_seed(0)
-    x = (torch.randn(n, h) * 0.5).requires_grad_(True)
-    W = (torch.randn(v, h) * (1.0 / h**0.5)).requires_grad_(True)
+    x = (torch.randn(n, h) * 0.5).to(dt).requires_grad_(True)
+    W = (torch.randn(v, h) * (1.0 / h**0.5)).to(dt).requires_grad_(True)
     t = torch.randint(0, v, (n,))
     t[::17] = -100
 
@@ -97,6 +112,13 @@ def worker(method: str, n: int, h: int, v: int, out: str) -> None:
     elif method == "xent":
         def fn(a, B, tt):
             return xt.linear_cross_entropy(a, B, tt)
+    elif method == "xent-compact":  # 16-bit grad_W accumulated in its dtype
+        def fn(a, B, tt):
+            return xt.linear_cross_entropy(
+                a, B, tt, options=torch.nn.LinearCrossEntropyOptions(acc_policy="compact"))
+    elif method == "torch-lce":
+        def fn(a, B, tt):
+            return F.linear_cross_entropy(a, B, tt)
     elif method.startswith("xent@"):  # a given chunk size: xent@512
         rows_per_chunk = int(method[5:])
 
@@ -297,6 +319,108 @@ def run_bridge(shapes, train_shapes, repeat: int) -> None:
         _train_row(n, hdim, c, max(3, repeat // 3))
 
 
+# --- the section: xent against its three matrix products, in one process ----------------------
+
+SECTION_SIZE = (4096, 1024, 32768)
+SECTION_QUICK = (1024, 256, 8192)
+
+
+def _floor_fn(x, W, chunk: int):
+    """The three products of xent's chunked pass alone, at its chunking and in its dtype."""
+    import torch
+
+    n, v = x.shape[0], W.shape[0]
+
+    def call() -> None:
+        with torch.no_grad():
+            buf = torch.empty(min(chunk, n), v, dtype=x.dtype)
+            gx, gW = torch.empty_like(x), torch.zeros_like(W)
+            for s in range(0, n, chunk):
+                e = min(n, s + chunk)
+                z = buf[: e - s]
+                torch.mm(x[s:e], W.t(), out=z)
+                torch.mm(z, W, out=gx[s:e])
+                gW.addmm_(z.t(), x[s:e])
+    return call
+
+
+def _extra_peak_mb(method: str, n: int, h: int, v: int, dtype: str) -> float:
+    """Peak resident memory of one forward+backward of ``method`` in a fresh process, beyond
+    what it held before, minus the gradients of x and W (MiB; the worker's measure)."""
+    out = Path(tempfile.mkdtemp(prefix="bench_linear_")) / "mem.json"
+    cmd = [sys.executable, __file__, "--worker", f"{method}:{dtype}", str(n), str(h), str(v),
+           str(out)]
+    subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    try:
+        res = json.loads(out.read_text())
+        Path(str(out) + ".pt").unlink(missing_ok=True)
+        return float(res.get("extra_peak_mb", float("nan")))
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def run(repeats: int, quick: bool) -> None:
+    """Print the linear cross-entropy section: xent, its three matmuls, PyTorch; fp32 and bf16."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import xent.torch as xt
+    from bench_kernels import time_interleaved
+    from xent.torch import _linear
+
+    n, h, v = SECTION_QUICK if quick else SECTION_SIZE
+    reps = max(2, min(repeats, 3 if not quick else repeats))
+    print(f"\nLinear cross-entropy, N={n}, H={h}, V={v}, forward+backward, {reps} interleaved "
+          f"repeats (medians), torch on {torch.get_num_threads()} threads; load average "
+          "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
+    print("| dtype | contender | time | 3 matmuls at its chunking | / matmuls | torch "
+          "F.linear_cross_entropy | torch / contender | extra peak (MiB) | path |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    compact = torch.nn.LinearCrossEntropyOptions(acc_policy="compact")
+    for dt in (torch.float32, torch.bfloat16):
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(n, h, generator=g) * 0.5).to(dt).requires_grad_(True)
+        W = (torch.randn(v, h, generator=g) / h**0.5).to(dt).requires_grad_(True)
+        t = torch.randint(0, v, (n,), generator=g)
+        t[::17] = -100
+        name = str(dt).replace("torch.", "")
+        on_kernels = dt != torch.bfloat16 or _linear._bf16_on_the_kernels()
+
+        def step(fn, x=x, W=W, t=t):
+            def call() -> None:
+                fn(x, W, t).backward()
+                x.grad = W.grad = None
+            return call
+
+        variants = {"xent": (None, _linear._default_chunk(v, 1, x))}
+        if dt == torch.bfloat16:
+            variants["xent-compact"] = (compact, _linear._default_chunk(v, 1, x, True))
+        fns = {"torch": step(F.linear_cross_entropy)}
+        for k, (opt, chunk) in variants.items():
+            fns[k] = step(lambda a, B, tt, opt=opt: xt.linear_cross_entropy(a, B, tt,
+                                                                            options=opt))
+            fns[f"matmuls@{chunk}"] = _floor_fn(x.detach(), W.detach(), chunk)
+        # warm-up of the kernels on a small problem (their JIT/cache load is not a step's cost)
+        xt.linear_cross_entropy(x[:64].detach(), W[:4096].detach().requires_grad_(True),
+                                t[:64] % 4096).backward()
+        times = time_interleaved(fns, reps, pause=0.5)
+        for k, (_, chunk) in variants.items():
+            floor = times[f"matmuls@{chunk}"]
+            path = (f"kernels, chunk {min(chunk, n)} rows" if on_kernels
+                    else "PyTorch fallback (core/bridge lack bfloat16)")
+            print(f"| {name} | {k} | {times[k]:.3f} s | {floor:.3f} s | "
+                  f"{times[k] / floor:.3f} | {times['torch']:.3f} s | "
+                  f"{times['torch'] / times[k]:.2f}x | "
+                  f"{_extra_peak_mb(k, n, h, v, name):.0f} | {path} |", flush=True)
+        print(f"| {name} | torch | {times['torch']:.3f} s | | | | | "
+              f"{_extra_peak_mb('torch-lce', n, h, v, name):.0f} | F.linear_cross_entropy |",
+              flush=True)
+    print("targets: xent / matmuls <= 1.1 and extra peak <= 256 MB, float32 and bfloat16; "
+          "extra peak: one call in a fresh process, beyond inputs, weights and gradients")
+
+
 def _machine() -> str:
     import numpy
     import torch
@@ -328,6 +452,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:
         method, n, h, v, out = argv[1:6]
         worker(method, int(n), int(h), int(v), out)
+        return 0
+    if argv[:1] == ["--section"]:
+        quick = "--quick" in argv[1:]
+        run(3 if quick else 7, quick)
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute)")

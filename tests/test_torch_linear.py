@@ -225,6 +225,14 @@ def test_bfloat16_is_as_close_to_float64_as_pytorchs_own(monkeypatch, chunks, se
                              truth, strict=True):
         assert o.dtype == torch.bfloat16, name
         assert _rel(o, e) <= _rel(p, e) * 1.0001 + 1e-7, (name, _rel(o, e), _rel(p, e))
+    # acc_policy="compact": grad_W accumulated in bfloat16 over the chunks (no float32 (V, H)
+    # buffer, the fast path): the same loss and grad_input, grad_W rounded once per chunk.
+    opt = torch.nn.LinearCrossEntropyOptions(acc_policy="compact", batch_chunk_size=-(-n // chunks))
+    fast = run(lambda a, B, c: xt.linear_cross_entropy(a, B, t, linear_bias=c, options=opt),
+               torch.bfloat16)
+    for k in (0, 1, 3):
+        assert torch.equal(fast[k], ours[k])
+    assert _rel(fast[2], truth[2]) <= _rel(theirs[2], truth[2]) * (1.0001 if chunks == 1 else 1.5)
 
 
 def test_errors_say_what_was_expected():

@@ -14,8 +14,10 @@ and PyTorch's chunked path do) so that ``backward`` is a scale by ``grad_output`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,7 @@ class _Spec:
     chunk: int
     allow_retain_graph: bool
     positions: int = 1  # D = d1·...·dK: class-axis positions per row of the (N, C·D) logits
+    compact: bool = False  # 16-bit grad_W accumulated in its dtype (options' acc_policy)
 
 
 def _chunk_ce(spec: _Spec, z: np.ndarray, tgt: np.ndarray, rs, rz, grad: np.ndarray | None,
@@ -120,7 +123,7 @@ def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
     spare = None if spare_t is None else _bridge.as_numpy(spare_t)
     ce, lse = np.empty(n * d, cdt), np.full(n * d, np.nan, cdt)
     gx = torch.empty_like(x) if (want_grad and need[0]) else None
-    gW = _GradW(W, n > chunk) if (want_grad and need[1]) else None
+    gW = _GradW(W, n > chunk, spec.compact) if (want_grad and need[1]) else None
     gb = torch.zeros(v, dtype=_TORCH[cdt]) if (want_grad and need[2]) else None
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
@@ -158,20 +161,23 @@ _GW_BLOCK_BYTES = 8 * 2**20
 
 
 class _GradW:
-    """``grad_W = Σ_chunks dz.T @ x[chunk]``, rounded once to the weight's dtype.
+    """``grad_W = Σ_chunks dz.T @ x[chunk]``.
 
-    float32/float64, or a single chunk: ``addmm_`` into the gradient (one product per chunk,
-    accumulated in its dtype). 16-bit input over several chunks: a float32 ``(V, H)``
-    accumulator, and each chunk's product runs in float32 on vocabulary blocks of ``dz`` and
-    ``x[chunk]`` upcast (exact: a product of two bfloat16 values is exact in float32), so the
-    gradient is rounded to bfloat16 once, as PyTorch's one ``(N, V)`` product is. A bfloat16
-    product per chunk would round every partial sum (measured at N=2048, H=256, V=8192, 2 to 8
-    chunks: 1.25x PyTorch's relative error in ``grad_W``, against 0.95x rounded once).
+    float32/float64, a single chunk, or ``compact``: ``addmm_`` into the gradient in its own
+    dtype (for bfloat16 each chunk's ``addmm_`` rounds the running sum: over k >= 2 chunks the
+    error grows, measured 1.1x to 1.25x PyTorch's one ``(N, V)`` product at 2 to 4 chunks).
+    16-bit input over several chunks otherwise ("accurate", the default, as PyTorch's CPU
+    default policy): a float32 ``(V, H)`` accumulator and float32 products of each chunk's
+    vocabulary blocks, upcast (exact: bfloat16 values and their products are exact in float32),
+    with oneDNN's bf16 arithmetic for float32 matmuls on for the call
+    (``torch.backends.mkldnn.matmul.fp32_precision = 'bf16'``: exact on these inputs, float32
+    accumulation), so the gradient is rounded to bfloat16 once, as PyTorch's.
     """
 
-    def __init__(self, W: torch.Tensor, several_chunks: bool) -> None:
+    def __init__(self, W: torch.Tensor, several_chunks: bool, compact: bool) -> None:
         self.dtype = W.dtype
-        self.upcast = W.dtype in (torch.bfloat16, torch.float16) and several_chunks
+        self.upcast = (W.dtype in (torch.bfloat16, torch.float16) and several_chunks
+                       and not compact)
         self.acc = torch.zeros(W.shape, dtype=torch.float32 if self.upcast else W.dtype)
 
     def add(self, dz: torch.Tensor, xs: torch.Tensor) -> None:
@@ -181,12 +187,28 @@ class _GradW:
         m, v = dz.shape
         block = max(1, _GW_BLOCK_BYTES // max(1, 4 * m))
         x32 = xs.float()
-        for s in range(0, v, block):
-            e = min(v, s + block)
-            self.acc[s:e].addmm_(dz[:, s:e].t().float(), x32)
+        with _bf16_float32_matmuls(self.dtype == torch.bfloat16):
+            for s in range(0, v, block):
+                e = min(v, s + block)
+                self.acc[s:e].addmm_(dz[:, s:e].float().t(), x32)
 
     def result(self) -> torch.Tensor:
         return self.acc if self.acc.dtype == self.dtype else self.acc.to(self.dtype)
+
+
+@contextlib.contextmanager
+def _bf16_float32_matmuls(on: bool) -> Iterator[None]:
+    """oneDNN's bf16 arithmetic for float32 matmuls (float32 accumulation) inside the block."""
+    mm = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    if not on or mm is None or not hasattr(mm, "fp32_precision"):
+        yield
+        return
+    old = mm.fp32_precision
+    mm.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        mm.fp32_precision = old
 
 
 def _row_scales(p: Problem, grad_output: np.ndarray | None):
@@ -424,9 +446,10 @@ def linear_cross_entropy(
     else:
         rows = problem.target
     chunk = _chunk_size(chunk_size, options, n, h, v, x)
+    compact = getattr(options, "acc_policy", None) == "compact"
     spec = _Spec(problem=problem, target=np.ascontiguousarray(rows),
-                 chunk=chunk or _default_chunk(v, d, x),
-                 allow_retain_graph=allow_retain_graph, positions=d)
+                 chunk=chunk or _default_chunk(v, d, x, compact),
+                 allow_retain_graph=allow_retain_graph, positions=d, compact=compact)
     xc = x.contiguous()
     Wc = (linear_weight if not out else linear_weight.reshape(v, h)).contiguous()
     bc = None if linear_bias is None else linear_bias.reshape(v)
@@ -443,12 +466,12 @@ def linear_cross_entropy(
     return (loss, lse) if return_lse else loss
 
 
-def _default_chunk(v: int, d: int, x: torch.Tensor) -> int:
+def _default_chunk(v: int, d: int, x: torch.Tensor, compact: bool = False) -> int:
     """xent's default rows per chunk: `default_chunk_size`, halved for a K-dimensional weight
-    (a second buffer) and for 16-bit input over several chunks (the float32 ``grad_W``
-    accumulator, `_GradW`), so that the buffers stay near `DEFAULT_CHUNK_BYTES`."""
+    (a second buffer) and for 16-bit input over several chunks unless ``compact`` (the float32
+    ``grad_W`` accumulator, `_GradW`), so that the buffers stay near `DEFAULT_CHUNK_BYTES`."""
     rows = default_chunk_size(v, x.element_size())
-    if x.element_size() == 2 and x.shape[0] > rows:
+    if x.element_size() == 2 and x.shape[0] > rows and not compact:
         rows //= 2
     return max(1, rows // min(d, 2))
 
