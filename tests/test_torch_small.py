@@ -14,6 +14,15 @@ import sys
 
 import pytest
 
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import xent  # noqa: E402
+import xent.torch as xt  # noqa: E402
+from helpers import spy  # noqa: E402
+from xent import _cross_entropy  # noqa: E402
+from xent.torch import _bridge  # noqa: E402
+
 _PROBE = r"""
 import json, os, re, sys, threading
 import numpy as np
@@ -47,52 +56,116 @@ with xent.use_backend("numba"):
     xent.cross_entropy(x[:4, :3], t[:4] % 3, return_grad=True)
 out["helper_ran"] = any(th.name.startswith("xent-kernel") for th in threading.enumerate())
 out["after_kernel"] = state()
-if sys.argv[1] == "control":  # what happens when Numba's threading layer starts
-    import numba
+import numba  # the control: what happens when Numba's threading layer starts
 
-    numba.get_num_threads()
-    out["after_layer"] = state()
-elif sys.argv[1] == "numba_set":  # numba.set_num_threads is still honoured
-    import numba
-
-    numba.set_num_threads(1)
-    out["count_after_set"] = _threads.thread_count()
+numba.get_num_threads()
+out["after_layer"] = state()
+numba.set_num_threads(1)  # still honoured by the kernels
+out["count_after_set"] = _threads.thread_count()
 print(json.dumps(out))
 """
 
 
-def _probe(mode: str) -> dict:
+@pytest.mark.slow
+def test_kernel_leaves_torch_on_one_thread():
+    """A multi-threaded kernel call (1M elements) leaves ``torch.set_num_threads(1)`` in force:
+    OpenMP still runs one thread and PyTorch's ops start no OpenMP workers afterwards.
+
+    The control shows the check can fail: starting Numba's threading layer in the same process
+    (what ``numba.get_num_threads()`` does, and what the kernels did before) raises OpenMP to
+    ``NUMBA_NUM_THREADS`` under PyTorch, whose next ops start an OpenMP worker. Fresh
+    interpreter: OpenMP's state is process-wide."""
+    pytest.importorskip("numba")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "XENT_BACKEND")}
     env["NUMBA_NUM_THREADS"] = "2"
-    proc = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.splitlines()[-1])
-
-
-pytest.importorskip("numba")
-pytest.importorskip("torch")
-
-
-def test_kernel_leaves_torch_on_one_thread():
-    """A multi-threaded kernel call leaves ``torch.set_num_threads(1)`` in force: OpenMP still
-    runs one thread and PyTorch's ops start no OpenMP workers afterwards."""
-    out = _probe("plain")
+    out = json.loads(proc.stdout.splitlines()[-1])
     assert out["helper_ran"], "the kernel did not run on its helper threads"
     assert out["before_kernel"]["omp"] == 1
     assert out["after_kernel"] == {"torch": 1, "omp": 1, "new_threads": 0}
-
-
-def test_probe_detects_numba_threading_layer():
-    """The check above can fail: starting Numba's threading layer in the same process (what
-    ``numba.get_num_threads()`` does, and what the kernels did before) raises OpenMP to
-    ``NUMBA_NUM_THREADS`` under PyTorch, and its ops then start an OpenMP worker."""
-    out = _probe("control")
-    assert out["after_kernel"]["omp"] == 1
     assert out["after_layer"]["omp"] == 2
     assert out["after_layer"]["new_threads"] >= 1
-
-
-def test_numba_set_num_threads_still_honoured():
-    out = _probe("numba_set")
     assert out["count_after_set"] == 1
+
+
+# --- the default cut-off: cheap calls go to PyTorch's own op first --------------------------
+
+@pytest.fixture
+def core_calls(monkeypatch):
+    """The calls that reach xent's core (the fast path), by drop-in."""
+    calls: list[str] = []
+    spy(monkeypatch, [(_cross_entropy, "solve", "cross_entropy"),
+                      (_cross_entropy, "nll_solve", "nll_loss"),
+                      (xent, "binary_cross_entropy", "binary_cross_entropy"),
+                      (xent, "binary_cross_entropy_with_logits",
+                       "binary_cross_entropy_with_logits")], calls.append)
+    return calls
+
+
+def _loss_and_grad(fn, x, *args, **kwargs):
+    x = x.detach().clone().requires_grad_(True)
+    loss = fn(x, *args, **kwargs)
+    loss.backward(torch.linspace(0.5, 2.0, loss.numel()).reshape(loss.shape))
+    return loss.detach(), x.grad
+
+
+def test_small_call_is_pytorchs_op(core_calls):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, generator=g)
+    t = torch.tensor([0, 1, 2, -100] * 8)
+    w = torch.tensor([0.5, 1.0, 2.0])
+    for kwargs in ({}, {"weight": w, "label_smoothing": 0.1}, {"reduction": "none"}):
+        ours = _loss_and_grad(xt.cross_entropy, x, t, **kwargs)
+        ref = _loss_and_grad(F.cross_entropy, x, t, **kwargs)
+        assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+    logp = torch.log_softmax(x, 1)
+    assert torch.equal(xt.nll_loss(logp, t), F.nll_loss(logp, t))
+    p, y = torch.rand(40, generator=g), torch.rand(40, generator=g)
+    assert torch.equal(xt.binary_cross_entropy(p, y), F.binary_cross_entropy(p, y))
+    assert torch.equal(xt.binary_cross_entropy_with_logits(x[:, 0], y[:32]),
+                       F.binary_cross_entropy_with_logits(x[:, 0], y[:32]))
+    assert core_calls == []
+
+
+def test_small_call_errors_are_pytorchs():
+    """Below the cut-off PyTorch checks the arguments, with its own messages."""
+    x = torch.randn(4, 3)
+    for bad in ({"target": torch.tensor([0, 1, 2, 3])}, {"reduction": "avg"}):
+        kwargs = {"target": torch.tensor([0, 1, 2, 0]), **bad}
+        with pytest.raises(Exception) as want:  # noqa: PT011 (whatever PyTorch raises)
+            F.cross_entropy(x, **kwargs)
+        with pytest.raises(type(want.value)) as got:
+            xt.cross_entropy(x, **kwargs)
+        assert str(got.value) == str(want.value)
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        xt.cross_entropy([[1.0, 2.0]], torch.tensor([0]))
+
+
+def test_xent_options_are_still_checked_and_computed_below_the_cutoff(core_calls):
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match="softcap"):
+        xt.cross_entropy(x, t, softcap=0.0)
+    with pytest.raises(ValueError, match="lse_square_scale"):
+        xt.cross_entropy(x, t, lse_square_scale=float("nan"))
+    loss, lse = xt.cross_entropy(x, t, return_lse=True, reduction="none")
+    torch.testing.assert_close(lse, torch.logsumexp(x, 1))
+    torch.testing.assert_close(loss, F.cross_entropy(x, t, reduction="none"))
+    assert core_calls == ["cross_entropy"]  # the options run on xent's kernels at any size
+
+
+def test_short_rows_go_to_pytorch_long_rows_to_xent(core_calls):
+    n = xt.get_min_elements()
+    short = torch.randn(n // (_bridge.MIN_CLASSES // 2), _bridge.MIN_CLASSES // 2)
+    long = torch.randn(n // _bridge.MIN_CLASSES, _bridge.MIN_CLASSES)
+    for x in (short, long):
+        t = torch.randint(0, x.shape[1], (x.shape[0],))
+        ours = _loss_and_grad(xt.cross_entropy, x, t)
+        ref = _loss_and_grad(F.cross_entropy, x, t)
+        torch.testing.assert_close(ours, ref)
+    assert core_calls == ["cross_entropy"]  # the long rows only
+    with xt.min_elements(0):  # the cut-off at 0: every call, rows of any length
+        xt.cross_entropy(short[:4], torch.zeros(4, dtype=torch.int64))
+        xt.nll_loss(short, torch.zeros(len(short), dtype=torch.int64))
+    assert core_calls == ["cross_entropy", "cross_entropy", "nll_loss"]

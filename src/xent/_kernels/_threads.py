@@ -68,7 +68,7 @@ def thread_count() -> int:
     """
     if getattr(_numba_parallel, "_is_initialized", True):  # started: reading it changes nothing
         return numba.get_num_threads()
-    return numba.config.NUMBA_NUM_THREADS
+    return numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
 
 
 def run_rows(fn, rows: int, cols: int, args: tuple) -> None:

@@ -55,11 +55,17 @@ def _core_half_dtypes() -> tuple[torch.dtype, ...]:
 #: The input dtypes of the fast path: float32, float64 and the 16-bit floats the core takes.
 _FAST_DTYPES = (torch.float32, torch.float64, *_core_half_dtypes())
 
-#: Below this many input elements PyTorch's own op runs even where xent's could: the bridge costs
-#: tens of microseconds (autograd Function, NumPy views), more than the whole loss of a small
-#: batch. Measured by benchmarks/bench_linear.py (bridge table); 0 sends everything to xent.
-#: Change it with `set_min_elements` or, for a block, `min_elements`.
-MIN_ELEMENTS = 8192
+#: Below this many input elements PyTorch's own op runs even where xent's could: a call through
+#: the bridge and the core has a fixed cost (autograd Function, validation, NumPy views, kernel
+#: dispatch) above PyTorch's whole loss on a small batch. The crossover of the forced path with
+#: PyTorch's op, measured by benchmarks/bench_small.py (benchmarks/README.md, "Small batches").
+#: 0 sends everything to xent. Change it with `set_min_elements` or, for a block, `min_elements`.
+MIN_ELEMENTS = 1 << 18
+
+#: Cross-entropy and NLL rows of fewer classes than this run PyTorch's op whatever their number
+#: (unless the cut-off is 0): xent's row kernels pay a cost per row that PyTorch's vectorised
+#: loss does not, and lose to it on short rows at every size (same measurement).
+MIN_CLASSES = 256
 
 
 def get_min_elements() -> int:
@@ -94,6 +100,25 @@ def min_elements(n: int) -> Iterator[None]:
         yield
     finally:
         set_min_elements(old)
+
+
+def below_cutoff(input: object, rows: bool = False) -> bool:
+    """Whether PyTorch's own op computes this call by default: ``input`` is a tensor of fewer
+    than `MIN_ELEMENTS` elements or, for a loss over rows of classes (``rows``: cross-entropy,
+    NLL) given as ``(N, C)``, with ``C < MIN_CLASSES``. The drop-ins test it first, before any
+    of their own argument handling, and call PyTorch's op with the arguments as given: it checks
+    them itself, so such a call costs what PyTorch's does.
+
+    Example:
+        >>> import torch
+        >>> below_cutoff(torch.zeros(32, 3)), below_cutoff(torch.zeros(512, 1024), rows=True)
+        (True, False)
+    """
+    if not isinstance(input, torch.Tensor):
+        return False
+    if input.numel() < MIN_ELEMENTS:
+        return True
+    return rows and MIN_ELEMENTS > 0 and input.dim() == 2 and input.shape[1] < MIN_CLASSES
 
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -220,7 +245,7 @@ class SavedGrad(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
             return SavedGrad._differentiable_grad(ctx, grad_output), None, None, None
         (grad,) = ctx.saved_tensors
-        if grad_output.dim() == 0 and bool(grad_output == 1):
+        if grad_output.dim() == 0 and grad_output.item() == 1:  # (item: no tensor op)
             # The usual `loss.backward()`: hand the saved gradient over as it is. Unless the
             # graph is retained, autograd has released our reference by the time it
             # accumulates, so it takes the buffer without a copy.

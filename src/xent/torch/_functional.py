@@ -121,6 +121,11 @@ def cross_entropy(
     References: PyTorch ``torch.nn.functional.cross_entropy``; z-loss: Chowdhery et al., PaLM
     (2022), §5; soft-capping: Gemma 2 (2024).
     """
+    if (softcap is None and return_lse is False and type(lse_square_scale) is float
+            and lse_square_scale == 0.0 and _bridge.below_cutoff(input, rows=True)):
+        # PyTorch's own loss, which checks its arguments itself: nothing of xent's to validate
+        return F.cross_entropy(input, target, weight, size_average, ignore_index, reduce,
+                               reduction, label_smoothing)
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
     options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
 
@@ -190,6 +195,8 @@ def nll_loss(
         >>> round(nll_loss(logp, torch.tensor([0, 2])).item(), 4)
         0.1755
     """
+    if _bridge.below_cutoff(input, rows=True):
+        return F.nll_loss(input, target, weight, size_average, ignore_index, reduce, reduction)
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
 
     def reference(x: torch.Tensor) -> torch.Tensor:
@@ -248,6 +255,8 @@ def binary_cross_entropy(
         >>> round(binary_cross_entropy(p, y).item(), 4)
         0.2798
     """
+    if _bridge.below_cutoff(input):
+        return F.binary_cross_entropy(input, target, weight, size_average, reduce, reduction)
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
 
     def reference(x: torch.Tensor) -> torch.Tensor:
@@ -304,6 +313,9 @@ def binary_cross_entropy_with_logits(
         >>> round(binary_cross_entropy_with_logits(x, y, pos_weight=pw).item(), 4)
         0.5051
     """
+    if _bridge.below_cutoff(input):
+        return F.binary_cross_entropy_with_logits(input, target, weight, size_average, reduce,
+                                                  reduction, pos_weight)
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
 
     def reference(x: torch.Tensor) -> torch.Tensor:
