@@ -306,3 +306,33 @@ def test_torchscript_trace_keeps_pytorch_ops(core_calls):
     assert core_calls == []
     torch.testing.assert_close(traced(x, t), F.cross_entropy(model.linear(x), t,
                                                              label_smoothing=0.1))
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dim", [1, -1])
+def test_compiled_softmax_and_log_softmax(name, dim, monkeypatch):
+    calls: list[str] = []
+    spy(monkeypatch, [(xent, "softmax", "softmax"), (xent, "log_softmax", "log_softmax")],
+        calls.append)
+    ours_fn, ref_fn = getattr(xt, name), getattr(F, name)
+    w = torch.rand(6, 5, 4, generator=_gen(8))
+
+    def loss(fn):
+        return lambda x: (fn(x, dim) * w).sum()
+
+    x = torch.randn(6, 5, 4, generator=_gen(9), dtype=torch.float64)
+    ours = _value_and_grad(torch.compile(loss(ours_fn), fullgraph=True), x)
+    assert calls == [name]
+    _assert_same(ours, _value_and_grad(loss(ref_fn), x), torch.float64)
+    ep = torch.export.export(_Activation(ours_fn, dim), (x,))
+    assert getattr(torch.ops.xent, name).default in [n.target for n in ep.graph.nodes]
+    torch.testing.assert_close(ep.module()(x), ref_fn(x, dim))
+
+
+class _Activation(torch.nn.Module):
+    def __init__(self, fn, dim) -> None:
+        super().__init__()
+        self.fn, self.dim = fn, dim
+
+    def forward(self, x):
+        return self.fn(x, self.dim)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import xent
 
-from . import _bridge
+from . import _bridge, _ops
 
 __all__ = ["log_softmax", "softmax"]
 
@@ -119,6 +119,8 @@ def _run(name: str, input: Any, dim: Any, stacklevel: int, dtype: Any) -> torch.
         x = input.to(dtype)  # PyTorch's dtype=: cast before the operation (autograd casts back)
     elif dtype is not None:
         d = None
+    if d is not None and _bridge.tracing():  # torch.compile / export: xent's custom operator
+        return _ops.activation(name, x, d, lambda: k.torch_op(input, dim, dtype=dtype))
     if d is None or not _bridge.fast_path_ok(x):
         return k.torch_op(input, dim, dtype=dtype)
     if torch.is_grad_enabled() and x.requires_grad:

@@ -328,3 +328,53 @@ def binary_cross_entropy_with_logits(
         return reference(input)
     return torch.ops.xent.binary_cross_entropy_with_logits(
         input, target, weight, pos_weight, reduction, _bridge.wants_grad(input))[0]
+
+
+# -- xent::softmax / xent::log_softmax (the drop-ins of _activations) ---------------------------
+
+def _activation_op(name: str) -> Any:
+    """``xent::<name>(x, dim)`` and ``xent::<name>_backward(grad_output, output, dim)`` on
+    `_activations.KERNELS` (the eager drop-in's own functions), with the backward as its
+    registered autograd."""
+
+    @torch.library.custom_op(f"xent::{name}_backward", mutates_args=())
+    def backward_op(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
+        from . import _activations
+
+        return _activations.KERNELS[name].backward(grad_output, output, dim).contiguous()
+
+    @backward_op.register_fake
+    def _(grad_output, output, dim):
+        return output.new_empty(output.shape)
+
+    @torch.library.custom_op(f"xent::{name}", mutates_args=())
+    def forward_op(x: Tensor, dim: int) -> Tensor:
+        from . import _activations
+
+        return _activations.KERNELS[name].forward(x, dim).contiguous()
+
+    @forward_op.register_fake
+    def _(x, dim):
+        return x.new_empty(x.shape)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.dim = inputs[1]
+
+    def backward(ctx, grad_output):
+        (output,) = ctx.saved_tensors
+        return backward_op(grad_output, output, ctx.dim), None
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+    return forward_op
+
+
+_ACTIVATIONS = {name: _activation_op(name) for name in ("softmax", "log_softmax")}
+
+
+def activation(name: str, x: Tensor, dim: int, reference: Callable[[], Tensor]) -> Tensor:
+    """`xent.torch.softmax` / `log_softmax` under graph capture: ``xent::<name>`` where the fast
+    path applies, ``reference()`` (PyTorch's op) elsewhere; ``dim`` normalised."""
+    if not _bridge.fast_path_ok(x, captured=True):
+        return reference()
+    return _ACTIVATIONS[name](x, dim)
