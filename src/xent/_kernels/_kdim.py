@@ -525,6 +525,16 @@ def _tile_of(u, nbb, bt, B):
     return a, b0, min(bt, B - b0)
 
 
+@_jit
+def _loss_scratch(C, bt, R, has_g):
+    """The per-thread scratch of a cross-entropy tile driver: logits and gradient (C·bt
+    float32; the gradient 1 without ``has_g``), the tile's row scales and losses (bt), and the
+    tile function's work arrays ``wk`` (float32) and ``wk64``."""
+    return (np.empty(C * bt, np.float32), np.empty(C * bt if has_g else 1, np.float32),
+            np.empty(bt, np.float32), np.empty(bt, np.float32),
+            np.empty((_NROWS, R * bt), np.float32), np.empty((_NROWS64, bt), np.float64))
+
+
 @_jit_tiles
 def ce_index_tiles16(x16, kind, target, w, wsum, ign, eps, rs, g16, has_g, loss, bt, R, cc, lo,
                      hi):
@@ -532,13 +542,8 @@ def ce_index_tiles16(x16, kind, target, w, wsum, ign, eps, rs, g16, has_g, loss,
     C = x16.shape[1]
     B = x16.shape[2]
     nbb = (B + bt - 1) // bt
-    xs = np.empty(C * bt, np.float32)
-    gs = np.empty(C * bt if has_g else 1, np.float32)
+    xs, gs, rsb, lb, wk, wk64 = _loss_scratch(C, bt, R, has_g)
     tg = np.empty(bt, np.int64)
-    rsb = np.empty(bt, np.float32)
-    lb = np.empty(bt, np.float32)
-    wk = np.empty((_NROWS, R * bt), np.float32)
-    wk64 = np.empty((_NROWS64, bt), np.float64)
     for u in range(lo, hi):
         a, b0, nb = _tile_of(u, nbb, bt, B)
         x3, xf3 = _scratch(xs, C, nb)
@@ -564,13 +569,8 @@ def ce_prob_tiles16(x16, kind, y16, y32, ykind, w, wsum, a1, a0, rs, g16, has_g,
     C = x16.shape[1]
     B = x16.shape[2]
     nbb = (B + bt - 1) // bt
-    xs = np.empty(C * bt, np.float32)
+    xs, gs, rsb, lb, wk, wk64 = _loss_scratch(C, bt, R, has_g)
     ys = np.empty(C * bt, np.float32)
-    gs = np.empty(C * bt if has_g else 1, np.float32)
-    rsb = np.empty(bt, np.float32)
-    lb = np.empty(bt, np.float32)
-    wk = np.empty((_NROWS, R * bt), np.float32)
-    wk64 = np.empty((_NROWS64, bt), np.float64)
     for u in range(lo, hi):
         a, b0, nb = _tile_of(u, nbb, bt, B)
         x3, xf3 = _scratch(xs, C, nb)
