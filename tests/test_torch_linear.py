@@ -429,3 +429,26 @@ def test_module_constructor_errors_are_pytorchs():
         with pytest.raises(RuntimeError) as got:
             xt.LinearCrossEntropyLoss(5, 6, **kw)
         assert str(got.value) == str(want.value)
+
+
+def test_autocast_bfloat16_behaves_as_pytorchs(monkeypatch):
+    """Under CPU autocast PyTorch runs the product in bfloat16 and the cross-entropy in float32
+    (float32 loss, float32 gradients of float32 leaves); xent runs its bfloat16 path there."""
+    if not _bf16_on_the_kernels():
+        pytest.skip("the core does not take bfloat16 arrays yet")
+    seen: list[object] = []
+    real = _cross_entropy.backend_rows
+    monkeypatch.setattr(_cross_entropy, "backend_rows",
+                        lambda p, x, *a, **k: seen.append(x.dtype) or real(p, x, *a, **k))
+    x, W, b, t, w = _problem(20, n=40, h=16, v=96, dtype=torch.float32)
+    out = []
+    for fn in (xt.linear_cross_entropy, F.linear_cross_entropy):
+        leaves = [p.clone().requires_grad_(True) for p in (x, W, b)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fn(leaves[0], leaves[1], t, linear_bias=leaves[2], weight=w)
+        loss.backward()
+        out.append([loss.detach(), *(p.grad for p in leaves)])
+    assert [str(d) for d in seen] == ["bfloat16"]
+    for a, e in zip(*out, strict=True):
+        assert a.dtype == e.dtype == torch.float32
+        torch.testing.assert_close(a, e, rtol=2e-2, atol=2e-3)

@@ -421,6 +421,14 @@ def linear_cross_entropy(
             or not isinstance(linear_weight, torch.Tensor) or linear_weight.dim() < 2
             or (linear_weight.dim() > 2 and input.dim() != 2)):
         return _fallback(*fallback)  # PyTorch's own checks and errors
+    if _bridge.autocasting():
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+            return _fallback(*fallback)
+        return _autocast_bf16(input, linear_weight, target, linear_bias, dict(
+            weight=weight, reduction=reduction, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, options=options, chunk_size=chunk_size,
+            lse_square_scale=lse_square_scale, softcap=softcap, return_lse=return_lse,
+            allow_retain_graph=allow_retain_graph))
     single = input.dim() == 1
     h, C, out = input.shape[-1], linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
     d = math.prod(out)
@@ -464,6 +472,23 @@ def linear_cross_entropy(
                                         else bc.detach(), spec, None, None, (False,) * 3)
             loss, lse = _loss(spec, ce, lse_n, x.dtype), _lse(spec, lse_n, x.dtype)
     return (loss, lse) if return_lse else loss
+
+
+def _autocast_bf16(input, linear_weight, target, linear_bias, kwargs):
+    """The linear form under ``torch.autocast("cpu", dtype=torch.bfloat16)``, as PyTorch's:
+    autocast runs ``linear`` in bfloat16 (float32 operands cast, differentiably) and
+    ``cross_entropy`` in float32 (its float32 list), so the loss is float32 and the gradients
+    reach float32 leaves in float32. Here: the bfloat16 chunked path on the cast operands,
+    its loss (and lse) returned in float32."""
+    def cast(t):
+        return t.to(torch.bfloat16) if t is not None and t.dtype == torch.float32 else t
+
+    with torch.autocast("cpu", enabled=False):
+        out = linear_cross_entropy(cast(input), cast(linear_weight), target,
+                                   linear_bias=cast(linear_bias), **kwargs)
+    if isinstance(out, tuple):
+        return tuple(o.float() for o in out)
+    return out.float()
 
 
 def _default_chunk(v: int, d: int, x: torch.Tensor, compact: bool = False) -> int:
