@@ -124,7 +124,11 @@ def zero16(dst):
 
 
 def kind_of(dtype: np.dtype) -> int | None:
-    """BF16 or F16 for a 16-bit float ``dtype``, None for any other dtype."""
+    """BF16 or F16 for a 16-bit float ``dtype``, None for any other dtype.
+
+    >>> kind_of(np.dtype(np.float16)) == F16, kind_of(np.dtype(np.float32))
+    (True, None)
+    """
     if dtype == np.float16:
         return F16
     if dtype.kind == "V" and dtype.itemsize == 2:
