@@ -9,8 +9,9 @@ backward of a mean cross-entropy (``loss = f(x, t); loss.backward()``, the gradi
 each call as a training step drops it):
 
 * **torch**: ``torch.nn.functional.cross_entropy``;
-* **xent default**: ``xent.torch.cross_entropy`` with the default cut-off
-  (``xent.torch.get_min_elements()``: smaller inputs run PyTorch's op);
+* **xent default**: ``xent.torch.cross_entropy`` with the default cut-offs (inputs of fewer
+  than ``xent.torch.get_min_elements()`` elements, or rows of fewer than
+  ``_bridge.MIN_CLASSES`` classes, run PyTorch's op);
 * **xent forced**: the same with the cut-off at 0 (``set_min_elements(0)``), so xent's bridge and
   kernels run at every size, as under ``xent train``;
 * **core**: ``xent.cross_entropy(x, t, return_grad=True)`` on the NumPy views, no autograd;
@@ -19,9 +20,9 @@ each call as a training step drops it):
 
 Ratios are contender time / torch time (<1: faster than PyTorch). Timing: `time_interleaved`
 from bench_kernels.py (contenders in turn within each repeat, rotating order, medians; each
-sample the mean of enough calls to fill a few milliseconds). The cut-off's default
-(``xent.torch._bridge.MIN_ELEMENTS``) is chosen from this table: the size from which the forced
-path stays faster than PyTorch (benchmarks/README.md, "Small batches").
+sample the mean of enough calls to fill a few milliseconds). The cut-offs' defaults
+(``xent.torch._bridge.MIN_ELEMENTS``, ``MIN_CLASSES``) are chosen from this table: the sizes
+from which the forced path stays faster than PyTorch (benchmarks/README.md, "Small batches").
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_kernels import time_interleaved  # noqa: E402
 
-#: The sweep: the issue's corners, typical classifier batches, and sizes around the cut-off.
+#: The sweep: the issue's corners, typical classifier batches, and sizes around the cut-offs
+#: (MIN_ELEMENTS, MIN_CLASSES): long rows from 2^17 to 2^19 elements, short rows at 2^18.
 SIZES = [(3, 3), (32, 3), (32, 10), (128, 10), (64, 64), (256, 32), (128, 128), (256, 64),
-         (512, 64), (256, 256), (1024, 64), (2048, 64), (4096, 64)]
-QUICK_SIZES = [(3, 3), (32, 3), (256, 64), (4096, 64)]
+         (512, 64), (256, 256), (1024, 64), (2048, 64), (4096, 64),
+         (32, 4096), (128, 1024), (2048, 128), (1024, 256), (256, 1024), (64, 4096),
+         (512, 1024)]
+QUICK_SIZES = [(3, 3), (32, 3), (256, 64), (4096, 64), (256, 1024)]
 
 
 def row(n: int, c: int, repeats: int, min_time: float) -> dict[str, float]:
@@ -85,6 +89,7 @@ def run(repeats: int, quick: bool) -> None:
     import torch
 
     import xent.torch as xt
+    from xent.torch import _bridge
 
     sizes = QUICK_SIZES if quick else SIZES
     min_time = 0.002 if quick else 0.01
@@ -94,7 +99,8 @@ def run(repeats: int, quick: bool) -> None:
     # machine shared with other jobs sometimes waited milliseconds on its OpenMP team.
     torch.set_num_threads(1)
     print("\nSmall batches: cross-entropy forward+backward, float32 (N, C) logits, index targets;"
-          f" torch on 1 thread; default cut-off {xt.get_min_elements()} elements; load average "
+          f" torch on 1 thread; default cut-off {xt.get_min_elements()} elements, rows of "
+          f"{_bridge.MIN_CLASSES} classes; load average "
           "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print("| N x C | elements | torch | xent default | ratio | xent forced | ratio | core | "
           "bridge per call |")
@@ -109,10 +115,12 @@ def run(repeats: int, quick: bool) -> None:
 
 
 def _print_row(n: int, c: int, t: dict[str, float]) -> None:
-    import xent.torch as xt
+    import torch
+
+    from xent.torch import _bridge
 
     us = {k: v * 1e6 for k, v in t.items()}
-    routed = "torch" if n * c < xt.get_min_elements() else "xent"
+    routed = "torch" if _bridge.below_cutoff(torch.empty(n, c), rows=True) else "xent"
     print(f"| {n} x {c} | {n * c} ({routed}) | {us['torch']:.1f} µs "
           f"| {us['xent default']:.1f} µs | {t['xent default'] / t['torch']:.2f} "
           f"| {us['xent forced']:.1f} µs | {t['xent forced'] / t['torch']:.2f} "
