@@ -15,6 +15,9 @@ kernels with no graph break (``fullgraph=True``) and an exported program holds t
                                           need_grad) -> (loss, token)``
 ``xent::saved_grad``                      ``(token, grad_output, shape, dtype, class_dim?)
                                           -> grad_input`` (the backward of the four above)
+``xent::softmax``, ``xent::log_softmax``  ``(x, dim) -> out``, backward ``xent::softmax_backward``
+                                          / ``log_softmax_backward`` ``(grad_output, out, dim)``
+                                          on `_activations.KERNELS`
 ========================================  =====================================================
 
 Each loss operator validates its call with the core's validation step on the real values
@@ -31,8 +34,27 @@ without a copy (scaling it in place unless ``grad_output`` is the scalar 1), as
 ``grad * grad_output`` would cost a pass over the N×C gradient, the loss's own time again.) So
 a second backward through the same compiled graph (``retain_graph=True``) raises an error.
 
-Eager calls keep `_bridge.SavedGrad`: the custom operator's dispatch costs about 0.1 ms more
-per call (measured with ``benchmarks/bench_compile.py``'s small-call row).
+Eager calls keep `_bridge.SavedGrad` (and CPU autocast, below, is the one eager use of these
+operators): the custom operator's Python dispatch (its autograd wrapper) cost 0.5 to 0.8 ms
+more per forward+backward call than the drop-in's path at (32, 3) and (64, 1000) on the
+(loaded, 2-core) development machine (``benchmarks/bench_compile.py``, small-call row). Inside
+a compiled graph the operators are called directly, without that wrapper.
+
+Under ``torch.autocast("cpu")`` the loss operators' registered autocast rule casts 16-bit
+floats to float32 as PyTorch's autocast does for its own losses (float32 loss, gradient cast
+back to the input's dtype), in eager mode and compiled.
+
+PyTorch's compile caches key on the operators' names and schemas, not on their fake
+implementations: change an operator's schema (or name) whenever its outputs change.
+
+Example (an operator called directly; the drop-ins do this under graph capture):
+    >>> import torch
+    >>> import xent.torch  # registers torch.ops.xent.*
+    >>> x = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    >>> loss, lse, token = torch.ops.xent.cross_entropy(
+    ...     x, torch.tensor([0, 2]), None, -100, "mean", 0.0, 0.0, None, False, False)
+    >>> round(loss.item(), 4), tuple(lse.shape)
+    (0.1755, (0,))
 """
 
 from __future__ import annotations
