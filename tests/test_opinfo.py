@@ -4,10 +4,11 @@ ModuleInfo entries of ``module_db`` (``torch.testing._internal``) for the operat
 For every sample input PyTorch ships (float32 and float64, as generated and made non-contiguous
 by ``SampleInput.noncontiguous()``), on both backends:
 
-* the drop-ins (``xent.torch.cross_entropy``, ``nll_loss``, ``binary_cross_entropy(_with_logits)``,
-  ``linear_cross_entropy`` and the loss modules), with the small-input cut-off at 0 so xent's
-  path runs: value and the gradient of every input that requires one (``torch.autograd.grad``)
-  against PyTorch's own op on the same tensors;
+* the drop-ins (``xent.torch.softmax``, ``log_softmax``, ``cross_entropy``, ``nll_loss``,
+  ``binary_cross_entropy(_with_logits)``, ``linear_cross_entropy`` and the loss modules, with
+  ``LinearCrossEntropyLoss`` given PyTorch's module's parameters), with the small-input cut-off
+  at 0 so xent's path runs: value and the gradient of every input (and module parameter) that
+  requires one (``torch.autograd.grad``) against PyTorch's own op on the same tensors;
 * the NumPy functions (``xent.softmax``, ``log_softmax``, ``logsumexp``, ``sigmoid``,
   ``log_sigmoid``, ``cross_entropy``, ``nll_loss``, ``binary_cross_entropy(_with_logits)``)
   where the signature allows: value, and the gradient from ``return_grad=True`` or the
@@ -94,6 +95,10 @@ OPS = {
     "linear_cross_entropy.chunked_none": ("nn.functional.linear_cross_entropy", "chunked_none"),
 }
 DROP_INS: dict[str, Callable[..., Any]] = {
+    "softmax": xt.softmax,
+    "softmax.with_dtype": xt.softmax,
+    "log_softmax": xt.log_softmax,
+    "log_softmax.with_dtype": xt.log_softmax,
     "cross_entropy": xt.cross_entropy,
     "nll_loss": xt.nll_loss,
     "binary_cross_entropy": xt.binary_cross_entropy,
@@ -108,6 +113,7 @@ MODULES = {
     "NLLLoss": (torch.nn.NLLLoss, xt.NLLLoss),
     "BCELoss": (torch.nn.BCELoss, xt.BCELoss),
     "BCEWithLogitsLoss": (torch.nn.BCEWithLogitsLoss, xt.BCEWithLogitsLoss),
+    "LinearCrossEntropyLoss": (torch.nn.LinearCrossEntropyLoss, xt.LinearCrossEntropyLoss),
 }
 
 
@@ -306,13 +312,18 @@ def test_loss_module_matches_torch_on_moduleinfo_inputs(backend, fast_path, key,
     args = _layout(m.forward_input.args, layout)
     kwargs = _layout(m.forward_input.kwargs, layout)
     torch_cls, xent_cls = MODULES[key]
-    want = torch_cls(*ctor_args, **ctor_kwargs)(*args, **kwargs)
-    got = xent_cls(*ctor_args, **ctor_kwargs)(*args, **kwargs)
+    theirs = torch_cls(*ctor_args, **ctor_kwargs)
+    ours = xent_cls(*ctor_args, **ctor_kwargs)
+    ours.load_state_dict(theirs.state_dict(), strict=True)  # the same (random) parameters
+    want = theirs(*args, **kwargs)
+    got = ours(*args, **kwargs)
     _assert_close(got, want, "value")
     inputs = [t for t in (*args, *kwargs.values())
               if isinstance(t, torch.Tensor) and t.requires_grad]
     g = _grad_output(want)
-    _assert_grads(_grads(got, inputs, g), _grads(want, inputs, g), inputs)
+    # the gradients of the inputs, then of each module's own parameters (LinearCrossEntropyLoss)
+    mine, ref = [*inputs, *ours.parameters()], [*inputs, *theirs.parameters()]
+    _assert_grads(_grads(got, mine, g), _grads(want, ref, g), ref)
 
 
 def _module_error_cases() -> Iterator[Any]:
