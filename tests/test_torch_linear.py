@@ -452,3 +452,27 @@ def test_autocast_bfloat16_behaves_as_pytorchs(monkeypatch):
     for a, e in zip(*out, strict=True):
         assert a.dtype == e.dtype == torch.float32
         torch.testing.assert_close(a, e, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_kdim_weight_in_bfloat16_is_as_close_to_float64_as_pytorchs(kdim_calls, backend):
+    if not _bf16_on_the_kernels():
+        pytest.skip("the core does not take bfloat16 arrays yet")
+    x, W, b, t, w = _kdim_problem(21, n=64, h=16, c=40, dtype=torch.float32)
+    x, W, b = x.bfloat16(), (W * 0.3).bfloat16(), b.bfloat16()
+
+    def run(fn, dt, **kw):
+        leaves = [p.to(dt).clone().requires_grad_(True) for p in (x, W, b)]
+        loss = fn(leaves[0], leaves[1], t, linear_bias=leaves[2], weight=w.to(dt), **kw)
+        loss.backward()
+        return [loss.detach(), *(p.grad for p in leaves)]
+
+    truth = run(F.linear_cross_entropy, torch.float64)
+    theirs = run(F.linear_cross_entropy, torch.bfloat16)
+    with xent.use_backend(backend):
+        ours = run(xt.linear_cross_entropy, torch.bfloat16, chunk_size=20)
+    assert kdim_calls == [("kdim" if backend == "numba" else "rows")] * 4  # 4 chunks of 20 rows
+    for name, o, p, e in zip(("loss", "grad_input", "grad_weight", "grad_bias"), ours, theirs,
+                             truth, strict=True):
+        assert o.dtype == torch.bfloat16, name
+        assert _rel(o, e) <= _rel(p, e), (name, _rel(o, e), _rel(p, e))
