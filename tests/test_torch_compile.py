@@ -273,6 +273,25 @@ class _Head(torch.nn.Module):
         return self.loss(self.linear(x), t) + xt.cross_entropy(self.linear(x), t, softcap=2.0)
 
 
+def test_compiled_two_losses_share_the_logits(core_calls):
+    """Two xent losses in one compiled graph (two tokens, two saved gradients) on the outputs
+    of one linear layer: the parameters' gradients equal PyTorch's."""
+    torch.manual_seed(0)
+    model = _Head()
+    x, t = torch.randn(7, 6), torch.randint(0, 5, (7,), generator=_gen(6))
+    loss = torch.compile(model, fullgraph=True)(x, t)
+    loss.backward()
+    assert core_calls == ["cross_entropy"] * 2
+    ours = [loss.detach()] + [p.grad.clone() for p in model.linear.parameters()]
+    model.zero_grad()
+    z = model.linear(x)
+    ref = F.cross_entropy(z, t, model.loss.weight) + _reference.cross_entropy(
+        z, t, None, -100, "mean", 0.0, 0.0, 2.0, False)
+    ref.backward()
+    _assert_same(ours, [ref.detach()] + [p.grad for p in model.linear.parameters()],
+                 torch.float32)
+
+
 def test_export_runs_xent_kernels(core_calls):
     torch.manual_seed(0)
     model = _Head()
