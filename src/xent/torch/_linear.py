@@ -10,6 +10,12 @@ and ``grad_b += dz.sum(0)``. The gradients are computed in the forward pass (as 
 and PyTorch's chunked path do) so that ``backward`` is a scale by ``grad_output``; for
 ``reduction='none'`` the chunks are recomputed in ``backward`` with each row's
 ``grad_output``.
+
+PyTorch 2.13's K-dimensional weight ``(C, d1, ..., dK, H)`` is its ``(C·D, H)`` view: each
+chunk's ``(m, C·D)`` buffer, viewed ``(m, C, D)``, goes to the core's K-dimensional kernel
+(`_chunk_ce`). bfloat16 runs the products in bfloat16 and the kernels on the bfloat16 buffer;
+``grad_W`` over several chunks accumulates in float32 unless ``acc_policy="compact"``
+(`_GradW`). Under CPU autocast (bfloat16) the float32 operands are cast and that path runs.
 """
 
 from __future__ import annotations
