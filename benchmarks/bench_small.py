@@ -39,12 +39,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_kernels import time_interleaved  # noqa: E402
 
 #: The sweep: the issue's corners, typical classifier batches, and sizes around the cut-offs
-#: (MIN_ELEMENTS, MIN_CLASSES): long rows from 2^17 to 2^19 elements, short rows at 2^18.
+#: (MIN_ELEMENTS, MIN_CLASSES): rows of 128 to 4096 classes at 2^17 to 2^19 elements.
 SIZES = [(3, 3), (32, 3), (32, 10), (128, 10), (64, 64), (256, 32), (128, 128), (256, 64),
          (512, 64), (256, 256), (1024, 64), (2048, 64), (4096, 64),
-         (32, 4096), (128, 1024), (2048, 128), (1024, 256), (256, 1024), (64, 4096),
-         (512, 1024)]
-QUICK_SIZES = [(3, 3), (32, 3), (256, 64), (4096, 64), (256, 1024)]
+         (32, 4096), (128, 1024), (2048, 128), (1024, 256), (512, 512), (256, 1024),
+         (64, 4096), (4096, 128), (2048, 256), (1024, 512), (512, 1024), (128, 4096)]
+QUICK_SIZES = [(3, 3), (32, 3), (256, 64), (4096, 64), (512, 1024)]
 
 
 def row(n: int, c: int, repeats: int, min_time: float) -> dict[str, float]:

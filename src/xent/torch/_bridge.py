@@ -60,12 +60,12 @@ _FAST_DTYPES = (torch.float32, torch.float64, *_core_half_dtypes())
 #: dispatch) above PyTorch's whole loss on a small batch. The crossover of the forced path with
 #: PyTorch's op, measured by benchmarks/bench_small.py (benchmarks/README.md, "Small batches").
 #: 0 sends everything to xent. Change it with `set_min_elements` or, for a block, `min_elements`.
-MIN_ELEMENTS = 1 << 18
+MIN_ELEMENTS = 1 << 19
 
 #: Cross-entropy and NLL rows of fewer classes than this run PyTorch's op whatever their number
 #: (unless the cut-off is 0): xent's row kernels pay a cost per row that PyTorch's vectorised
 #: loss does not, and lose to it on short rows at every size (same measurement).
-MIN_CLASSES = 256
+MIN_CLASSES = 512
 
 
 def get_min_elements() -> int:
@@ -111,7 +111,7 @@ def below_cutoff(input: object, rows: bool = False) -> bool:
 
     Example:
         >>> import torch
-        >>> below_cutoff(torch.zeros(32, 3)), below_cutoff(torch.zeros(512, 1024), rows=True)
+        >>> below_cutoff(torch.zeros(32, 3)), below_cutoff(torch.zeros(1024, 1024), rows=True)
         (True, False)
     """
     if not isinstance(input, torch.Tensor):
