@@ -120,12 +120,20 @@ def _small_call(repeats: int) -> None:
     def drop():
         x.grad = None
 
-    with xt.min_elements(0):
-        times = time_interleaved({"xent (SavedGrad)": eager, "custom op, eager": op}, repeats,
-                                 setup={"xent (SavedGrad)": drop, "custom op, eager": drop},
-                                 min_time=0.02)
-    print("\nSmall call (64, 1000) float32, forward+backward, eager: the drop-in's path "
-          "against the custom operator's dispatch")
+    # One torch thread: on a small call a second one costs more in OpenMP synchronisation
+    # (tens of times the work on a busy machine) than the dispatch measured here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with xt.min_elements(0):
+            times = time_interleaved({"xent (SavedGrad)": eager, "custom op, eager": op},
+                                     repeats, setup={"xent (SavedGrad)": drop,
+                                                     "custom op, eager": drop},
+                                     min_time=0.02)
+    finally:
+        torch.set_num_threads(threads)
+    print("\nSmall call (64, 1000) float32, forward+backward, eager, 1 torch thread: the "
+          "drop-in's path against the custom operator's dispatch")
     for name, s in times.items():
         print(f"  {name:18s} {fmt_time(s):>10s}")
     d = times["custom op, eager"] - times["xent (SavedGrad)"]
