@@ -101,19 +101,23 @@ def _compute(dt) -> np.dtype:
 
 
 def _prepare16(x, grad_out):
-    """Return (xb, g, gb, has_g, copy_back) for 16-bit ``x``: its C-contiguous uint16 bits, the
-    16-bit gradient buffer and its bits (``x`` itself in place: the kernels read a row into
-    their scratch before writing its gradient), and the caller's buffer to copy ``g`` into
+    """Return (xt, g, gt, mode, inplace, copy_back) for 16-bit ``x``: its C-contiguous tag view
+    (``_half.tagged``), the 16-bit gradient buffer and its tag view (``x`` itself in place: a
+    row's result is written only after the row has been read), the kernels' mode (0 forward,
+    3 gradient into ``gt``), whether ``g`` is ``x``, and the caller's buffer to copy ``g`` into
     afterwards when it could not be written directly (other dtype, not C-contiguous, or
     overlapping ``x`` without being it)."""
     xc = np.ascontiguousarray(x)
+    xt = _half.tagged(xc)
     if grad_out is None:
-        return _half.bits(xc), None, np.empty((1, 1), np.uint16), False, None
-    if (grad_out.dtype == x.dtype and grad_out.flags.c_contiguous
-            and (_same_buffer(xc, grad_out) or not np.may_share_memory(grad_out, xc))):
-        return _half.bits(xc), grad_out, _half.bits(grad_out), True, None
+        return xt, None, np.empty((1, 1), xt.dtype), 0, False, None
+    if grad_out.dtype == x.dtype and grad_out.flags.c_contiguous:
+        if _same_buffer(xc, grad_out):
+            return xt, grad_out, xt, 3, True, None
+        if not np.may_share_memory(grad_out, xc):
+            return xt, grad_out, _half.tagged(grad_out), 3, False, None
     g = np.empty(xc.shape, x.dtype)
-    return _half.bits(xc), g, _half.bits(g), True, grad_out
+    return xt, g, _half.tagged(g), 3, False, grad_out
 
 
 def _finish(g, copy_back):
@@ -184,8 +188,8 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
         xc, g, mode, copy_back = _prepare(x, grad_out)
         run_rows(_rows.ce_index_rows, M, C, (xc, *opts, g, mode, loss, lse))
     else:
-        xb, g, gb, has_g, copy_back = _prepare16(x, grad_out)
-        run_rows(_rows.ce_index_rows16, M, C, (xb, kind, *opts, gb, has_g, loss, lse))
+        xt, g, gt, mode, _, copy_back = _prepare16(x, grad_out)
+        run_rows(_rows.ce_index_rows16, M, C, (xt, *opts, gt, mode, loss, lse))
     _finish(g, copy_back)
     return loss, lse
 
@@ -214,10 +218,10 @@ def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale,
         yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
         run_rows(_rows.ce_prob_rows, M, C, (xc, yc, *opts, g, mode, loss, lse))
     else:
-        xb, g, gb, has_g, copy_back = _prepare16(x, grad_out)
+        xt, g, gt, mode, _, copy_back = _prepare16(x, grad_out)
         y16, y32, ykind = _half.operand(y, (M, C))
-        run_rows(_rows.ce_prob_rows16, M, C,
-                 (xb, kind, y16, y32, ykind, *opts, gb, has_g, loss, lse))
+        yt = y32 if ykind == _half.F32 else _half.tagged(y16.view(np.asarray(y).dtype))
+        run_rows(_rows.ce_prob_rows16, M, C, (xt, yt, *opts, gt, mode, loss, lse))
     _finish(g, copy_back)
     return loss, lse
 
@@ -231,8 +235,8 @@ def _rowwise(fn, log, x, out):
         xc, g, mode, copy_back = _prepare(x, out)
         run_rows(fn, M, C, (xc, g, mode == 2))
     else:
-        xb, g, gb, _, copy_back = _prepare16(x, out)
-        run_rows(_rows.rowwise_rows16, M, C, (xb, kind, gb, log))
+        xt, g, gt, _, inplace, copy_back = _prepare16(x, out)
+        run_rows(_rows.rowwise_rows16, M, C, (xt, gt, log, inplace))
     _finish(g, copy_back)
     return out
 

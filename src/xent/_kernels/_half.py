@@ -2,10 +2,14 @@
 
 Numba has no float16 or bfloat16 type on the CPU, so the host wrappers view a 16-bit array as
 ``uint16`` (zero-copy) and pass a *kind* flag (:data:`BF16` or :data:`F16`) that the kernels
-test at run time, outside the loops: one compiled kernel serves both formats. A kernel converts
-each 16-bit row (or tile) into a float32 scratch row that stays in the core's cache, runs the
-float32 row kernel on it, and converts the result back into the 16-bit output, so memory sees a
-16-bit read and a 16-bit write per element and the math is the float32 kernel's.
+test at run time, outside the loops: one compiled kernel serves both formats. The K-dim tiles
+and BCE convert each 16-bit row (or tile) into a float32 scratch row that stays in the core's
+cache, run the float32 kernel on it, and convert the result back into the 16-bit output. The
+row kernels (``_rows.py``) instead take *tag views* (:func:`tagged`: uint16 for bfloat16,
+int16 for float16) and read and write every element through :func:`load` / :func:`put`, so
+their loops convert as they load and round as they store, with no pass of their own. Either
+way memory sees a 16-bit read and a 16-bit write per element and the math is the float32
+kernel's.
 
 Conversions (each loop vectorises; about 0.1 ns per element from L2, see benchmarks/bench_half.py):
 
@@ -29,7 +33,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 BF16 = 0  # the kind flag of bfloat16 storage
 F16 = 1  # float16
@@ -40,8 +44,10 @@ _jit = numba.njit(cache=True)
 
 @intrinsic
 def _h2f(typingctx, h):
-    """The float16 with bits ``h`` (uint16) as a float32 (LLVM ``fpext half``)."""
-    sig = types.float32(types.uint16)
+    """The float16 with bits ``h`` (uint16 or int16) as a float32 (LLVM ``fpext half``)."""
+    if not isinstance(h, types.Integer) or h.bitwidth != 16:
+        return None
+    sig = types.float32(h)
 
     def codegen(context, builder, signature, args):
         return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
@@ -56,6 +62,40 @@ def _f2h(typingctx, f):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return sig, codegen
+
+
+@intrinsic
+def _f2h_i16(typingctx, f):
+    """:func:`_f2h` as an int16 (the element type of a float16 array's tag view)."""
+    sig = types.int16(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return sig, codegen
+
+
+@intrinsic
+def _bf2f(typingctx, h):
+    """The bfloat16 with bits ``h`` (uint16) as a float32 (exact: the top half of its bits)."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        return builder.bitcast(builder.shl(builder.zext(args[0], i32), i32(16)), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def f32_bits(typingctx, f):
+    """The bits of float32 ``f`` as an int32 (no conversion)."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
 
     return sig, codegen
 
@@ -121,6 +161,85 @@ def zero16(dst):
     """dst_j = +0.0 (all bits zero in both formats)."""
     for j in range(dst.shape[0]):
         dst[j] = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Element access generic over storage: the loops of _rows.py read every element through
+# ``load`` and write it through ``put``, so one source compiles for float32/float64 rows and
+# for 16-bit rows read and rounded on the fly. A 16-bit array reaches the kernels as its *tag
+# view* (:func:`tagged`): uint16 for bfloat16 bits, int16 for float16 bits (Numba has no 16-bit
+# float type on the CPU), so the storage format is part of the compiled type, not a run-time
+# flag inside the loop.
+# ---------------------------------------------------------------------------------------------
+def load(a, j):
+    """a[j] in the compute dtype: the float itself, or the 16-bit float as float32 (exact)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+def put(a, j, v):
+    """a[j] = v: stored as is, or rounded to nearest even into a 16-bit tag view."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+def compute(a, v):
+    """v in the compute dtype of array ``a`` (float32 for 16-bit storage)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(load, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+def _load_overload(a, j):
+    if a.dtype == types.uint16:
+        return lambda a, j: _bf2f(a[j])
+    if a.dtype == types.int16:
+        return lambda a, j: _h2f(a[j])
+    if isinstance(a.dtype, types.Float):
+        return lambda a, j: a[j]
+    return None
+
+
+@overload(put, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+def _put_overload(a, j, v):
+    if a.dtype == types.uint16:
+
+        def put_bf16(a, j, v):
+            a[j] = _f2bf(np.float32(v))
+
+        return put_bf16
+    if a.dtype == types.int16:
+
+        def put_f16(a, j, v):
+            a[j] = _f2h_i16(np.float32(v))
+
+        return put_f16
+    if isinstance(a.dtype, types.Float):
+
+        def put_float(a, j, v):
+            a[j] = v
+
+        return put_float
+    return None
+
+
+@overload(compute, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+def _compute_overload(a, v):
+    if a.dtype == types.float64:
+        return lambda a, v: np.float64(v)
+    if a.dtype in (types.float32, types.uint16, types.int16):
+        return lambda a, v: np.float32(v)
+    return None
+
+
+def tagged(a: np.ndarray) -> np.ndarray:
+    """The array the row kernels take for ``a`` (no copy): a 16-bit float array's tag view
+    (uint16 for bfloat16, int16 for float16), any other array as it is.
+
+    >>> tagged(np.zeros(2, np.float16)).dtype, tagged(np.zeros(2, np.float32)).dtype
+    (dtype('int16'), dtype('float32'))
+    """
+    kind = kind_of(a.dtype)
+    if kind is None:
+        return a
+    return a.view(np.uint16 if kind == BF16 else np.int16)
 
 
 def kind_of(dtype: np.dtype) -> int | None:

@@ -26,10 +26,13 @@ The ``mode`` argument: 0 forward only (``g`` is a dummy), 1 gradient into ``g``,
 written over ``x`` itself (in place; ``g`` is ``x``). Mode 2 runs the in-place form of each
 writing loop (``_to_and_inplace``): the same source compiled with its output being its input.
 
-16-bit rows (``*_rows16``: bfloat16 or float16 as uint16 bits, see ``_half.py``): each row is
-converted into a float32 scratch row (128 KiB for C = 32768, it stays in L2), the float32 row
-function above runs on it in mode 2 (in place), and the scratch is rounded back into the 16-bit
-gradient or output row. The math is the float32 kernel's, not a copy of it.
+16-bit rows (``*_rows16``: bfloat16 or float16 as their tag views, see ``_half.py``): every
+loop reads its elements through ``_half.load`` and writes them through ``_half.put``, so the
+same row functions compile for 16-bit storage too: pass 1 reads the 16-bit row from memory,
+converting each element as it loads, and stores its exps in a per-thread float32 scratch row
+(128 KiB for C = 32768, it stays in L2); the pass that writes the result rounds it to nearest
+even straight into the 16-bit row. The math is the float32 kernel's, not a copy of it, and a
+16-bit row takes no more passes than a float32 one.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from numba import types
 from numba.extending import overload
 
 from ._exp import _i32_as_f32, _i64_as_f64, vexp, vtanh
-from ._half import F32, from_f32, operand_to_f32, to_f32, zero16
+from ._half import compute, f32_bits, load, put
 
 # Reassociation (vectorised sums), FMA contraction, no signed zeros. Never nnan/ninf: the
 # non-finite checks below rely on NaN and inf keeping their IEEE meaning.
@@ -104,6 +107,16 @@ def _key_max_overload(r):
             return _i64_as_f64(mk ^ ((mk >> np.int64(63)) & mask))
 
         return impl64
+    if r.dtype in (types.uint16, types.int16):  # 16-bit tag views: keys of the float32 values
+
+        def impl16(r):
+            mk = np.int32(-2147483648)
+            for j in range(r.shape[0]):
+                i = f32_bits(load(r, j))
+                mk = max(mk, np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+            return _i32_as_f32(np.int32(mk ^ ((mk >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+
+        return impl16
     return None
 
 
@@ -118,7 +131,8 @@ def _max(r):
 def _has_nan(r):
     """Whether any r_c is NaN (run only on the rare blocks whose max is -inf)."""
     for j in range(r.shape[0]):
-        if r[j] != r[j]:
+        v = load(r, j)
+        if v != v:
             return True
     return False
 
@@ -126,9 +140,9 @@ def _has_nan(r):
 @_jit_fast
 def _sum_exp(r, m):
     """Σ_c exp(r_c - m)."""
-    s = r.dtype.type(0)
+    s = compute(r, 0)
     for j in range(r.shape[0]):
-        s += vexp(r[j] - m)
+        s += vexp(load(r, j) - m)
     return s
 
 
@@ -162,10 +176,10 @@ def _make_exp(inplace):
     def exp_store(r, out, m):
         """out_c = exp(r_c - m) (over r itself in place); returns Σ_c out_c."""
         dst = r if inplace else out
-        s = r.dtype.type(0)
+        s = compute(r, 0)
         for j in range(r.shape[0]):
-            e = vexp(r[j] - m)
-            dst[j] = e
+            e = vexp(load(r, j) - m)
+            put(dst, j, e)
             s += e
         return s
 
@@ -175,18 +189,32 @@ def _make_exp(inplace):
 _exp_store, _exp_inplace = _to_and_inplace(_make_exp)
 
 
-@_jit_vec
-def _scale(g, c):
-    """g_c ← g_c·c."""
-    for j in range(g.shape[0]):
-        g[j] = g[j] * c
+def _make_scale(inplace):
+    @_jit_vec
+    def scale_to(g, out, c):
+        """out_c = g_c·c (over g itself in place)."""
+        dst = g if inplace else out
+        for j in range(g.shape[0]):
+            put(dst, j, g[j] * c)
+
+    return scale_to
 
 
-@_jit_vec
-def _scale_sub(g, c, b, w):
-    """g_c ← g_c·c - b·w_c."""
-    for j in range(g.shape[0]):
-        g[j] = g[j] * c - b * w[j]
+_scale_to, _scale_inplace = _to_and_inplace(_make_scale)
+
+
+def _make_scale_sub(inplace):
+    @_jit_vec
+    def scale_sub_to(g, out, c, b, w):
+        """out_c = g_c·c - b·w_c (over g itself in place)."""
+        dst = g if inplace else out
+        for j in range(g.shape[0]):
+            put(dst, j, g[j] * c - b * w[j])
+
+    return scale_sub_to
+
+
+_scale_sub_to, _scale_sub_inplace = _to_and_inplace(_make_scale_sub)
 
 
 @_jit
@@ -195,69 +223,79 @@ def _max_sum_exp_store(r, out, inplace, mblk):
 
     m_b, the running max when the block was exponentiated, is saved in ``mblk``; the final
     e_c = exp(r_c - m) is out_c·exp(m_b - m), which :func:`_finish_blocks` folds into its scale,
-    so every exp is computed once. ``inplace``: out is r itself.
+    so every exp is computed once. ``inplace``: out is r itself. ``r`` may be a 16-bit tag
+    view (read on the fly); ``out`` is in the compute dtype.
     """
     C = r.shape[0]
-    dt = r.dtype.type
-    m = dt(-np.inf)
-    s = dt(0)
+    m = compute(r, -np.inf)
+    s = compute(r, 0)
     for k in range(mblk.shape[0]):
         lo = k * _BLOCK
         blk = r[lo : min(lo + _BLOCK, C)]
-        ob = blk if inplace else out[lo : min(lo + _BLOCK, C)]
+        ob = out[lo : min(lo + _BLOCK, C)]
         mb = _max(blk)
         if mb != mb or mb == np.inf:
-            return mb, dt(np.nan)
+            return mb, compute(r, np.nan)
         if mb == -np.inf:  # exp(-inf) = 0 whatever the shift; a NaN hidden among them counts
             if _has_nan(blk):
-                return mb, dt(np.nan)
-            _fill(ob, dt(0))
+                return mb, compute(r, np.nan)
+            _fill(ob, 0.0)
             mblk[k] = -np.inf
             continue
         if mb > m:
-            s = s * dt(math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
+            s = s * compute(r, math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
             m = mb
         if inplace:
-            s += _exp_inplace(blk, blk, m)
+            s += _exp_inplace(ob, ob, m)
         else:
             s += _exp_store(blk, ob, m)
         mblk[k] = m
     if m == -np.inf:
-        return m, dt(np.nan)
+        return m, compute(r, np.nan)
     return m, s
 
 
 @_jit
-def _finish_blocks(g, m, mblk, c, b, w, smooth):
-    """g_c ← g_c·c·exp(m_b - m) (- b·w_c if smooth), block by block (see _max_sum_exp_store)."""
+def _finish_range(g, out, inplace, m, mblk, c, b, w, smooth, lo, hi):
+    """out_c = g_c·c·exp(m_b - m) (- b·w_c if smooth) for c in [lo, hi) within one block b;
+    ``inplace``: out is g itself (else out may be a 16-bit tag view, rounded on the store)."""
+    f = compute(g, c * math.exp(mblk[lo // _BLOCK] - np.float64(m)))
+    if smooth and inplace:
+        _scale_sub_inplace(g[lo:hi], g[lo:hi], f, compute(g, b), w[lo:hi])
+    elif smooth:
+        _scale_sub_to(g[lo:hi], out[lo:hi], f, compute(g, b), w[lo:hi])
+    elif inplace:
+        _scale_inplace(g[lo:hi], g[lo:hi], f)
+    else:
+        _scale_to(g[lo:hi], out[lo:hi], f)
+
+
+@_jit
+def _finish_blocks(g, out, inplace, m, mblk, c, b, w, smooth):
+    """out_c = g_c·c·exp(m_b - m) (- b·w_c if smooth), block by block (see
+    _max_sum_exp_store): the pass that writes the row's result, rounded into ``out`` when it is
+    a 16-bit tag view (``inplace``: out is g itself)."""
     C = g.shape[0]
-    dt = g.dtype.type
-    mf = np.float64(m)
     for k in range(mblk.shape[0]):
         lo = k * _BLOCK
-        hi = min(lo + _BLOCK, C)
-        f = dt(c * math.exp(mblk[k] - mf))
-        if smooth:
-            _scale_sub(g[lo:hi], f, dt(b), w[lo:hi])
-        else:
-            _scale(g[lo:hi], f)
+        _finish_range(g, out, inplace, m, mblk, c, b, w, smooth, lo, min(lo + _BLOCK, C))
 
 
 @_jit_fast
 def _dot(r, w):
     """Σ_c r_c·w_c."""
-    s = r.dtype.type(0)
+    s = compute(r, 0)
     for j in range(r.shape[0]):
-        s += r[j] * w[j]
+        s += load(r, j) * w[j]
     return s
 
 
 @_jit_fast
 def _dot_shift(r, w, m):
     """Σ_c w_c·(r_c - m)."""
-    s = r.dtype.type(0)
+    s = compute(r, 0)
     for j in range(r.shape[0]):
-        s += w[j] * (r[j] - m)
+        s += w[j] * (load(r, j) - m)
     return s
 
 
@@ -267,29 +305,29 @@ def _dot_shift(r, w, m):
 def _shift_sub_to(r, out, m, log_s):
     """out_c = (r_c - m) - log_s."""
     for j in range(r.shape[0]):
-        out[j] = (r[j] - m) - log_s
+        put(out, j, (load(r, j) - m) - log_s)
 
 
 @_jit_vec
 def _shift_sub_inplace(r, m, log_s):
     """r_c ← (r_c - m) - log_s."""
     for j in range(r.shape[0]):
-        r[j] = (r[j] - m) - log_s
+        put(r, j, (load(r, j) - m) - log_s)
 
 
 @_jit
 def _fill(g, v):
-    """g_c = v."""
+    """g_c = v (rounded into a 16-bit tag view)."""
     for j in range(g.shape[0]):
-        g[j] = v
+        put(g, j, v)
 
 
 @_jit_fast
 def _prob_loss(r, y, w, m, a1, a0):
     """Σ_c w_c·y'_c·(r_c - m), y' = a1·y + a0 (forward only)."""
-    acc = r.dtype.type(0)
+    acc = compute(r, 0)
     for j in range(r.shape[0]):
-        acc += w[j] * (a1 * y[j] + a0) * (r[j] - m)
+        acc += w[j] * (a1 * load(y, j) + a0) * (load(r, j) - m)
     return acc
 
 
@@ -299,12 +337,12 @@ def _make_prob_grad(inplace):
         """out_c = exp(r_c - m)·c - sc·w_c·y'_c (over r itself in place), y' = a1·y + a0;
         returns Σ_c w_c·y'_c·(r_c - m)."""
         dst = r if inplace else out
-        acc = r.dtype.type(0)
+        acc = compute(r, 0)
         for j in range(r.shape[0]):
-            d = r[j] - m
-            wy = w[j] * (a1 * y[j] + a0)
+            d = load(r, j) - m
+            wy = w[j] * (a1 * load(y, j) + a0)
             acc += wy * d
-            dst[j] = vexp(d) * c - sc * wy
+            put(dst, j, vexp(d) * c - sc * wy)
         return acc
 
     return prob_grad
@@ -322,7 +360,7 @@ def _make_cap(inplace):
         """out_c = cap·tanh(r_c/cap) (over r itself in place)."""
         dst = r if inplace else out
         for j in range(r.shape[0]):
-            dst[j] = cap * vtanh(r[j] / cap)
+            put(dst, j, cap * vtanh(load(r, j) / cap))
 
     return cap_to
 
@@ -353,7 +391,7 @@ def _grad_prob_cap(r, y, w, m, a1, a0, c, sc, inv_cap):
     for j in range(r.shape[0]):
         z = r[j]
         d = z - m
-        wy = w[j] * (a1 * y[j] + a0)
+        wy = w[j] * (a1 * load(y, j) + a0)
         acc += wy * d
         q = z * inv_cap
         r[j] = (vexp(d) * c - sc * wy) * (one - q * q)
@@ -367,7 +405,7 @@ def _nonfinite_lse(r):
     overwrote held finite values, so they change nothing here."""
     has_inf = False
     for j in range(r.shape[0]):
-        v = r[j]
+        v = load(r, j)
         if v != v:
             return np.nan
         if v == np.inf:
@@ -377,52 +415,58 @@ def _nonfinite_lse(r):
 
 # ---------------------------------------------------------------------------------------------
 # One row of each operation: pass 1 = _max_sum_exp (from memory), pass 2 = write (from L2).
+#
+# ``mode``: 0 forward only (``g`` is a dummy); 1 gradient into ``g`` (float32/float64 rows);
+# 2 gradient over ``x`` itself (``g`` is ``x``); 3 gradient into ``g`` of 16-bit storage (``x``
+# and ``g`` are 16-bit tag views, see _half.py; ``g`` may be ``x``). Row ``ei`` of ``e`` holds
+# what a row derives in the compute dtype (its exps, or its capped logits): ``g[i]`` in mode 1,
+# ``x[i]`` in mode 2, else a per-thread scratch row. A 16-bit row is thus read once from memory
+# by pass 1, converted element by element as it loads, and its result is rounded into ``g`` by
+# the pass that writes it: no separate conversion pass.
 # ---------------------------------------------------------------------------------------------
 @_jit
 def _nan_row(i, x, g, mode, loss):
     """A non-finite row (or an impossible target): NaN loss and NaN gradient."""
     loss[i] = np.nan
-    if mode == 1:
-        _fill(g[i], g.dtype.type(np.nan))
+    if mode == 1 or mode == 3:
+        _fill(g[i], np.nan)
     elif mode == 2:
-        _fill(x[i], x.dtype.type(np.nan))
+        _fill(x[i], np.nan)
 
 
 @_jit
 def _zero_row(i, x, g, mode, loss):
     """An ignored row: loss 0 and gradient 0."""
     loss[i] = 0
-    if mode == 1:
-        _fill(g[i], g.dtype.type(0))
+    if mode == 1 or mode == 3:
+        _fill(g[i], 0.0)
     elif mode == 2:
-        _fill(x[i], x.dtype.type(0))
+        _fill(x[i], 0.0)
 
 
 @_jit
-def _capped_row(i, x, cap, g, mode, work):
-    """Soft-cap row i where its gradient goes (g[i] in mode 1, x[i] itself in mode 2) or, for
-    the forward pass, into the scratch row ``work``; returns that row."""
-    r = x[i]
-    if mode == 2:
-        _cap_inplace(r, r, r.dtype.type(cap))
-        return r
-    z = g[i] if mode == 1 else work
-    _cap_to(r, z, r.dtype.type(cap))
-    return z
+def _cap_row(r, z, inplace, cap):
+    """z = cap·tanh(r/cap), the soft-capped row, in the compute-dtype row ``z`` (``inplace``: z
+    is r itself)."""
+    if inplace:
+        _cap_inplace(z, z, compute(z, cap))
+    else:
+        _cap_to(r, z, compute(z, cap))
 
 
 @_jit
 def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
-                  sce, sz, g, mode, loss, lse_out, work):
+                  sce, sz, g, mode, loss, lse_out, e, ei):
     """Cross-entropy of row i with class index target[i] and the options; see ``ce_index``.
 
-    Without a cap, pass 1 stores the exponentials where the gradient goes and pass 2 scales
-    them (every exp computed once). With a cap, the capped row is formed first (in the gradient
-    row), pass 1 reads it for (m, s) and pass 2 recomputes exp while writing the gradient, with
-    the cap's factor, over it.
+    Without a cap, pass 1 stores the exponentials in ``e[ei]`` (where the gradient goes, or the
+    16-bit row's scratch) and pass 2 scales them into the gradient (every exp computed once).
+    With a cap, the capped row is formed first in ``e[ei]``, pass 1 reads it for (m, s) and
+    pass 2 recomputes exp while writing the gradient, with the cap's factor, over it (then
+    rounded into a 16-bit ``g``).
     """
     C = x.shape[1]
-    dt = x.dtype.type
+    dt = w.dtype.type  # the compute dtype
     t = target[i]
     valid = t != ignore_index
     if valid and (t < 0 or t >= C):  # impossible after validation; never index out of bounds
@@ -433,14 +477,15 @@ def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap
         _zero_row(i, x, g, mode, loss)
         return
     tt = t if valid else 0
+    r = x[i]
+    er = e[ei]
     if has_cap:
-        r = _capped_row(i, x, cap, g, mode, work)
-        z_t = np.float64(r[tt])
-        m, s = _max_sum_exp(r)
+        _cap_row(r, er, mode == 2, cap)
+        z_t = np.float64(er[tt])
+        m, s = _max_sum_exp(er)
         mblk = np.empty(0)
     else:
-        r = x[i]
-        z_t = np.float64(r[tt])  # read before an in-place overwrite
+        z_t = np.float64(load(r, tt))  # read before an in-place overwrite
         if valid and eps > 0:  # Σ_c w_c·(x_c - m), read before an in-place overwrite
             wd = np.float64(_dot_shift(r, w, _max(r)))  # the same max as the pass below
         if mode == 0 or not valid:
@@ -448,9 +493,9 @@ def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap
             mblk = np.empty(0)
         else:
             mblk = np.empty((C + _BLOCK - 1) // _BLOCK)
-            m, s = _max_sum_exp_store(r, g[i] if mode == 1 else r, mode == 2, mblk)
+            m, s = _max_sum_exp_store(r, er, mode == 2, mblk)
     if not math.isfinite(s):
-        lse_out[i] = _nonfinite_lse(r)
+        lse_out[i] = _nonfinite_lse(er) if has_cap else _nonfinite_lse(r)
         if valid:
             _nan_row(i, x, g, mode, loss)
         else:
@@ -472,18 +517,24 @@ def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap
         coef = a + b * wsum
         if zscale:
             coef += np.float64(sz[i]) * (2.0 * zscale) * lse
+        c = coef / np.float64(s)
         if has_cap:
-            wd = np.float64(_grad_index_cap(r, w, m, dt(coef / np.float64(s)), dt(b),
-                                            dt(1.0 / cap)))
+            wd = np.float64(_grad_index_cap(er, w, m, dt(c), dt(b), dt(1.0 / cap)))
             q = z_t / cap
-            r[t] -= dt(a * (1.0 - q * q))
+            er[t] -= dt(a * (1.0 - q * q))
+            if mode == 3:
+                _copy(er, g[i])  # rounded into the 16-bit gradient
         else:
-            gr = g[i] if mode == 1 else r
-            # gr holds exp(x - m_b) per block: scale to p·coef, subtract b·w, a at the target.
-            _finish_blocks(gr, m, mblk, coef / np.float64(s), b, w, eps > 0)
-            gr[t] -= dt(a)
+            # er holds exp(x - m_b) per block: scale to p·coef, subtract b·w, a at the target.
+            gr = g[i]
+            _finish_blocks(er, gr, mode != 3, m, mblk, c, b, w, eps > 0)
+            if mode == 3:  # the target's entry finished in er too, then rounded once
+                _finish_range(er, er, True, m, mblk, c, b, w, eps > 0, t, t + 1)
+                put(gr, t, er[t] - dt(a))
+            else:
+                er[t] -= dt(a)
     elif has_cap and eps > 0:
-        wd = np.float64(_dot_shift(r, w, m))
+        wd = np.float64(_dot_shift(er, w, m))
     li = w_t * (log_s - (z_t - np.float64(m)))
     if eps > 0:
         li = (1.0 - eps) * li + (eps / C) * (wsum * log_s - wd)
@@ -492,14 +543,23 @@ def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap
 
 @_jit
 def _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss,
-                 lse_out, work):
-    """Cross-entropy of row i with probability targets y[i] and the options; see ``ce_prob``."""
+                 lse_out, e, ei):
+    """Cross-entropy of row i with probability targets y[i] and the options; see ``ce_prob``.
+
+    One pass after (m, s): the gradient is written (rounded into a 16-bit ``g``) while the loss
+    is summed; with a cap, over the capped row in ``e[ei]``.
+    """
     yr = y[i]
-    dt = x.dtype.type
-    r = _capped_row(i, x, cap, g, mode, work) if has_cap else x[i]
-    m, s = _max_sum_exp(r)
+    dt = w.dtype.type
+    r = x[i]
+    er = e[ei]
+    if has_cap:
+        _cap_row(r, er, mode == 2, cap)
+        m, s = _max_sum_exp(er)
+    else:
+        m, s = _max_sum_exp(r)
     if not math.isfinite(s):
-        lse_out[i] = _nonfinite_lse(r)
+        lse_out[i] = _nonfinite_lse(er) if has_cap else _nonfinite_lse(r)
         _nan_row(i, x, g, mode, loss)
         return
     log_s = math.log(np.float64(s))
@@ -509,7 +569,7 @@ def _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mod
     # Σ w y' (z - m) is summed from exact per-element differences.
     tot = np.float64(a1) * np.float64(_dot(yr, w)) + np.float64(a0) * wsum
     if mode == 0:
-        acc = _prob_loss(r, yr, w, m, a1, a0)
+        acc = _prob_loss(er, yr, w, m, a1, a0) if has_cap else _prob_loss(r, yr, w, m, a1, a0)
     else:
         sc = np.float64(sce[i])
         coef = sc * tot
@@ -517,11 +577,13 @@ def _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mod
             coef += np.float64(sz[i]) * (2.0 * zscale) * lse
         c = dt(coef / np.float64(s))
         if has_cap:
-            acc = _grad_prob_cap(r, yr, w, m, a1, a0, c, dt(sc), dt(1.0 / cap))
-        elif mode == 1:
-            acc = _prob_grad_to(r, yr, w, m, a1, a0, c, dt(sc), g[i])
-        else:
+            acc = _grad_prob_cap(er, yr, w, m, a1, a0, c, dt(sc), dt(1.0 / cap))
+            if mode == 3:
+                _copy(er, g[i])  # rounded into the 16-bit gradient
+        elif mode == 2:
             acc = _prob_grad_inplace(r, yr, w, m, a1, a0, c, dt(sc), r)
+        else:
+            acc = _prob_grad_to(r, yr, w, m, a1, a0, c, dt(sc), g[i])
     loss[i] = tot * log_s - np.float64(acc)
 
 
@@ -529,33 +591,32 @@ def _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mod
 def _sum_exp_rest(r, m):
     """(Σ_{c: r_c < m} exp(r_c - m), #{c: r_c = m}): the sum without the max's own terms, and
     how many entries equal the max (each of those would add exactly 1)."""
-    dt = r.dtype.type
-    s = dt(0)
-    n = dt(0)
+    s = compute(r, 0)
+    n = compute(r, 0)
     for j in range(r.shape[0]):
-        d = r[j] - m
-        top = d == dt(0)
-        s += dt(0) if top else vexp(d)
-        n += dt(1) if top else dt(0)
+        d = load(r, j) - m
+        top = d == 0
+        s += compute(r, 0) if top else vexp(d)
+        n += compute(r, 1) if top else compute(r, 0)
     return s, n
 
 
 @_jit_fast
 def _copy_sum_exp(r, out, m):
     """Σ_c exp(r_c - m), copying r into out on the way (out_c = r_c)."""
-    s = r.dtype.type(0)
+    s = compute(r, 0)
     for j in range(r.shape[0]):
-        v = r[j]
-        out[j] = v
+        v = load(r, j)
+        put(out, j, v)
         s += vexp(v - m)
     return s
 
 
 @_jit_vec
 def _copy(r, out):
-    """out_c = r_c."""
+    """out_c = r_c (rounded into a 16-bit tag view)."""
     for j in range(r.shape[0]):
-        out[j] = r[j]
+        put(out, j, load(r, j))
 
 
 @_jit
@@ -564,30 +625,29 @@ def _max_sum_exp_copy(r, out, copy):
     the way: the row's output is then written while the row is read from memory, and the second
     pass runs in the cache."""
     C = r.shape[0]
-    dt = r.dtype.type
-    m = dt(-np.inf)
-    s = dt(0)
+    m = compute(r, -np.inf)
+    s = compute(r, 0)
     for lo in range(0, C, _BLOCK):
         hi = min(lo + _BLOCK, C)
         blk = r[lo:hi]
         mb = _max(blk)
         if mb != mb or mb == np.inf:
-            return mb, dt(np.nan)
+            return mb, compute(r, np.nan)
         if mb == -np.inf:  # adds exactly 0, unless a (negative) NaN hides among the -inf
             if _has_nan(blk):
-                return mb, dt(np.nan)
+                return mb, compute(r, np.nan)
             if copy:
                 _copy(blk, out[lo:hi])
             continue
         if mb > m:
-            s = s * dt(math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
+            s = s * compute(r, math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
             m = mb
         if copy:
             s += _copy_sum_exp(blk, out[lo:hi], m)
         else:
             s += _sum_exp(blk, m)
     if m == -np.inf:
-        return m, dt(np.nan)
+        return m, compute(r, np.nan)
     return m, s
 
 
@@ -607,39 +667,49 @@ def _log1p_rest(r, m, s):
 
 
 @_jit
-def _log_softmax_row(i, x, out, inplace):
+def _log_softmax_row(i, x, out, inplace, copy):
     """out[i] = (x[i] - m) - log1p(s'), s' = Σ exp(x[i] - m) without the max's own 1.
 
-    Pass 1 (:func:`_max_sum_exp_copy`) reads the row from memory and copies it into out; pass 2
-    shifts out in place, in the cache: writing out only in pass 2 would make that pass wait on
-    memory for every line of out it first touches (measured ~15% slower, single thread).
+    Pass 1 (:func:`_max_sum_exp_copy`) reads the row from memory and, with ``copy``, copies it
+    into out; pass 2 shifts out in place, in the cache: writing out only in pass 2 would make
+    that pass wait on memory for every line of out it first touches (measured ~15% slower,
+    single thread). 16-bit rows (tag views) are not copied: pass 2 re-reads x[i] (from L2) and
+    writes the rounded result.
     """
     r = x[i]
     o = r if inplace else out[i]
-    m, s = _max_sum_exp_copy(r, o, not inplace)
+    m, s = _max_sum_exp_copy(r, o, copy)
     if not math.isfinite(s):
-        _fill(o, r.dtype.type(np.nan))
+        _fill(o, np.nan)
         return
-    _shift_sub_inplace(o, m, r.dtype.type(_log1p_rest(r, m, s)))
+    log_s = compute(r, _log1p_rest(r, m, s))
+    if copy or inplace:
+        _shift_sub_inplace(o, m, log_s)
+    else:
+        _shift_sub_to(r, o, m, log_s)
 
 
 @_jit
-def _softmax_row(i, x, out, inplace):
-    """out[i] = exp(x[i] - m) / Σ exp(x[i] - m)."""
+def _softmax_row(i, x, out, inplace, e, ei, direct):
+    """out[i] = exp(x[i] - m) / Σ exp(x[i] - m): pass 1 stores the exps in e[ei] (``direct``:
+    that is out[i] itself; else a compute-dtype scratch row for 16-bit storage), pass 2 scales
+    them into out[i]."""
     r = x[i]
     C = r.shape[0]
     o = r if inplace else out[i]
+    er = e[ei]
     mblk = np.empty((C + _BLOCK - 1) // _BLOCK)
-    m, s = _max_sum_exp_store(r, o, inplace, mblk)
+    m, s = _max_sum_exp_store(r, er, inplace and direct, mblk)
     if not math.isfinite(s):
-        _fill(o, r.dtype.type(np.nan))
+        _fill(o, np.nan)
         return
-    _finish_blocks(o, m, mblk, 1.0 / np.float64(s), 0.0, r, False)
+    _finish_blocks(er, o, direct, m, mblk, 1.0 / np.float64(s), 0.0, er, False)
 
 
 # ---------------------------------------------------------------------------------------------
 # Drivers: rows [lo, hi), with the GIL released, so that the host function can run blocks of
-# rows on several threads at once (see xent._kernels._threads).
+# rows on several threads at once (see xent._kernels._threads). The ``*16`` drivers take 16-bit
+# tag views (``_half.tagged``) and give each thread its float32 scratch row.
 # ---------------------------------------------------------------------------------------------
 _jit_rows = numba.njit(nogil=True, cache=True)
 
@@ -647,89 +717,63 @@ _jit_rows = numba.njit(nogil=True, cache=True)
 @_jit_rows
 def ce_index_rows(x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse, sce, sz,
                   g, mode, loss, lse, lo, hi):
-    work = np.empty(x.shape[1] if (has_cap and mode == 0) else 0, x.dtype)
+    work = np.empty((1, x.shape[1] if (has_cap and mode == 0) else 0), x.dtype)
+    e = g if mode == 1 else (x if mode == 2 else work)
     for i in range(lo, hi):
         _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
-                      sce, sz, g, mode, loss, lse, work)
+                      sce, sz, g, mode, loss, lse, e, i if mode != 0 else 0)
 
 
 @_jit_rows
 def ce_prob_rows(x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse, lo,
                  hi):
-    work = np.empty(x.shape[1] if (has_cap and mode == 0) else 0, x.dtype)
+    work = np.empty((1, x.shape[1] if (has_cap and mode == 0) else 0), x.dtype)
+    e = g if mode == 1 else (x if mode == 2 else work)
     for i in range(lo, hi):
         _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse,
-                     work)
+                     e, i if mode != 0 else 0)
 
 
 @_jit_rows
 def log_softmax_rows(x, out, inplace, lo, hi):
     for i in range(lo, hi):
-        _log_softmax_row(i, x, out, inplace)
+        _log_softmax_row(i, x, out, inplace, not inplace)
 
 
 @_jit_rows
 def softmax_rows(x, out, inplace, lo, hi):
+    e = x if inplace else out
     for i in range(lo, hi):
-        _softmax_row(i, x, out, inplace)
-
-
-# ---------------------------------------------------------------------------------------------
-# 16-bit rows: ``x`` and ``g``/``out`` are uint16 bits of bfloat16 or float16 (``kind``, see
-# _half.py); each row goes through a float32 scratch row ``buf`` (1, C) and the float32 row
-# function, indexed 0 there with one-element views of the per-row arrays (the same compiled
-# specialisation as the float32 drivers above). ``g`` may be ``x`` itself: a row is read into
-# the scratch before its gradient is written.
-# ---------------------------------------------------------------------------------------------
-@_jit_rows
-def ce_index_rows16(x, kind, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
-                    sce, sz, g, has_g, loss, lse, lo, hi):
-    C = x.shape[1]
-    buf = np.empty((1, C), np.float32)
-    work = np.empty(C if (has_cap and not has_g) else 0, np.float32)
-    mode = 2 if has_g else 0
-    for i in range(lo, hi):
-        if target[i] == ignore_index and not want_lse:  # not read, as _ce_index_row
-            loss[i] = 0
-            if has_g:
-                zero16(g[i])
-            continue
-        to_f32(x[i], kind, buf[0])
-        _ce_index_row(0, buf, target[i:i + 1], w, wsum, ignore_index, eps, zscale, cap,
-                      has_cap, want_lse, sce[i:i + 1], sz[i:i + 1], buf, mode, loss[i:i + 1],
-                      lse[i:i + 1], work)
-        if has_g:
-            from_f32(buf[0], kind, g[i])
+        _softmax_row(i, x, out, inplace, e, i, True)
 
 
 @_jit_rows
-def ce_prob_rows16(x, kind, y16, y32, ykind, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g,
-                   has_g, loss, lse, lo, hi):
-    """``y`` is 16-bit (``y16``, of ``ykind``) or float32 (``y32``, ykind F32); the other array
-    is a dummy."""
-    C = x.shape[1]
-    buf = np.empty((1, C), np.float32)
-    ybuf = np.empty((1, C), np.float32)
-    work = np.empty(C if (has_cap and not has_g) else 0, np.float32)
-    mode = 2 if has_g else 0
-    f32 = ykind == F32
+def ce_index_rows16(x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse, sce,
+                    sz, g, mode, loss, lse, lo, hi):
+    """``ce_index_rows`` on 16-bit tag views; ``mode`` 0 or 3."""
+    work = np.empty((1, x.shape[1] if (has_cap or mode == 3) else 0), np.float32)
     for i in range(lo, hi):
-        to_f32(x[i], kind, buf[0])
-        operand_to_f32(y16[0 if f32 else i], y32[i if f32 else 0], ykind, ybuf[0])
-        _ce_prob_row(0, buf, ybuf, w, wsum, a1, a0, zscale, cap, has_cap, sce[i:i + 1],
-                     sz[i:i + 1], buf, mode, loss[i:i + 1], lse[i:i + 1], work)
-        if has_g:
-            from_f32(buf[0], kind, g[i])
+        _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
+                      sce, sz, g, mode, loss, lse, work, 0)
 
 
 @_jit_rows
-def rowwise_rows16(x, kind, out, log, lo, hi):
-    """log_softmax (``log``) or softmax of 16-bit rows into the 16-bit ``out`` (may be ``x``)."""
-    buf = np.empty((1, x.shape[1]), np.float32)
+def ce_prob_rows16(x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse, lo,
+                   hi):
+    """``ce_prob_rows`` on a 16-bit tag view ``x`` (``y``: a tag view or float32); ``mode`` 0
+    or 3."""
+    work = np.empty((1, x.shape[1] if has_cap else 0), np.float32)
     for i in range(lo, hi):
-        to_f32(x[i], kind, buf[0])
+        _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse,
+                     work, 0)
+
+
+@_jit_rows
+def rowwise_rows16(x, out, log, inplace, lo, hi):
+    """log_softmax (``log``) or softmax of 16-bit tag-view rows into ``out`` (``inplace``: x)."""
+    work = np.empty((1, 0 if log else x.shape[1]), np.float32)
+    for i in range(lo, hi):
         if log:
-            _log_softmax_row(0, buf, buf, True)
+            _log_softmax_row(i, x, out, inplace, False)
         else:
-            _softmax_row(0, buf, buf, True)
-        from_f32(buf[0], kind, out[i])
+            _softmax_row(i, x, out, inplace, work, 0, False)
