@@ -300,11 +300,16 @@ def test_export_runs_xent_kernels(core_calls):
     targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
     assert targets.count(torch.ops.xent.cross_entropy.default) == 2
     core_calls.clear()
-    got = ep.module()(x, t)
+    exported = ep.module()
+    got = exported(x, t)
     assert core_calls == ["cross_entropy"] * 2
     with xt.min_elements(1 << 30):  # the eager reference: PyTorch's ops
         expected = model(x, t)
     torch.testing.assert_close(got, expected)
+    got.backward()  # the exported program trains too (its parameters required grad)
+    expected.backward()
+    torch.testing.assert_close([p.grad for p in exported.parameters()],
+                               [p.grad for p in model.parameters()])
 
 
 class _Traced(torch.nn.Module):
