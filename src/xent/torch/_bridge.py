@@ -1,11 +1,13 @@
 """The zero-copy bridge between torch tensors and xent's NumPy core.
 
-`fast_path_ok` decides whether xent's kernels can compute a call (plain strided CPU tensors of
-float32/float64, outside tracing/compiling and functorch transforms, only ``input`` requiring
-grad, at least `MIN_ELEMENTS` elements); `as_numpy` / `from_numpy` share memory with the
-tensors; `SavedGrad` is the `torch.autograd.Function` that hands the gradient the core computed
-in the forward pass to ``backward``; `run_core` wires a core call into it. The drop-ins
-(`_functional`), linear (`_linear`) and parallel (`_parallel`) forms import these public names.
+`below_cutoff` sends small calls to PyTorch's op before anything else (`MIN_ELEMENTS`,
+`MIN_CLASSES`); `fast_path_ok` decides whether xent's kernels can compute a call (plain strided
+CPU tensors of float32/float64, outside tracing/compiling and functorch transforms, only
+``input`` requiring grad, at least `MIN_ELEMENTS` elements); `as_numpy` / `from_numpy` share
+memory with the tensors; `SavedGrad` is the `torch.autograd.Function` that hands the gradient
+the core computed in the forward pass to ``backward``; `run_core` wires a core call into it.
+The drop-ins (`_functional`), linear (`_linear`) and parallel (`_parallel`) forms import these
+public names.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Autograd drop-ins for `torch.nn.functional`'s cross-entropy family on xent's core.
 
-Each function validates its call once with the core's validation step
+A call below the default cut-off (`_bridge.below_cutoff`: fewer than `MIN_ELEMENTS` elements,
+or cross-entropy / NLL rows of fewer than `MIN_CLASSES` classes) without xent-only options goes
+straight to PyTorch's own function with the arguments as given, which checks them itself.
+Every other call is validated once with the core's validation step
 (``xent._problem.cross_entropy_problem`` for cross-entropy and NLL, on NumPy views of the
 target and weight), then takes one of two paths: the fast path (`_bridge.fast_path_ok`: plain
 CPU float32/float64 tensors, only ``input`` requiring grad, at least `MIN_ELEMENTS` elements
