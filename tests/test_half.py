@@ -184,6 +184,54 @@ def test_return_lse_and_inplace(backend, dt):
     _assert_rounded(buf, tg, dt, "in-place grad")
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+def test_rows_of_several_blocks(backend, dt):
+    """Rows longer than the kernels' 2048-element blocks: targets in later blocks with weights
+    and label smoothing (the target's gradient entry is finished and rounded on its own), a
+    row whose first block is all -inf, probabilities in the other 16-bit format, in place."""
+    rng = np.random.default_rng(19)
+    N, C = 6, 5000
+    x = _logits(rng, (N, C), dt)
+    t = np.array([4999, 2048, 2047, 0, 4100, 3000])
+    w = (rng.random(C) + 0.5).astype(np.float32)
+    loss, grad = xent.cross_entropy(x, t, w, label_smoothing=0.1, return_grad=True)
+    tl, tg = _truth_ce(x, t, w, label_smoothing=0.1)
+    _assert_rounded(np.asarray(loss), tl, dt, "loss")
+    _assert_rounded(grad, tg, dt, "grad")
+    xi = x.copy()
+    xi[1, :2048] = -np.inf
+    loss, grad = xent.cross_entropy(xi, t, reduction="none", return_grad=True)
+    tl, tg = _truth_ce(xi, t, reduction="none")
+    _assert_rounded(loss, tl, dt, "-inf block loss")
+    _assert_rounded(grad, tg, dt, "-inf block grad")
+    for f, ref in ((xent.softmax, torch.softmax), (xent.log_softmax, torch.log_softmax)):
+        _assert_rounded(f(xi), ref(_t64(xi), -1).numpy(), dt, f.__name__)
+    other = F16 if dt == BF16 else BF16
+    y = rng.dirichlet(np.ones(C), N).astype(other)
+    buf = x.copy()
+    loss, g2 = xent.cross_entropy(buf, y, return_grad=True, inplace=True)
+    assert g2 is buf
+    tl, tg = _truth_ce(x, y)
+    _assert_rounded(np.asarray(loss), tl, dt, "prob loss")
+    _assert_rounded(buf, tg, dt, "prob in-place grad")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dt", DTYPES)
+def test_kernel_softmax_in_place(dt):
+    """The kernels' softmax / log_softmax with ``out`` being ``x`` itself (as the torch layer
+    may call them), several blocks per row, equal to float64 PyTorch rounded."""
+    pytest.importorskip("numba")
+    from xent import _kernels
+
+    rng = np.random.default_rng(37)
+    x = _logits(rng, (5, 4500), dt, scale=6.0)
+    for name in ("softmax", "log_softmax"):
+        buf = x.copy()
+        assert getattr(_kernels, name)(buf, buf) is buf
+        _assert_rounded(buf, getattr(torch, name)(_t64(x), -1).numpy(), dt, f"{name} in place")
+
+
 # ---------------------------------------------------------------------------------------------
 # Probability targets (16-bit or float32), K-dimensional layouts
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +397,7 @@ def test_conversions_match_ml_dtypes_and_numpy():
     on random float32 bits, ties, the overflow threshold and the specials, against ml_dtypes'
     and NumPy's casts."""
     pytest.importorskip("numba")
-    from xent._kernels import _half
+    from xent._kernels import _half, _rows
 
     every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
     rng = np.random.default_rng(29)
@@ -374,6 +422,14 @@ def test_conversions_match_ml_dtypes_and_numpy():
         nan = np.isnan(f32)
         assert np.isnan(got[nan]).all()
         np.testing.assert_array_equal(got[~nan], ref.astype(np.float32)[~nan])
+        # The row kernels' element access (_half.load / put on tag views), through their copy
+        # loop: the same conversions.
+        up2 = np.empty(every.size, np.float32)
+        _rows._copy(_half.tagged(every.view(dt)), up2)
+        np.testing.assert_array_equal(up2, up)
+        down2 = np.empty(f32.size, dt)
+        _rows._copy(f32, _half.tagged(down2))
+        np.testing.assert_array_equal(down2.view(np.uint16), down)
 
 
 @pytest.mark.slow

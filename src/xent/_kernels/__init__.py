@@ -8,9 +8,10 @@ types each compiled kernel is specialised for, and run the kernel over blocks of
 threads for large inputs (``_threads.run_rows``).
 
 Contract (``docs/ARCHITECTURE.md``): ``x`` is ``(M, C)`` in the compute dtype (float32 or
-float64) or a 16-bit float (float16, ``ml_dtypes.bfloat16``: viewed as uint16, zero-copy,
-computed in float32 through a per-thread scratch row, see ``_half.py``; the gradient or output
-is then in x's 16-bit dtype and the returned losses are float32); ``row_scale`` is ``(M,)``;
+float64) or a 16-bit float (float16, ``ml_dtypes.bfloat16``: viewed as 16-bit integers,
+zero-copy, converted to float32 as each element loads and rounded as each result is stored, see
+``_half.py``; the gradient or output is then in x's 16-bit dtype and the returned losses are
+float32); ``row_scale`` is ``(M,)``;
 ``grad_out`` is an ``(M, C)`` buffer, possibly ``x`` itself, or None for the forward pass only.
 Each returns the unreduced per-row (per-element for ``bce_logits``) loss. The ``*_kdim``
 functions take ``x`` as ``(A, C, B)`` instead, the class axis in the middle (the

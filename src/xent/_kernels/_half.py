@@ -79,8 +79,11 @@ def _f2h_i16(typingctx, f):
 
 @intrinsic
 def _bf2f(typingctx, h):
-    """The bfloat16 with bits ``h`` (uint16) as a float32 (exact: the top half of its bits)."""
-    sig = types.float32(types.uint16)
+    """The bfloat16 with bits ``h`` (uint16 or int16) as a float32 (exact: the top half of its
+    bits)."""
+    if not isinstance(h, types.Integer) or h.bitwidth != 16:
+        return None
+    sig = types.float32(h)
 
     def codegen(context, builder, signature, args):
         i32 = ir.IntType(32)
@@ -90,14 +93,35 @@ def _bf2f(typingctx, h):
 
 
 @intrinsic
-def f32_bits(typingctx, f):
-    """The bits of float32 ``f`` as an int32 (no conversion)."""
-    sig = types.int32(types.float32)
+def key16(typingctx, h):
+    """The order key of 16-bit float bits ``h`` (uint16 or int16; bfloat16 and float16 alike):
+    ``i ^ ((i >> 15) & 0x7FFF)`` on the bits as int16, in 16-bit integer IR (Numba's own integer
+    arithmetic widens to 64 bits). Keys order the non-NaN floats as the floats are ordered, and
+    the key of a key is the bits again (see ``_rows._key_max``)."""
+    if not isinstance(h, types.Integer) or h.bitwidth != 16:
+        return None
+    sig = types.int16(h)
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
+        i16 = ir.IntType(16)
+        i = args[0]
+        return builder.xor(i, builder.and_(builder.ashr(i, i16(15)), i16(0x7FFF)))
 
     return sig, codegen
+
+
+def bits_to_f32(a, h):
+    """The float32 value of 16-bit bits ``h`` in the storage format of tag view ``a``."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(bits_to_f32, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+def _bits_to_f32_overload(a, h):
+    if a.dtype == types.uint16:
+        return lambda a, h: _bf2f(h)
+    if a.dtype == types.int16:
+        return lambda a, h: _h2f(h)
+    return None
 
 
 @intrinsic

@@ -45,7 +45,7 @@ from numba import types
 from numba.extending import overload
 
 from ._exp import _i32_as_f32, _i64_as_f64, vexp, vtanh
-from ._half import compute, f32_bits, load, put
+from ._half import bits_to_f32, compute, key16, load, put
 
 # Reassociation (vectorised sums), FMA contraction, no signed zeros. Never nnan/ninf: the
 # non-finite checks below rely on NaN and inf keeping their IEEE meaning.
@@ -107,14 +107,13 @@ def _key_max_overload(r):
             return _i64_as_f64(mk ^ ((mk >> np.int64(63)) & mask))
 
         return impl64
-    if r.dtype in (types.uint16, types.int16):  # 16-bit tag views: keys of the float32 values
+    if r.dtype in (types.uint16, types.int16):  # 16-bit tag views: 16-bit keys, 32 lanes
 
         def impl16(r):
-            mk = np.int32(-2147483648)
+            mk = np.int16(-32768)
             for j in range(r.shape[0]):
-                i = f32_bits(load(r, j))
-                mk = max(mk, np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF))))
-            return _i32_as_f32(np.int32(mk ^ ((mk >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+                mk = max(mk, key16(r[j]))
+            return bits_to_f32(r, key16(mk))
 
         return impl16
     return None
