@@ -67,7 +67,7 @@ MIN_ELEMENTS = 1 << 19
 #: Cross-entropy and NLL rows of fewer classes than this run PyTorch's op whatever their number
 #: (unless the cut-off is 0): xent's row kernels pay a cost per row that PyTorch's vectorised
 #: loss does not, and lose to it on short rows at every size (same measurement).
-MIN_CLASSES = 512
+MIN_CLASSES = 1024
 
 
 def get_min_elements() -> int:
