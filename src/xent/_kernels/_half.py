@@ -125,6 +125,20 @@ def _bits_to_f32_overload(a, h):
 
 
 @intrinsic
+def wide(typingctx):
+    """Mark the calling function for 512-bit vectors (LLVM ``"prefer-vector-width"="512"``)."""
+
+    def codegen(context, builder, signature, args):
+        try:
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        except Exception:
+            pass
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
 def _f2bf(typingctx, f):
     """The bits (uint16) of float32 ``f`` rounded to bfloat16, to nearest even (NaN: quiet NaN of
     its sign and top payload bits). In 32-bit integer IR: Numba's own integer arithmetic
