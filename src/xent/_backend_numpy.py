@@ -38,7 +38,10 @@ def _in_float32(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        if not any(isinstance(a, np.ndarray) and is_half(a.dtype) for a in args):
+        for a in args:  # (a loop, not any(genexpr): this runs on every small call)
+            if isinstance(a, np.ndarray) and a.dtype.itemsize == 2 and is_half(a.dtype):
+                break
+        else:
             return fn(*args, **kwargs)
         *ins, out = args
         ins32 = [a.astype(np.float32) if isinstance(a, np.ndarray) and is_half(a.dtype) else a
@@ -154,7 +157,10 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
     M, C = x.shape
     dt = x.dtype
     keep = target != ignore_index
-    t = np.where(keep, target, 0)
+    # Every row counted (the usual batch): the masks below change nothing, so they are skipped
+    # (a small call is a few dozen NumPy calls of a few µs each; the values are the same).
+    all_kept = np.count_nonzero(keep) == M  # (count_nonzero: a third of keep.all()'s cost)
+    t = target if all_kept else np.where(keep, target, 0)
     rows = np.arange(M)
     eps = label_smoothing
     with np.errstate(**_QUIET):
@@ -173,25 +179,32 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
         sum_e = d.sum(axis=1)
         lse_d = np.log(sum_e)  # lse - m
         lse = _lse_rows(m, lse_d).astype(dt, copy=False)
-        w_t = np.ones(M, dt) if weight is None else weight[t]
-        loss = w_t * (lse_d - d_t)
+        w_t = None if weight is None else weight[t]  # None: every w_t is 1
+        loss = lse_d - d_t if w_t is None else w_t * (lse_d - d_t)
         if eps > 0:
             W = dt.type(C) if weight is None else weight.sum(dtype=dt)
             smooth = W * lse_d - wd
             loss = (1 - eps) * loss + (eps / C) * smooth
-        loss = np.where(keep, loss, dt.type(0)).astype(dt, copy=False)
+        if not all_kept:
+            loss = np.where(keep, loss, dt.type(0))
+        loss = loss.astype(dt, copy=False)
         if grad_out is None:
             return loss, lse
         # d now holds e = exp(z - m), p = e / Σe. Fold the normaliser and the row's scale
         # into one factor per row.
-        s = np.where(keep, row_scale, dt.type(0)).astype(dt, copy=False)
-        a = (1 - eps) * w_t * s  # coefficient of (p - onehot)
-        coef = a
+        s = row_scale if all_kept else np.where(keep, row_scale, dt.type(0))
+        s = np.asarray(s).astype(dt, copy=False)
+        if w_t is None:  # (1-ε)·1·s, the same rounding as with w_t = 1
+            a = s if eps == 0 else (1 - eps) * s
+        else:
+            a = (1 - eps) * w_t * s
+        coef = a  # a: the coefficient of (p - onehot)
         if eps > 0:
             b = (eps / C) * s  # coefficient of (W·p - w)
             coef = a + b * W
         if lse_square_scale:
-            coef = coef + np.where(keep, 2 * lse_square_scale * z_row_scale * lse, 0)
+            zc = 2 * lse_square_scale * z_row_scale * lse
+            coef = coef + (zc if all_kept else np.where(keep, zc, 0))
         d *= (coef / sum_e)[:, None]
         grad_out[rows, t] -= a
         if eps > 0:
@@ -202,7 +215,7 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
         if chain is not None:
             grad_out *= chain
         # Ignored rows: coef is 0 so p·0 = 0, unless p is nan (non-finite row); force 0.
-        if not keep.all():
+        if not all_kept:
             grad_out[~keep] = 0
     return loss, lse
 

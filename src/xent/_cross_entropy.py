@@ -217,10 +217,9 @@ def solve(
         scale = scale_z = grad = None
         if return_grad:
             flat = g.reshape(-1) if p.reduction == "none" else g
-            scale = np.broadcast_to(_reduction.row_scale(p.reduction, flat, p.denom), (M,))
+            scale = _per_row(_reduction.row_scale(p.reduction, flat, p.denom), M)
             if o.lse_square_scale:
-                scale_z = np.broadcast_to(_reduction.row_scale(p.reduction, flat, p.denom_z),
-                                          (M,))
+                scale_z = _per_row(_reduction.row_scale(p.reduction, flat, p.denom_z), M)
             grad = rows if inplace else _buffers.empty_like(rows)
         if kdim is not None and p.prob:
             ce = kdim(rows, p.y.reshape(rows.shape), p.weight, o.label_smoothing, scale, grad)
@@ -250,6 +249,12 @@ def solve(
             grad = as_result(_unrows(grad, x.shape, p.class_axis), rdt)
         out.append(grad)
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def _per_row(scale: Any, M: int) -> np.ndarray:
+    """The rows' scales ``(M,)``: ``scale`` itself when it has one per row (``'none'``), else
+    the scalar repeated (``np.full``: a few µs less per call than ``np.broadcast_to``)."""
+    return scale if scale.ndim == 1 else np.full(M, scale)
 
 
 def _kdim_kernel(op: str, x: np.ndarray) -> Callable[..., np.ndarray] | None:

@@ -164,7 +164,11 @@ def index_target(
             f"(valid: 0..{C - 1}, or ignore_index={ignore_index})"
         )
     t = t.astype(np.int64, copy=False)
-    invalid = ((t < 0) | (t >= C)) & (t != ignore_index)
+    # (t < 0) | (t >= C) in one comparison: a negative int64 read as uint64 is >= 2^63 > C.
+    outside = t.view(np.uint64) >= C
+    if not np.count_nonzero(outside):  # the usual batch: all in range, ignore_index not read
+        return t
+    invalid = outside & (t != ignore_index)
     if invalid.any():
         pos = int(np.flatnonzero(invalid)[0])
         where = np.unravel_index(pos, expected) if expected else ()

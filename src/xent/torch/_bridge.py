@@ -172,12 +172,13 @@ def plain_cpu(t: torch.Tensor) -> bool:
 
 
 def fast_path_ok(input: object, *others: object, small_ok: bool = False,
-                 captured: bool = False) -> bool:
+                 captured: bool = False, untraced: bool = False) -> bool:
     """Whether xent's kernels can compute this call: see the module docstring. Inputs of fewer
     than `MIN_ELEMENTS` elements go to PyTorch unless ``small_ok``. ``captured``: the caller
     runs xent's custom operators (`_ops`) under `graph_capture`, which then does not count as
-    tracing."""
-    if not isinstance(input, torch.Tensor) or (tracing() and not (captured and graph_capture())):
+    tracing. ``untraced``: the caller has just found `tracing` False (the test is skipped)."""
+    if not isinstance(input, torch.Tensor) or (
+            not untraced and tracing() and not (captured and graph_capture())):
         return False
     if not small_ok and input.numel() < MIN_ELEMENTS:
         return False
@@ -196,7 +197,10 @@ def as_numpy(t: torch.Tensor | None) -> np.ndarray | None:
     which NumPy lacks, is viewed as ``ml_dtypes.bfloat16`` through its int16 bits."""
     if t is None:
         return None
-    t = t.detach().resolve_neg()
+    if t.requires_grad:  # (each tensor method is a dispatcher call: µs on a small call)
+        t = t.detach()
+    if t.is_neg():
+        t = t.resolve_neg()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(_BF16)
     return t.numpy()
@@ -208,7 +212,7 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     a = np.asarray(a)
     if not a.flags.writeable:
         a = a.copy()
-    if a.dtype == _BF16 and _BF16 is not None:
+    if a.dtype.kind == "V" and _BF16 is not None and a.dtype == _BF16:  # (bfloat16's kind: V)
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
@@ -289,6 +293,14 @@ class SavedGrad(torch.autograd.Function):
         return g
 
 
+#: ``SavedGrad``'s C ``apply`` (``torch._C._FunctionBase.apply``), what
+#: ``torch.autograd.Function.apply`` calls last outside functorch transforms; `run_core` calls
+#: it directly there (its Python wrapper cost ~5 µs a call: a setup_context probe and a pass
+#: over the arguments unwrapping dead functorch wrappers, of which the fast path's plain
+#: tensors have none).
+_SAVED_GRAD_APPLY = super(torch.autograd.Function, SavedGrad).apply
+
+
 def wants_grad(input: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and input.requires_grad
 
@@ -304,7 +316,9 @@ def run_core(input: torch.Tensor, compute, class_dim: int | None, reference) -> 
         loss, grad = compute(True)
         return from_numpy(loss), from_numpy(grad)
 
-    return SavedGrad.apply(input, both, class_dim, reference)
+    if torch._C._are_functorch_transforms_active():
+        return SavedGrad.apply(input, both, class_dim, reference)
+    return _SAVED_GRAD_APPLY(input, both, class_dim, reference)
 
 
 def class_dim_for_none(input: torch.Tensor, reduction: str) -> int | None:
@@ -319,7 +333,7 @@ def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype) -> np.ndarray |
     and kind are checked)."""
     if t is None:
         return None
-    if t.device.type == "cpu" and t.dtype in _NUMPY_VIEWABLE and plain_cpu(t):
+    if t.dtype in _NUMPY_VIEWABLE and plain_cpu(t):  # (plain_cpu: a CPU tensor)
         return as_numpy(t)
     if t.is_floating_point() and t.dim() > 1:
         return np.broadcast_to(np.zeros((), float_dtype), tuple(t.shape))

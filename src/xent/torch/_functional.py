@@ -141,7 +141,8 @@ def cross_entropy(
         return _ops.cross_entropy(input, target, weight, ignore_index, reduction, options,
                                   reference)
     problem = problem_for(input, target, weight, ignore_index, reduction, options)
-    if not _bridge.fast_path_ok(input, target, weight, small_ok=options.extended):
+    if not _bridge.fast_path_ok(input, target, weight, small_ok=options.extended,
+                                untraced=True):  # (tracing() was False just above)
         if options.extended:
             return reference(input)
         return F.cross_entropy(input, target, weight, ignore_index=ignore_index,
@@ -209,7 +210,7 @@ def nll_loss(
         return _ops.nll_loss(input, target, weight, ignore_index, reduction, reference)
     problem = problem_for(input, target, weight, ignore_index, reduction, fn="nll_loss",
                           probabilities=False)
-    if not _bridge.fast_path_ok(input, target, weight):
+    if not _bridge.fast_path_ok(input, target, weight, untraced=True):
         return reference(input)
     x = _bridge.as_numpy(input)
 
