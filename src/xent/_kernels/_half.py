@@ -194,13 +194,6 @@ def operand_to_f32(s16, s32, kind, dst):
         to_f32(s16, kind, dst)
 
 
-@_jit
-def zero16(dst):
-    """dst_j = +0.0 (all bits zero in both formats)."""
-    for j in range(dst.shape[0]):
-        dst[j] = 0
-
-
 # ---------------------------------------------------------------------------------------------
 # Element access generic over storage: the loops of _rows.py read every element through
 # ``load`` and write it through ``put``, so one source compiles for float32/float64 rows and
