@@ -20,8 +20,9 @@ functions take ``x`` as ``(A, C, B)`` instead, the class axis in the middle (the
 Compiled code is cached on disk (``cache=True``; the directory is Numba's ``__pycache__`` beside
 these files or ``NUMBA_CACHE_DIR``), so only the first call on a machine pays for compilation.
 Numba checks each cached function against its own source file only: after editing ``_exp.py``
-alone, delete ``src/xent/_kernels/__pycache__/*.nbi`` and ``*.nbc`` (or the cache directory), or
-the kernels in ``_rows.py``/``_bce.py``/``_kdim.py`` keep the old exp.
+or ``_half.py`` alone, delete ``src/xent/_kernels/__pycache__/*.nbi`` and ``*.nbc`` (or the cache
+directory), or the kernels in ``_rows.py``/``_bce.py``/``_kdim.py`` keep the old exp or the old
+16-bit element access.
 """
 
 from __future__ import annotations
