@@ -107,7 +107,7 @@ def softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     with np.errstate(**_QUIET):
         if x.shape[1] == 0:
             return out
-        m = x.max(axis=1, keepdims=True)
+        m = _row_max(x, np.arange(x.shape[0]))
         np.subtract(x, m, out=out)
         np.exp(out, out=out)
         out /= out.sum(axis=1, keepdims=True)
