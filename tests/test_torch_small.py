@@ -137,6 +137,31 @@ def test_small_call_errors_are_pytorchs():
         xt.cross_entropy([[1.0, 2.0]], torch.tensor([0]))
 
 
+@pytest.mark.parametrize("eps", [float("nan"), -0.1])
+def test_smoothing_pytorch_accepts_is_refused_below_the_cutoff(eps):
+    """PyTorch's own loss takes these without a word (F.cross_entropy gives a number); the
+    drop-in refuses them at every size, as the core does."""
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    F.cross_entropy(x, t, label_smoothing=eps)  # no error from PyTorch
+    with pytest.raises(ValueError, match="label_smoothing"):
+        xt.cross_entropy(x, t, label_smoothing=eps)
+
+
+def test_large_calls_pytorch_computes_raise_the_cores_errors(core_calls):
+    """Rows of few classes run PyTorch's op at any size, but from CHECK_MIN_ELEMENTS on the
+    core validates them first: its IndexError, not PyTorch's RuntimeError."""
+    n = _bridge.CHECK_MIN_ELEMENTS // 64
+    x, t = torch.randn(n, 64), torch.zeros(n, dtype=torch.int64)
+    t[7] = 64
+    with pytest.raises(IndexError, match="target"):
+        xt.cross_entropy(x, t)
+    with pytest.raises(IndexError, match="target"):
+        xt.nll_loss(x, t)
+    t[7] = 0
+    torch.testing.assert_close(xt.cross_entropy(x, t), F.cross_entropy(x, t))
+    assert core_calls == []  # validated by the core, computed by PyTorch
+
+
 def test_xent_options_are_still_checked_and_computed_below_the_cutoff(core_calls):
     x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
     with pytest.raises(ValueError, match="softcap"):

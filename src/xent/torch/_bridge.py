@@ -69,6 +69,13 @@ MIN_ELEMENTS = 1 << 19
 #: loss does not, and lose to it on short rows at every size (same measurement).
 MIN_CLASSES = 1024
 
+#: From this many elements on, a cross-entropy or NLL call that PyTorch's op computes (see
+#: `below_cutoff`) is still validated by the core first (`unchecked` is False), so that it raises
+#: the core's errors (ValueError / IndexError naming the argument), as every larger call does;
+#: below it the core's validation would cost more than 5% of PyTorch's whole loss and PyTorch's
+#: own checks (RuntimeError) stand alone.
+CHECK_MIN_ELEMENTS = 1 << 18
+
 
 def get_min_elements() -> int:
     """Inputs with fewer elements than this run PyTorch's own op instead of xent's kernels."""
@@ -121,6 +128,13 @@ def below_cutoff(input: object, rows: bool = False) -> bool:
     if input.numel() < MIN_ELEMENTS:
         return True
     return rows and MIN_ELEMENTS > 0 and input.dim() == 2 and input.shape[1] < MIN_CLASSES
+
+
+def unchecked(input: torch.Tensor) -> bool:
+    """Whether a call `below_cutoff` goes to PyTorch's op without the core's validation: fewer
+    than `CHECK_MIN_ELEMENTS` elements, or a traced / autocast call (the core cannot read traced
+    values; PyTorch's autocast casts its own losses)."""
+    return input.numel() < CHECK_MIN_ELEMENTS or tracing() or autocasting()
 
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)

@@ -1,17 +1,19 @@
 """Autograd drop-ins for `torch.nn.functional`'s cross-entropy family on xent's core.
 
-A call below the default cut-off (`_bridge.below_cutoff`: fewer than `MIN_ELEMENTS` elements,
-or cross-entropy / NLL rows of fewer than `MIN_CLASSES` classes) without xent-only options goes
-straight to PyTorch's own function with the arguments as given, which checks them itself.
-Every other call is validated once with the core's validation step
-(``xent._problem.cross_entropy_problem`` for cross-entropy and NLL, on NumPy views of the
-target and weight), then takes one of two paths: the fast path (`_bridge.fast_path_ok`: plain
-CPU float32/float64 tensors, only ``input`` requiring grad, at least `MIN_ELEMENTS` elements
-unless an xent-only option is on) solves the validated problem on a zero-copy NumPy view of the
-logits, loss and gradient in one fused pass, through `_bridge.SavedGrad`; every other call
-(CUDA, bfloat16/float16, ``torch.compile``, a target or weight requiring grad, small inputs)
-runs PyTorch's own function, or for z-loss / soft-capping / lse the same loss composed from
-PyTorch ops (`_reference`), so behaviour is the same everywhere and only speed differs.
+A call below the default cut-off (`_bridge.below_cutoff`: fewer than `MIN_ELEMENTS` elements, or
+cross-entropy / NLL rows of fewer than `MIN_CLASSES` classes) without xent-only options runs
+PyTorch's own function; under `CHECK_MIN_ELEMENTS` elements (`_bridge.unchecked`) straight away,
+with the arguments as given, which it checks itself, and above it after the core's validation (so a
+large call raises the core's errors whichever op computes it). Every other call is validated once
+with the core's validation step (``xent._problem.cross_entropy_problem`` for cross-entropy and NLL,
+on NumPy views of the target and weight), then takes one of two paths: the fast path
+(`_bridge.fast_path_ok`: plain CPU float32/float64 tensors, only ``input`` requiring grad, at least
+`MIN_ELEMENTS` elements unless an xent-only option is on) solves the validated problem on a
+zero-copy NumPy view of the logits, loss and gradient in one fused pass, through
+`_bridge.SavedGrad`; every other call (CUDA, bfloat16/float16, ``torch.compile``, a target or weight
+requiring grad, small inputs) runs PyTorch's own function, or for z-loss / soft-capping / lse the
+same loss composed from PyTorch ops (`_reference`), so behaviour is the same everywhere and only
+speed differs.
 """
 
 from __future__ import annotations
@@ -124,8 +126,11 @@ def cross_entropy(
     References: PyTorch ``torch.nn.functional.cross_entropy``; z-loss: Chowdhery et al., PaLM
     (2022), §5; soft-capping: Gemma 2 (2024).
     """
-    if (softcap is None and return_lse is False and type(lse_square_scale) is float
-            and lse_square_scale == 0.0 and _bridge.below_cutoff(input, rows=True)):
+    small = _bridge.below_cutoff(input, rows=True)
+    if (small and softcap is None and return_lse is False and type(lse_square_scale) is float
+            and lse_square_scale == 0.0 and type(label_smoothing) is float
+            and 0.0 <= label_smoothing <= 1.0  # (PyTorch accepts nan and negative smoothing)
+            and _bridge.unchecked(input)):
         # PyTorch's own loss, which checks its arguments itself: nothing of xent's to validate
         return F.cross_entropy(input, target, weight, size_average, ignore_index, reduce,
                                reduction, label_smoothing)
@@ -141,8 +146,9 @@ def cross_entropy(
         return _ops.cross_entropy(input, target, weight, ignore_index, reduction, options,
                                   reference)
     problem = problem_for(input, target, weight, ignore_index, reduction, options)
-    if not _bridge.fast_path_ok(input, target, weight, small_ok=options.extended,
-                                untraced=True):  # (tracing() was False just above)
+    if (small and not options.extended) or not _bridge.fast_path_ok(
+            input, target, weight, small_ok=options.extended,
+            untraced=True):  # (tracing() was False just above)
         if options.extended:
             return reference(input)
         return F.cross_entropy(input, target, weight, ignore_index=ignore_index,
@@ -199,7 +205,8 @@ def nll_loss(
         >>> round(nll_loss(logp, torch.tensor([0, 2])).item(), 4)
         0.1755
     """
-    if _bridge.below_cutoff(input, rows=True):
+    small = _bridge.below_cutoff(input, rows=True)
+    if small and _bridge.unchecked(input):
         return F.nll_loss(input, target, weight, size_average, ignore_index, reduce, reduction)
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
 
@@ -210,7 +217,7 @@ def nll_loss(
         return _ops.nll_loss(input, target, weight, ignore_index, reduction, reference)
     problem = problem_for(input, target, weight, ignore_index, reduction, fn="nll_loss",
                           probabilities=False)
-    if not _bridge.fast_path_ok(input, target, weight, untraced=True):
+    if small or not _bridge.fast_path_ok(input, target, weight, untraced=True):
         return reference(input)
     x = _bridge.as_numpy(input)
 
