@@ -255,3 +255,18 @@ def spy(monkeypatch, targets, on_call: Callable[[str], object]) -> None:
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(module, attr, wrapper)
+
+
+def spy_core(monkeypatch) -> list[str]:
+    """The calls that reach xent's core, by loss, appended as they arrive (a test proves the
+    fast path ran): 'cross_entropy', 'nll_loss', 'binary_cross_entropy', 'bce_with_logits'."""
+    import xent
+    from xent import _cross_entropy
+
+    calls: list[str] = []
+    spy(monkeypatch, [(_cross_entropy, "solve", "cross_entropy"),
+                      (_cross_entropy, "nll_solve", "nll_loss"),
+                      (xent, "binary_cross_entropy", "binary_cross_entropy"),
+                      (xent, "binary_cross_entropy_with_logits", "bce_with_logits")],
+        calls.append)
+    return calls

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 
 import xent
 import xent.torch as xt
-from helpers import spy
-from xent import _cross_entropy
+from helpers import spy, spy_core
 from xent.torch import _reference
 
 pytestmark = pytest.mark.slow  # every test compiles (the first compile takes seconds)
@@ -33,13 +32,7 @@ def fresh_dynamo():
 @pytest.fixture
 def core_calls(monkeypatch):
     """The calls that reach xent's core, by loss."""
-    calls: list[str] = []
-    spy(monkeypatch, [(_cross_entropy, "solve", "cross_entropy"),
-                      (_cross_entropy, "nll_solve", "nll_loss"),
-                      (xent, "binary_cross_entropy", "binary_cross_entropy"),
-                      (xent, "binary_cross_entropy_with_logits", "bce_with_logits")],
-        calls.append)
-    return calls
+    return spy_core(monkeypatch)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -10,10 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import xent
 import xent.torch as xt
-from helpers import spy
-from xent import _cross_entropy
+from helpers import spy_core
 from xent.torch import _bridge, _reference
 
 HALF = [torch.bfloat16, torch.float16]
@@ -32,13 +30,7 @@ def no_small_cutoff():
 
 @pytest.fixture
 def core_calls(monkeypatch):
-    calls: list[str] = []
-    spy(monkeypatch, [(_cross_entropy, "solve", "cross_entropy"),
-                      (_cross_entropy, "nll_solve", "nll_loss"),
-                      (xent, "binary_cross_entropy", "binary_cross_entropy"),
-                      (xent, "binary_cross_entropy_with_logits", "bce_with_logits")],
-        calls.append)
-    return calls
+    return spy_core(monkeypatch)
 
 
 def _gen(seed: int) -> torch.Generator:
