@@ -23,39 +23,30 @@ import torch.autograd.forward_ad  # noqa: F401  (read by tracing)
 from torch._subclasses.fake_tensor import FakeTensor  # torch.export's stand-in for tensors
 from torch.nn import _reduction as _Reduction
 
-import xent
 from xent import _buffers, _validation
 
 
 def _bfloat16() -> np.dtype | None:
-    """``ml_dtypes.bfloat16`` as the core names it (None without ml_dtypes, or before the core
-    knows bfloat16)."""
-    find = getattr(_validation, "bfloat16", None)
-    return find() if find is not None else None
+    """``ml_dtypes.bfloat16`` as the core names it, None without ml_dtypes. The first call
+    imports ml_dtypes (0.6 s on the development VM, more than `xent train`'s whole training),
+    so nothing calls it before a bfloat16 tensor or array arrives."""
+    return _validation.bfloat16()
 
 
-def _core_half_dtypes() -> tuple[torch.dtype, ...]:
-    """The 16-bit floats xent's core computes without a float32 copy of the input (it reads
-    them, computes in float32 and writes 16-bit results), probed by one (1, 2) call each, so
-    that the bridge admits them exactly when the core does."""
-    if not hasattr(_validation, "as_storage"):  # the core copies 16-bit input to float32
-        return ()
-    found = []
-    for tdt, ndt in ((torch.float16, np.dtype(np.float16)), (torch.bfloat16, _bfloat16())):
-        if ndt is None:
-            continue
-        try:
-            loss, grad = xent.cross_entropy(np.zeros((1, 2), ndt), np.zeros(1, np.int64),
-                                            return_grad=True)
-        except (TypeError, ValueError):
-            continue
-        if loss.dtype == ndt and grad.dtype == ndt:
-            found.append(tdt)
-    return tuple(found)
+@torch.compiler.assume_constant_result  # (dynamo calls it, and imports ml_dtypes, untraced)
+def _bfloat16_ok() -> bool:
+    return _bfloat16() is not None
 
 
-#: The input dtypes of the fast path: float32, float64 and the 16-bit floats the core takes.
-_FAST_DTYPES = (torch.float32, torch.float64, *_core_half_dtypes())
+def fast_dtypes() -> tuple[torch.dtype, ...]:
+    """The input dtypes of the fast path: float32, float64 and the 16-bit floats the core reads
+    in their own storage (`xent._validation.as_storage`): float16, and bfloat16 where ml_dtypes
+    is installed (asked only when a bfloat16 tensor arrives)."""
+    return (*_FAST_DTYPES, *((torch.bfloat16,) if _bfloat16_ok() else ()))
+
+
+_FAST_DTYPES = (torch.float32, torch.float64, torch.float16)
+
 
 #: Below this many input elements PyTorch's own op runs even where xent's could: a call through
 #: the bridge and the core has a fixed cost (autograd Function, validation, NumPy views, kernel
@@ -196,7 +187,9 @@ def fast_path_ok(input: object, *others: object, small_ok: bool = False,
         return False
     if not small_ok and input.numel() < MIN_ELEMENTS:
         return False
-    if input.dtype not in _FAST_DTYPES or not plain_cpu(input):
+    dt = input.dtype
+    if (dt not in _FAST_DTYPES and not (dt is torch.bfloat16 and _bfloat16_ok())) or (
+            not plain_cpu(input)):
         return False
     for t in others:
         if t is None:
@@ -216,7 +209,7 @@ def as_numpy(t: torch.Tensor | None) -> np.ndarray | None:
     if t.is_neg():
         t = t.resolve_neg()
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(_BF16)
+        return t.view(torch.int16).numpy().view(_bfloat16())
     return t.numpy()
 
 
@@ -226,12 +219,10 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     a = np.asarray(a)
     if not a.flags.writeable:
         a = a.copy()
-    if a.dtype.kind == "V" and _BF16 is not None and a.dtype == _BF16:  # (bfloat16's kind: V)
+    if a.dtype.kind == "V" and a.dtype == _bfloat16():  # (bfloat16's kind: V; ml_dtypes loaded)
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
-
-_BF16 = _bfloat16()
 
 
 class SavedGrad(torch.autograd.Function):
@@ -347,13 +338,14 @@ def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype) -> np.ndarray |
     and kind are checked)."""
     if t is None:
         return None
-    if t.dtype in _NUMPY_VIEWABLE and plain_cpu(t):  # (plain_cpu: a CPU tensor)
+    if (t.dtype in _NUMPY_VIEWABLE or (t.dtype is torch.bfloat16 and _bfloat16_ok())
+            ) and plain_cpu(t):  # (plain_cpu: a CPU tensor)
         return as_numpy(t)
     if t.is_floating_point() and t.dim() > 1:
         return np.broadcast_to(np.zeros((), float_dtype), tuple(t.shape))
     return t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype).numpy()
 
 
+#: The dtypes NumPy views without ml_dtypes (bfloat16 too where it is installed).
 _NUMPY_VIEWABLE = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32,
-                   torch.int16, torch.int8, torch.uint8, torch.bool,
-                   *((torch.bfloat16,) if _BF16 is not None else ()))
+                   torch.int16, torch.int8, torch.uint8, torch.bool)
