@@ -5,7 +5,7 @@ Every function works on rows of a C-contiguous ``(M, C)`` array, one row at a ti
 cache. A row takes three simple loops, each vectorised by LLVM (AVX2/AVX-512):
 
 1. ``m = max_c x_c``                     (an integer max on the floats' bits: exact, vectorised)
-2. ``e_c = exp(x_c - m)``, ``s = Σ e_c``   (:func:`vexp`; ``e`` is stored in the gradient row)
+2. ``e_c = exp(x_c - m)``, ``s = Σ e_c``   (:func:`exp_shifted`; stored in the gradient row)
 3. ``g_c = e_c·(coef/s) - ...``           (the gradient, written once)
 
 so loss plus gradient reads the logits from memory once and writes the gradient once.
@@ -44,7 +44,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ._exp import _i32_as_f32, _i64_as_f64, vexp, vtanh
+from ._exp import _i32_as_f32, _i64_as_f64, exp_shifted, vtanh
 from ._half import bits_to_f32, compute, key16, load, put, wide
 
 # The loops that evaluate exp or tanh call ``_half.wide()``: 512-bit vectors for them only (LLVM
@@ -145,7 +145,7 @@ def _sum_exp(r, m):
     wide()
     s = compute(r, 0)
     for j in range(r.shape[0]):
-        s += vexp(load(r, j) - m)
+        s += exp_shifted(r, load(r, j) - m)
     return s
 
 
@@ -182,7 +182,7 @@ def _make_exp(inplace):
         dst = r if inplace else out
         s = compute(r, 0)
         for j in range(r.shape[0]):
-            e = vexp(load(r, j) - m)
+            e = exp_shifted(r, load(r, j) - m)
             put(dst, j, e)
             s += e
         return s
@@ -347,7 +347,7 @@ def _make_prob_grad(inplace):
             d = load(r, j) - m
             wy = w[j] * (a1 * load(y, j) + a0)
             acc += wy * d
-            put(dst, j, vexp(d) * c - sc * wy)
+            put(dst, j, exp_shifted(r, d) * c - sc * wy)
         return acc
 
     return prob_grad
@@ -386,7 +386,7 @@ def _grad_index_cap(r, w, m, c, b, inv_cap):
         d = z - m
         acc += w[j] * d
         q = z * inv_cap
-        r[j] = (vexp(d) * c - b * w[j]) * (one - q * q)
+        r[j] = (exp_shifted(r, d) * c - b * w[j]) * (one - q * q)
     return acc
 
 
@@ -402,7 +402,7 @@ def _grad_prob_cap(r, y, w, m, a1, a0, c, sc, inv_cap):
         wy = w[j] * (a1 * load(y, j) + a0)
         acc += wy * d
         q = z * inv_cap
-        r[j] = (vexp(d) * c - sc * wy) * (one - q * q)
+        r[j] = (exp_shifted(r, d) * c - sc * wy) * (one - q * q)
     return acc
 
 
@@ -605,7 +605,7 @@ def _sum_exp_rest(r, m):
     for j in range(r.shape[0]):
         d = load(r, j) - m
         top = d == 0
-        s += compute(r, 0) if top else vexp(d)
+        s += compute(r, 0) if top else exp_shifted(r, d)
         n += compute(r, 1) if top else compute(r, 0)
     return s, n
 
@@ -618,7 +618,7 @@ def _copy_sum_exp(r, out, m):
     for j in range(r.shape[0]):
         v = load(r, j)
         put(out, j, v)
-        s += vexp(v - m)
+        s += exp_shifted(r, v - m)
     return s
 
 
