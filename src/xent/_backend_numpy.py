@@ -30,35 +30,40 @@ _QUIET: dict[str, Any] = {
     "over": "ignore", "invalid": "ignore", "divide": "ignore", "under": "ignore"}
 
 
-def _in_float32(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _in_float32(halves: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``fn(*inputs, out)`` on 16-bit arrays: the 16-bit inputs are read as float32 copies,
     ``fn`` computes in float32, and ``out`` (the last positional argument: a gradient or
     softmax buffer, or None; it may be ``x`` itself) gets the float32 result rounded to its
-    dtype, once (``astype`` rounds to nearest even, as ml_dtypes and NumPy do)."""
+    dtype, once (``astype`` rounds to nearest even, as ml_dtypes and NumPy do). Only the first
+    ``halves`` positional arguments can be 16-bit (``x``, and a probability or BCE target): the
+    contract keeps the others in the compute dtype, and the test runs on every small call."""
 
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        for a in args:  # (a loop, not any(genexpr): this runs on every small call)
-            if isinstance(a, np.ndarray) and a.dtype.itemsize == 2 and is_half(a.dtype):
-                break
-        else:
-            return fn(*args, **kwargs)
-        *ins, out = args
-        ins32 = [a.astype(np.float32) if isinstance(a, np.ndarray) and is_half(a.dtype) else a
-                 for a in ins]
-        if out is None or not is_half(out.dtype):
-            out32 = out
-        elif np.may_share_memory(out, ins[0]):  # in place: x is already read into its copy
-            out32 = ins32[0]
-        else:
-            out32 = np.empty(out.shape, np.float32)
-        result = fn(*ins32, out32, **kwargs)
-        if out32 is not out:
-            with np.errstate(over="ignore", invalid="ignore"):
-                out[...] = out32
-        return out if result is out32 else result
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            for a in args[:halves]:
+                if isinstance(a, np.ndarray) and a.dtype.itemsize == 2 and is_half(a.dtype):
+                    break
+            else:
+                return fn(*args, **kwargs)
+            *ins, out = args
+            ins32 = [a.astype(np.float32) if isinstance(a, np.ndarray) and is_half(a.dtype)
+                     else a for a in ins]
+            if out is None or not is_half(out.dtype):
+                out32 = out
+            elif np.may_share_memory(out, ins[0]):  # in place: x is already read into its copy
+                out32 = ins32[0]
+            else:
+                out32 = np.empty(out.shape, np.float32)
+            result = fn(*ins32, out32, **kwargs)
+            if out32 is not out:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    out[...] = out32
+            return out if result is out32 else result
 
-    return run
+        return run
+
+    return wrap
 
 
 def _log1p_rest(d: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -81,7 +86,7 @@ def _log1p_rest(d: np.ndarray, top: np.ndarray) -> np.ndarray:
     return rest
 
 
-@_in_float32
+@_in_float32(1)
 def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = (x - m) - log1p(s')`` row-wise, ``s'`` the sum of ``exp(x - m)`` without the
     max's own 1 (:func:`_log1p_rest`); ``out`` may be ``x``.
@@ -101,7 +106,7 @@ def log_softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-@_in_float32
+@_in_float32(1)
 def softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = exp(x - max) / Σ exp(x - max)`` row-wise; ``out`` may be ``x``."""
     with np.errstate(**_QUIET):
@@ -148,7 +153,7 @@ def _no_classes(M: int, dt: np.dtype, grad_out: np.ndarray | None):
     return np.zeros(M, dt), np.full(M, -np.inf, dt)
 
 
-@_in_float32
+@_in_float32(1)
 def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale, softcap,
              row_scale, z_row_scale, grad_out, *, ignored_lse=True):
     """Cross-entropy with class-index targets per row, with the options; gradient into
@@ -163,10 +168,11 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
     """
     M, C = x.shape
     dt = x.dtype
-    keep = target != ignore_index
     # Every row counted (the usual batch): the masks below change nothing, so they are skipped
     # (a small call is a few dozen NumPy calls of a few µs each; the values are the same).
-    all_kept = np.count_nonzero(keep) == M  # (count_nonzero: a third of keep.all()'s cost)
+    # ignore_index None: the caller's validation found no target equal to it.
+    keep = None if ignore_index is None else target != ignore_index
+    all_kept = keep is None or np.count_nonzero(keep) == M  # (a third of keep.all()'s cost)
     t = target if all_kept else np.where(keep, target, 0)
     rows = np.arange(M)
     eps = label_smoothing
@@ -215,10 +221,8 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
         d *= (coef / sum_e)[:, None]
         grad_out[rows, t] -= a
         if eps > 0:
-            if weight is None:
-                grad_out -= b[:, None]
-            else:
-                grad_out -= b[:, None] * weight[None, :]
+            b = np.reshape(b, (-1, 1))  # (M, 1), or (1, 1) for one scale for every row
+            grad_out -= b if weight is None else b * weight
         if chain is not None:
             grad_out *= chain
         # Ignored rows: coef is 0 so p·0 = 0, unless p is nan (non-finite row); force 0.
@@ -227,7 +231,7 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
     return loss, lse
 
 
-@_in_float32
+@_in_float32(2)
 def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale, z_row_scale,
             grad_out):
     """Cross-entropy with class-probability targets per row, with the options. Returns
@@ -270,7 +274,7 @@ def _sigmoid_neg(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, z / (1 + z), 1 / (1 + z))
 
 
-@_in_float32
+@_in_float32(2)
 def bce_logits(x, y, weight, pos_weight, scale, grad_out):
     """Binary cross-entropy on logits, elementwise.
 
