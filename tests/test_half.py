@@ -184,22 +184,31 @@ def test_return_lse_and_inplace(backend, dt):
     _assert_rounded(buf, tg, dt, "in-place grad")
 
 
+# The kernels' blocks: 2048 elements for the online max / sum of exps (_rows._BLOCK), 16384
+# for the pass that keeps a 16-bit row's exps for its gradient or softmax (_rows._BLOCK16).
+BLOCK, BLOCK16 = 2048, 16384
+
+
+@pytest.mark.parametrize("shape", [(6, 5000), (4, 2 * BLOCK16 + 7232)], ids=["5000", "40000"])
 @pytest.mark.parametrize("dt", DTYPES)
-def test_rows_of_several_blocks(backend, dt):
-    """Rows longer than the kernels' 2048-element blocks: targets in later blocks with weights
-    and label smoothing (the target's gradient entry is finished and rounded on its own), a
-    row whose first block is all -inf, probabilities in the other 16-bit format, in place."""
+def test_rows_of_several_blocks(backend, dt, shape):
+    """Rows longer than the kernels' blocks: targets in later blocks with weights and label
+    smoothing (the target's gradient entry is finished and rounded on its own), the row max in
+    a later block than the first, a row whose first block is all -inf, probabilities in the
+    other 16-bit format, in place."""
     rng = np.random.default_rng(19)
-    N, C = 6, 5000
+    N, C = shape
+    block = BLOCK if C < BLOCK16 else BLOCK16
     x = _logits(rng, (N, C), dt)
-    t = np.array([4999, 2048, 2047, 0, 4100, 3000])
+    x[2, -3] = 30.0  # the max in the last block: the earlier blocks' exps are rescaled
+    t = np.array([C - 1, block, block - 1, 0, C - 900, 3000])[:N]
     w = (rng.random(C) + 0.5).astype(np.float32)
     loss, grad = xent.cross_entropy(x, t, w, label_smoothing=0.1, return_grad=True)
     tl, tg = _truth_ce(x, t, w, label_smoothing=0.1)
     _assert_rounded(np.asarray(loss), tl, dt, "loss")
     _assert_rounded(grad, tg, dt, "grad")
     xi = x.copy()
-    xi[1, :2048] = -np.inf
+    xi[1, :block] = -np.inf
     loss, grad = xent.cross_entropy(xi, t, reduction="none", return_grad=True)
     tl, tg = _truth_ce(xi, t, reduction="none")
     _assert_rounded(loss, tl, dt, "-inf block loss")
@@ -225,7 +234,7 @@ def test_kernel_softmax_in_place(dt):
     from xent import _kernels
 
     rng = np.random.default_rng(37)
-    x = _logits(rng, (5, 4500), dt, scale=6.0)
+    x = _logits(rng, (5, BLOCK16 + 4500), dt, scale=6.0)
     for name in ("softmax", "log_softmax"):
         buf = x.copy()
         assert getattr(_kernels, name)(buf, buf) is buf
