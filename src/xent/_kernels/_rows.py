@@ -71,11 +71,12 @@ _BLOCK16 = 16384  # the same for the pass that stores the exps of a 16-bit row (
 
 def _store_block(r):
     """The block length of :func:`_max_sum_exp_store` (the pass that keeps its exps) on row
-    ``r``: ``_BLOCK`` for float rows, ``_BLOCK16`` for 16-bit rows. Measured one thread, rows of 32768
-    from memory, CE forward+backward: bfloat16 0.561 ns/element at 2048, 0.516 at 4096, 0.476
-    at 8192, 0.462 at 16384 (in L2: 0.365 to 0.350), where float32 is fastest at 2048 (0.454;
-    0.502 to 0.524 above). (A 16-bit row's exps go to a float32 scratch row: longer stretches of
-    each loop, the max's read from memory and the exps' stores, serve it better.)"""
+    ``r``: ``_BLOCK`` for float rows, ``_BLOCK16`` for 16-bit rows. Measured one thread, rows
+    of 32768 from memory, CE forward+backward: bfloat16 0.561 ns/element at 2048, 0.516 at
+    4096, 0.476 at 8192, 0.462 at 16384 (in L2: 0.365 to 0.350), where float32 is fastest at
+    2048 (0.454; 0.502 to 0.524 above). (A 16-bit row's exps go to a float32 scratch row:
+    longer stretches of each loop, the max's read from memory and the exps' stores, serve it
+    better.)"""
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
