@@ -215,6 +215,32 @@ def test_a_loop_calling_vexp_compiles_to_packed_simd():
     assert not calls, f"exp is still a function call: {calls[:3]}"
 
 
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 assembly check")
+@pytest.mark.parametrize("storage", list(STORAGE))
+def test_a_row_loop_calling_exp_shifted_compiles_to_packed_simd(storage):
+    """The row kernels' exp loop reads its storage (16-bit rows converted as they load) and
+    stays SIMD code, with no call for the exp."""
+    import numba
+
+    from xent._kernels._exp import exp_shifted as exp_scalar
+    from xent._kernels._half import load
+
+    @numba.njit(fastmath={"contract"})  # not cached: inspect_asm needs a fresh compile
+    def loop(r, out, m):
+        for i in range(r.shape[0]):
+            out[i] = exp_scalar(r, load(r, i) - m)
+
+    r = np.zeros(64, STORAGE[storage])
+    loop(r, np.empty(64, np.float32), np.float32(1.0))
+    asm = loop.inspect_asm(loop.signatures[0])
+    packed = [ln for ln in asm.splitlines() if "ps" in ln and ("ymm" in ln or "zmm" in ln)]
+    if not packed and "xmm" in asm and "vfmadd" not in asm:
+        pytest.skip("this CPU has no AVX2/FMA: LLVM uses SSE only")
+    assert packed, "the loop over exp_shifted was not vectorised"
+    calls = [ln for ln in asm.splitlines() if ln.strip().startswith("call") and "exp" in ln]
+    assert not calls, f"exp is still a function call: {calls[:3]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # tanh (soft-capping of logits in the option kernels, xent._kernels._options)
 # ---------------------------------------------------------------------------------------------
