@@ -166,12 +166,16 @@ def graph_capture() -> bool:
     )
 
 
-def plain_cpu(t: torch.Tensor) -> bool:
+def plain_cpu(t: torch.Tensor, compiling: bool | None = None) -> bool:
+    """Whether ``t`` is a plain strided CPU tensor (a fake one under ``torch.compile``), not a
+    functorch wrapper. ``compiling``: `torch.compiler.is_compiling`, when the caller knows it."""
+    if compiling is None:
+        compiling = torch.compiler.is_compiling()
     return (
-        (type(t) in _PLAIN_TYPES or (torch.compiler.is_compiling() and type(t) is FakeTensor))
+        (type(t) in _PLAIN_TYPES or (compiling and type(t) is FakeTensor))
         and t.device.type == "cpu"
         and t.layout == torch.strided
-        and (torch.compiler.is_compiling()  # dynamo cannot call the check (it traces functorch)
+        and (compiling  # dynamo cannot call the check (it traces functorch)
              or not torch._C._functorch.is_functorch_wrapped_tensor(t))
     )
 
@@ -181,20 +185,22 @@ def fast_path_ok(input: object, *others: object, small_ok: bool = False,
     """Whether xent's kernels can compute this call: see the module docstring. Inputs of fewer
     than `MIN_ELEMENTS` elements go to PyTorch unless ``small_ok``. ``captured``: the caller
     runs xent's custom operators (`_ops`) under `graph_capture`, which then does not count as
-    tracing. ``untraced``: the caller has just found `tracing` False (the test is skipped)."""
+    tracing. ``untraced``: the caller has just found `tracing` False (the test is skipped, and
+    so is `torch.compiler.is_compiling`, which `tracing` includes)."""
     if not isinstance(input, torch.Tensor) or (
             not untraced and tracing() and not (captured and graph_capture())):
         return False
     if not small_ok and input.numel() < MIN_ELEMENTS:
         return False
+    compiling = False if untraced else torch.compiler.is_compiling()
     dt = input.dtype
     if (dt not in _FAST_DTYPES and not (dt is torch.bfloat16 and _bfloat16_ok())) or (
-            not plain_cpu(input)):
+            not plain_cpu(input, compiling)):
         return False
     for t in others:
         if t is None:
             continue
-        if not isinstance(t, torch.Tensor) or not plain_cpu(t) or t.requires_grad:
+        if not isinstance(t, torch.Tensor) or not plain_cpu(t, compiling) or t.requires_grad:
             return False
     return True
 
@@ -330,16 +336,17 @@ def class_dim_for_none(input: torch.Tensor, reduction: str) -> int | None:
     return 1 if reduction == "none" and input.dim() >= 2 else None
 
 
-def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype) -> np.ndarray | None:
+def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype,
+                  plain: bool = False) -> np.ndarray | None:
     """What the core's validation step reads of a target or weight tensor ``t``: a NumPy view of
     a CPU tensor NumPy can hold; class indices (or weights) of any other tensor copied to the
     CPU (O(N) values); a float tensor that NumPy cannot view (CUDA, bfloat16 without
     ml_dtypes, ...) as a zero-stride stand-in of its shape in ``float_dtype`` (only its shape
-    and kind are checked)."""
+    and kind are checked). ``plain``: `fast_path_ok` has found ``t`` a plain CPU tensor."""
     if t is None:
         return None
     if (t.dtype in _NUMPY_VIEWABLE or (t.dtype is torch.bfloat16 and _bfloat16_ok())
-            ) and plain_cpu(t):  # (plain_cpu: a CPU tensor)
+            ) and (plain or plain_cpu(t)):  # (plain_cpu: a CPU tensor)
         return as_numpy(t)
     if t.is_floating_point() and t.dim() > 1:
         return np.broadcast_to(np.zeros((), float_dtype), tuple(t.shape))

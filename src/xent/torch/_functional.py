@@ -38,10 +38,11 @@ def compute_dtype(t: torch.Tensor) -> np.dtype:
 def problem_for(
     input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
     reduction: str, options: Options | None = None, *, fn: str = "cross_entropy",
-    probabilities: bool = True, shape: tuple[int, ...] | None = None,
+    probabilities: bool = True, shape: tuple[int, ...] | None = None, plain: bool = False,
 ) -> Problem:
     """The core's validation step for a call on tensors (logits of ``shape``, default
-    ``input``'s)."""
+    ``input``'s). ``plain``: `_bridge.fast_path_ok` has found ``target`` and ``weight`` plain
+    CPU tensors (NumPy views them without another look)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     dt = compute_dtype(input)
@@ -50,9 +51,9 @@ def problem_for(
     if weight is not None and not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
     return cross_entropy_problem(
-        tuple(input.shape) if shape is None else shape, dt, _bridge.numpy_operand(target, dt),
-        _bridge.numpy_operand(weight, dt), ignore_index, reduction, options, fn=fn,
-        probabilities=probabilities)
+        tuple(input.shape) if shape is None else shape, dt,
+        _bridge.numpy_operand(target, dt, plain), _bridge.numpy_operand(weight, dt, plain),
+        ignore_index, reduction, options, fn=fn, probabilities=probabilities)
 
 
 def cross_entropy(
@@ -145,10 +146,11 @@ def cross_entropy(
     if _bridge.tracing() or _bridge.autocasting():  # compile/export/autocast: xent's custom op
         return _ops.cross_entropy(input, target, weight, ignore_index, reduction, options,
                                   reference)
-    problem = problem_for(input, target, weight, ignore_index, reduction, options)
-    if (small and not options.extended) or not _bridge.fast_path_ok(
-            input, target, weight, small_ok=options.extended,
-            untraced=True):  # (tracing() was False just above)
+    fast = (not small or options.extended) and _bridge.fast_path_ok(
+        input, target, weight, small_ok=options.extended,
+        untraced=True)  # (tracing() was False just above)
+    problem = problem_for(input, target, weight, ignore_index, reduction, options, plain=fast)
+    if not fast:
         if options.extended:
             return reference(input)
         return F.cross_entropy(input, target, weight, ignore_index=ignore_index,
@@ -215,9 +217,10 @@ def nll_loss(
 
     if _bridge.tracing() or _bridge.autocasting():
         return _ops.nll_loss(input, target, weight, ignore_index, reduction, reference)
+    fast = not small and _bridge.fast_path_ok(input, target, weight, untraced=True)
     problem = problem_for(input, target, weight, ignore_index, reduction, fn="nll_loss",
-                          probabilities=False)
-    if small or not _bridge.fast_path_ok(input, target, weight, untraced=True):
+                          probabilities=False, plain=fast)
+    if not fast:
         return reference(input)
     x = _bridge.as_numpy(input)
 
