@@ -142,8 +142,17 @@ def _row_max(z: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _lse_rows(m: np.ndarray, lse_m: np.ndarray) -> np.ndarray:
     """log Σ exp per row from the row max m and log Σ exp(x - m): torch.logsumexp's value also
     for non-finite rows (nan with a NaN, +inf with a +inf, -inf when all are -inf)."""
-    m = m[:, 0]
-    return np.where(np.isfinite(m), m + lse_m, m)
+    # Where m is finite, lse_m >= 0 (the max's own term is exp(0) = 1, so Σ >= 1) and
+    # fmax(lse_m, 0) is lse_m; where it is not, lse_m is NaN (x - m is NaN at the max: inf - inf,
+    # or a NaN) and fmax gives 0, so the lse is m itself. Two ufuncs, not isfinite/add/where.
+    return m[:, 0] + np.fmax(lse_m, 0)
+
+
+def _scales(scale: Any, dt: np.dtype) -> np.ndarray:
+    """A row scale of the contract as an array of ``dt``: ``(M,)``, or ``(1,)`` for a scalar
+    (one scale for every row). An array, not a 0-d one: NumPy 1.x promotes 0-d operands by
+    value (``0.9 * s`` in float64), arrays by dtype, as for ``(M,)``: the same values."""
+    return np.asarray(scale, dt).reshape(-1)
 
 
 def _no_classes(M: int, dt: np.dtype, grad_out: np.ndarray | None):
@@ -191,7 +200,7 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
         np.exp(d, out=d)
         sum_e = d.sum(axis=1)
         lse_d = np.log(sum_e)  # lse - m
-        lse = _lse_rows(m, lse_d).astype(dt, copy=False)
+        lse = _lse_rows(m, lse_d)
         w_t = None if weight is None else weight[t]  # None: every w_t is 1
         loss = lse_d - d_t if w_t is None else w_t * (lse_d - d_t)
         if eps > 0:
@@ -200,13 +209,11 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
             loss = (1 - eps) * loss + (eps / C) * smooth
         if not all_kept:
             loss = np.where(keep, loss, dt.type(0))
-        loss = loss.astype(dt, copy=False)
         if grad_out is None:
             return loss, lse
         # d now holds e = exp(z - m), p = e / Σe. Fold the normaliser and the row's scale
         # into one factor per row.
-        s = row_scale if all_kept else np.where(keep, row_scale, dt.type(0))
-        s = np.asarray(s).astype(dt, copy=False)
+        s = _scales(row_scale if all_kept else np.where(keep, row_scale, dt.type(0)), dt)
         if w_t is None:  # (1-ε)·1·s, the same rounding as with w_t = 1
             a = s if eps == 0 else (1 - eps) * s
         else:
@@ -216,7 +223,7 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
             b = (eps / C) * s  # coefficient of (W·p - w)
             coef = a + b * W
         if lse_square_scale:
-            zc = 2 * lse_square_scale * z_row_scale * lse
+            zc = 2 * lse_square_scale * _scales(z_row_scale, dt) * lse
             coef = coef + (zc if all_kept else np.where(keep, zc, 0))
         d *= (coef / sum_e)[:, None]
         grad_out[rows, t] -= a
@@ -252,14 +259,15 @@ def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale,
         m = _row_max(z, np.arange(M))
         logp = np.subtract(z, m)
         lse_d = np.log(np.exp(logp).sum(axis=1))
-        lse = _lse_rows(m, lse_d).astype(dt, copy=False)
+        lse = _lse_rows(m, lse_d)
         logp -= lse_d[:, None]
         loss = -(wy * logp).sum(axis=1).astype(dt, copy=False)
         if grad_out is None:
             return loss, lse
+        row_scale = _scales(row_scale, dt)
         coef = wy.sum(axis=1) * row_scale
         if lse_square_scale:
-            coef = coef + 2 * lse_square_scale * z_row_scale * lse
+            coef = coef + 2 * lse_square_scale * _scales(z_row_scale, dt) * lse
         np.exp(logp, out=grad_out)
         grad_out *= coef[:, None]
         grad_out -= wy * np.reshape(row_scale, (-1, 1))

@@ -28,6 +28,8 @@ Array = np.ndarray
 def _rows(x: np.ndarray, class_axis: int) -> np.ndarray:
     """(M, C) C-contiguous view (or copy) with the class axis last."""
     if class_axis == x.ndim - 1:  # (N, C): nothing to move (np.moveaxis costs ~5 µs)
+        if x.ndim == 2 and x.flags.c_contiguous:  # (the usual call: x itself, no NumPy call)
+            return x
         return np.ascontiguousarray(x).reshape(math.prod(x.shape[:-1]), x.shape[-1])
     moved = np.moveaxis(x, class_axis, -1)
     M = int(np.prod(moved.shape[:-1]))  # not reshape(-1, C): -1 is ambiguous when C == 0

@@ -134,6 +134,9 @@ def class_weight(weight: Any, C: int, dtype: np.dtype) -> np.ndarray | None:
     return np.ascontiguousarray(w)
 
 
+_INT64 = np.dtype(np.int64)
+
+
 def index_target(
     target: np.ndarray, shape: tuple[int, ...], axis: int, C: int, ignore_index: int
 ) -> np.ndarray:
@@ -155,7 +158,7 @@ def index_target(
             f"target of class indices must have shape {expected} for input of shape "
             f"{shape}, got {target.shape}"
         )
-    t = target.reshape(-1)
+    t = target if target.ndim == 1 else target.reshape(-1)
     if t.size == 0:
         return t.astype(np.int64)
     if t.dtype.kind == "u" and t.max() > np.iinfo(np.int64).max:
@@ -163,7 +166,8 @@ def index_target(
             f"target {int(t.max())} is out of bounds for {C} classes "
             f"(valid: 0..{C - 1}, or ignore_index={ignore_index})"
         )
-    t = t.astype(np.int64, copy=False)
+    if t.dtype is not _INT64:  # (astype costs a call even when it copies nothing)
+        t = t.astype(np.int64)
     # (t < 0) | (t >= C) in one comparison: a negative int64 read as uint64 is >= 2^63 > C.
     outside = t.view(np.uint64) >= C
     if not np.count_nonzero(outside):  # the usual batch: all in range, ignore_index not read
