@@ -13,6 +13,7 @@ public names.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import operator
 import weakref
 from collections.abc import Iterator
@@ -33,16 +34,16 @@ def _bfloat16() -> np.dtype | None:
     return _validation.bfloat16()
 
 
-@torch.compiler.assume_constant_result  # (dynamo calls it, and imports ml_dtypes, untraced)
-def _bfloat16_ok() -> bool:
-    return _bfloat16() is not None
+#: Whether ml_dtypes is installed (found, not imported: `torch.compile` traces the checks
+#: that read this, and importing it costs 0.6 s): NumPy then views bfloat16 tensors.
+_ML_DTYPES = importlib.util.find_spec("ml_dtypes") is not None
 
 
 def fast_dtypes() -> tuple[torch.dtype, ...]:
     """The input dtypes of the fast path: float32, float64 and the 16-bit floats the core reads
     in their own storage (`xent._validation.as_storage`): float16, and bfloat16 where ml_dtypes
-    is installed (asked only when a bfloat16 tensor arrives)."""
-    return (*_FAST_DTYPES, *((torch.bfloat16,) if _bfloat16_ok() else ()))
+    is installed."""
+    return (*_FAST_DTYPES, *((torch.bfloat16,) if _ML_DTYPES else ()))
 
 
 _FAST_DTYPES = (torch.float32, torch.float64, torch.float16)
@@ -194,7 +195,7 @@ def fast_path_ok(input: object, *others: object, small_ok: bool = False,
         return False
     compiling = False if untraced else torch.compiler.is_compiling()
     dt = input.dtype
-    if (dt not in _FAST_DTYPES and not (dt is torch.bfloat16 and _bfloat16_ok())) or (
+    if (dt not in _FAST_DTYPES and not (dt is torch.bfloat16 and _ML_DTYPES)) or (
             not plain_cpu(input, compiling)):
         return False
     for t in others:
@@ -345,7 +346,7 @@ def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype,
     and kind are checked). ``plain``: `fast_path_ok` has found ``t`` a plain CPU tensor."""
     if t is None:
         return None
-    if (t.dtype in _NUMPY_VIEWABLE or (t.dtype is torch.bfloat16 and _bfloat16_ok())
+    if (t.dtype in _NUMPY_VIEWABLE or (t.dtype is torch.bfloat16 and _ML_DTYPES)
             ) and (plain or plain_cpu(t)):  # (plain_cpu: a CPU tensor)
         return as_numpy(t)
     if t.is_floating_point() and t.dim() > 1:
