@@ -276,10 +276,13 @@ def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale,
     return loss, lse
 
 
-def _sigmoid_neg(x: np.ndarray) -> np.ndarray:
-    """sigmoid(-x) without overflow: e^{-x}/(1+e^{-x}) for x ≥ 0, 1/(1+e^{x}) for x < 0."""
-    z = np.exp(-np.abs(x))
-    return np.where(x >= 0, z / (1 + z), 1 / (1 + z))
+def _sigmoid_neg(x: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+    """sigmoid(-x) without overflow: e^{-x}/(1+e^{-x}) for x ≥ 0, 1/(1+e^{x}) for x < 0.
+    ``z``: ``exp(-|x|)`` when the caller has it."""
+    if z is None:
+        z = np.exp(-np.abs(x))
+    q = 1 + z
+    return np.where(x >= 0, z / q, 1 / q)
 
 
 @_in_float32(2)
@@ -292,7 +295,8 @@ def bce_logits(x, y, weight, pos_weight, scale, grad_out):
     """
     dt = x.dtype
     with np.errstate(**_QUIET):
-        softplus_neg = np.maximum(-x, 0) + np.log1p(np.exp(-np.abs(x)))
+        e = np.exp(-np.abs(x))  # (also sigmoid(-x)'s)
+        softplus_neg = np.maximum(-x, 0) + np.log1p(e)
         one_m_y = 1 - y
         if pos_weight is None:
             loss = one_m_y * x + softplus_neg
@@ -302,7 +306,7 @@ def bce_logits(x, y, weight, pos_weight, scale, grad_out):
         if weight is not None:
             loss *= weight
         if grad_out is not None:
-            sn = _sigmoid_neg(x)
+            sn = _sigmoid_neg(x, e)
             g = one_m_y - (sn if pos_weight is None else lw * sn)
             if weight is not None:
                 g *= weight

@@ -206,17 +206,16 @@ def binary_cross_entropy_with_logits(
     with np.errstate(**_QUIET):
         if return_grad:
             if reduction == "none":
-                scale = g
-            else:
+                scale = flat(g)
+            else:  # one scale for every element: a scalar (the contract: broadcastable)
                 scale = np.asarray(_reduction.row_scale(reduction, g, dt.type(x.size)), dt)
-            scale = np.broadcast_to(scale, x.shape)
             grad = _buffers.empty(shape2, x.dtype)
         else:
             scale = grad = None
         backend = _dispatch.backend_for("bce_logits", M, K, x.dtype)
         loss = backend.bce_logits(
             np.ascontiguousarray(x).reshape(shape2), y.reshape(shape2), flat(w), flat(pw),
-            flat(scale), grad,
+            scale, grad,
         )
         loss = np.asarray(_reduction.reduce(loss.reshape(x.shape), reduction, dt.type(x.size)))
     loss = as_result(loss, rdt)

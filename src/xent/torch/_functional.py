@@ -286,8 +286,8 @@ def binary_cross_entropy(
         return _ops.binary_cross_entropy(
             input, target, weight, reduction, reference, isinstance(target, torch.Tensor)
             and target.shape == input.shape and _same_shape_after_broadcast(input, weight))
-    if (not _bridge.fast_path_ok(input, target, weight) or target.shape != input.shape
-            or not _same_shape_after_broadcast(input, weight)):
+    if (not _bridge.fast_path_ok(input, target, weight, untraced=True)  # (tracing(): above)
+            or target.shape != input.shape or not _same_shape_after_broadcast(input, weight)):
         return reference(input)
     x, y, w = _bridge.as_numpy(input), _bridge.as_numpy(target), _bridge.as_numpy(weight)
 
@@ -347,7 +347,7 @@ def binary_cross_entropy_with_logits(
             input, target, weight, pos_weight, reduction, reference,
             isinstance(target, torch.Tensor) and target.shape == input.shape
             and _same_shape_after_broadcast(input, weight, pos_weight))
-    if (not _bridge.fast_path_ok(input, target, weight, pos_weight)
+    if (not _bridge.fast_path_ok(input, target, weight, pos_weight, untraced=True)
             or target.shape != input.shape
             or not _same_shape_after_broadcast(input, weight, pos_weight)):
         return reference(input)
