@@ -212,7 +212,8 @@ def solve(
     p, o = problem, problem.options
     C, M, dt = p.num_classes, p.positions, p.dtype
     g = grad_output_for(grad_output, p.loss_shape, p.reduction, dt) if return_grad else None
-    kdim = None if o.extended else _kdim_kernel("ce_prob" if p.prob else "ce_index", x)
+    kdim = (None if x.ndim <= 2 or o.extended
+            else _kdim_kernel("ce_prob" if p.prob else "ce_index", x))
     if kdim is not None:  # (A, C, B) view, no move of the class axis
         rows = np.ascontiguousarray(x).reshape(x.shape[0], C, math.prod(x.shape[2:]))
     else:
@@ -225,7 +226,7 @@ def solve(
             scale = _reduction.row_scale(p.reduction, flat, p.denom)
             if o.lse_square_scale:
                 scale_z = _reduction.row_scale(p.reduction, flat, p.denom_z)
-            grad = rows if inplace else _buffers.empty_like(rows)
+            grad = rows if inplace else _buffers.empty(rows.shape, rows.dtype)
         if kdim is not None and p.prob:
             ce = kdim(rows, p.y.reshape(rows.shape), p.weight, o.label_smoothing, scale, grad)
             lse = None

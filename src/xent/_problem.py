@@ -139,8 +139,9 @@ _INT64 = np.dtype(np.int64)
 
 def index_target(
     target: np.ndarray, shape: tuple[int, ...], axis: int, C: int, ignore_index: int
-) -> np.ndarray:
-    """Validate class-index targets for logits of ``shape``; return them flat as int64."""
+) -> tuple[np.ndarray, bool]:
+    """Validate class-index targets for logits of ``shape``; return them flat as int64, and
+    whether every one is in ``[0, C)`` (none equal to an ``ignore_index`` outside it)."""
     expected = shape[:axis] + shape[axis + 1 :]
     if target.dtype.kind not in "iu":
         raise TypeError(
@@ -160,7 +161,7 @@ def index_target(
         )
     t = target if target.ndim == 1 else target.reshape(-1)
     if t.size == 0:
-        return t.astype(np.int64)
+        return t.astype(np.int64), True
     if t.dtype.kind == "u" and t.max() > np.iinfo(np.int64).max:
         raise IndexError(
             f"target {int(t.max())} is out of bounds for {C} classes "
@@ -171,7 +172,7 @@ def index_target(
     # (t < 0) | (t >= C) in one comparison: a negative int64 read as uint64 is >= 2^63 > C.
     outside = t.view(np.uint64) >= C
     if not np.count_nonzero(outside):  # the usual batch: all in range, ignore_index not read
-        return t
+        return t, True
     invalid = outside & (t != ignore_index)
     if invalid.any():
         pos = int(np.flatnonzero(invalid)[0])
@@ -180,7 +181,7 @@ def index_target(
             f"target {int(t[pos])} at position {tuple(int(i) for i in where)} is out of "
             f"bounds for {C} classes (valid: 0..{C - 1}, or ignore_index={ignore_index})"
         )
-    return t
+    return t, False
 
 
 def cross_entropy_problem(
@@ -248,8 +249,10 @@ or ignore_index=-100)
         denom = _reduction.prob_denominator(M, C, dtype)
         return Problem(tuple(shape), axis, C, M, loss_shape, dtype, True, None, None, y, w,
                        ignore_index, reduction, options, denom, denom)
-    t = index_target(tgt, tuple(shape), axis, C, ignore_index)
+    t, in_range = index_target(tgt, tuple(shape), axis, C, ignore_index)
     valid = t != ignore_index
-    denom, denom_z = _reduction.index_denominators(t, valid, w, dtype)
+    # Every target in [0, C) and ignore_index outside it: every position counts (no count).
+    count = M if in_range and not 0 <= ignore_index < C else None
+    denom, denom_z = _reduction.index_denominators(t, valid, w, dtype, count)
     return Problem(tuple(shape), axis, C, M, loss_shape, dtype, False, t, valid, None, w,
                    ignore_index, reduction, options, denom, denom_z, bool(denom_z == M))

@@ -43,14 +43,15 @@ _NAN = float("nan")
 
 
 def index_denominators(
-    target: np.ndarray, valid: np.ndarray, weight: np.ndarray | None, dtype: np.dtype
+    target: np.ndarray, valid: np.ndarray, weight: np.ndarray | None, dtype: np.dtype,
+    count: int | None = None,
 ) -> tuple[Any, Any]:
     """``(D_ce, D_z)`` for class-index targets ``target`` (M,) int64 with mask ``valid`` (M,).
 
     ``D_ce = Σ_{valid} w[t]`` (``D_z`` when ``weight`` is None), ``D_z`` = count of valid
-    positions, both scalars of ``dtype``.
+    positions (``count`` when the caller knows it), both scalars of ``dtype``.
     """
-    count = dtype.type(np.count_nonzero(valid))
+    count = dtype.type(np.count_nonzero(valid) if count is None else count)
     if weight is None:
         return count, count
     return weight[target[valid]].sum(dtype=dtype), count

@@ -32,7 +32,10 @@ __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_en
 
 def compute_dtype(t: torch.Tensor) -> np.dtype:
     """The NumPy dtype the core computes ``t``'s call in (float32 for the 16-bit floats)."""
-    return np.dtype(np.float64 if t.dtype == torch.float64 else np.float32)
+    return _F64 if t.dtype == torch.float64 else _F32
+
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def problem_for(
