@@ -142,10 +142,12 @@ def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: 
 def tracing() -> bool:
     """Whether the call is traced or transformed: TorchScript, ``torch.compile`` /
     ``torch.export`` (`graph_capture`, where `_ops` runs), or forward-mode AD."""
+    # (is_compiling first: under dynamo it is True and nothing after it is traced. TorchScript
+    # never runs this Python, so torch.jit.is_scripting() is False here and is_tracing() is
+    # torch._C._is_tracing(): a call per test less, on every small call.)
     return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
+        torch.compiler.is_compiling()
+        or torch._C._is_tracing()
         or getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0  # inside dual_level()
     )
 
