@@ -39,11 +39,17 @@ def _bfloat16() -> np.dtype | None:
 _ML_DTYPES = importlib.util.find_spec("ml_dtypes") is not None
 
 
+def _bfloat16_ok(compiling: bool) -> bool:
+    """Whether NumPy can view a bfloat16 tensor: ml_dtypes installed and, outside tracing (where
+    nothing is imported), importable (the first call imports it)."""
+    return _ML_DTYPES and (compiling or _bfloat16() is not None)
+
+
 def fast_dtypes() -> tuple[torch.dtype, ...]:
     """The input dtypes of the fast path: float32, float64 and the 16-bit floats the core reads
     in their own storage (`xent._validation.as_storage`): float16, and bfloat16 where ml_dtypes
-    is installed."""
-    return (*_FAST_DTYPES, *((torch.bfloat16,) if _ML_DTYPES else ()))
+    can be imported (this imports it)."""
+    return (*_FAST_DTYPES, *((torch.bfloat16,) if _bfloat16_ok(False) else ()))
 
 
 _FAST_DTYPES = (torch.float32, torch.float64, torch.float16)
@@ -197,7 +203,7 @@ def fast_path_ok(input: object, *others: object, small_ok: bool = False,
         return False
     compiling = False if untraced else torch.compiler.is_compiling()
     dt = input.dtype
-    if (dt not in _FAST_DTYPES and not (dt is torch.bfloat16 and _ML_DTYPES)) or (
+    if (dt not in _FAST_DTYPES and not (dt is torch.bfloat16 and _bfloat16_ok(compiling))) or (
             not plain_cpu(input, compiling)):
         return False
     for t in others:
@@ -218,7 +224,11 @@ def as_numpy(t: torch.Tensor | None) -> np.ndarray | None:
     if t.is_neg():
         t = t.resolve_neg()
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(_bfloat16())
+        bf16 = _bfloat16()
+        if bf16 is None:  # (found at import, but it cannot be imported)
+            raise RuntimeError("xent.torch: a bfloat16 tensor needs ml_dtypes, which cannot be "
+                               "imported here")
+        return t.view(torch.int16).numpy().view(bf16)
     return t.numpy()
 
 
@@ -348,7 +358,7 @@ def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype,
     and kind are checked). ``plain``: `fast_path_ok` has found ``t`` a plain CPU tensor."""
     if t is None:
         return None
-    if (t.dtype in _NUMPY_VIEWABLE or (t.dtype is torch.bfloat16 and _ML_DTYPES)
+    if (t.dtype in _NUMPY_VIEWABLE or (t.dtype is torch.bfloat16 and _bfloat16_ok(False))
             ) and (plain or plain_cpu(t)):  # (plain_cpu: a CPU tensor)
         return as_numpy(t)
     if t.is_floating_point() and t.dim() > 1:
