@@ -80,22 +80,35 @@ def _i64_as_f64(typingctx, x):
 # exp
 # ---------------------------------------------------------------------------------------------
 @numba.njit(fastmath=_CONTRACT, cache=True)
-def _reduce32(x):
-    """(k, exp(r) - 1) with x = k·ln 2 + r, |r| <= ln(2)/2, k integral (a float32)."""
+def _split32(x):
+    """(t, k, r) with x = k·ln 2 + r, |r| <= ln(2)/2, k integral (a float32), and t = k + 1.5·2^23,
+    whose low mantissa bits hold k (see :func:`_pow2_of`)."""
     # k = round(x·log2(e)): adding 1.5·2^23 pushes the fraction bits out, subtracting it back
     # leaves the rounded value. Valid for |x·log2 e| < 2^22; the callers' clamps keep it below 151.
     t = x * np.float32(1.44269504088896341) + np.float32(12582912.0)
     kf = t - np.float32(12582912.0)
     r = x - kf * np.float32(0.693359375)  # ln2_hi = 0.693359375: 9 significant bits
     r = r - kf * np.float32(-2.12194440e-4)  # ln2_lo = ln 2 - ln2_hi
-    # Cephes expf polynomial on |r| <= ln(2)/2: exp(r) - 1 = r + r²·P(r).
+    return t, kf, r
+
+
+@numba.njit(fastmath=_CONTRACT, cache=True)
+def _em1_7(r):
+    """exp(r) - 1 = r + r²·P(r) on |r| <= ln(2)/2 (Cephes expf's degree-5 P, degree 7 in all)."""
     p = np.float32(1.9875691500e-4)
     p = p * r + np.float32(1.3981999507e-3)
     p = p * r + np.float32(8.3334519073e-3)
     p = p * r + np.float32(4.1665795894e-2)
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
-    return kf, p * (r * r) + r
+    return p * (r * r) + r
+
+
+@numba.njit(fastmath=_CONTRACT, cache=True)
+def _reduce32(x):
+    """(k, exp(r) - 1) with x = k·ln 2 + r, |r| <= ln(2)/2, k integral (a float32)."""
+    _, kf, r = _split32(x)
+    return kf, _em1_7(r)
 
 
 @numba.njit(fastmath=_CONTRACT, cache=True)
@@ -163,61 +176,64 @@ def exp64(x):
 # Two things are known there that a general exp cannot assume, and each saves instructions in the
 # kernels' most expensive loop (about three quarters of a cross-entropy row's arithmetic):
 #
-# * d <= 0 (or NaN): no overflow, so no upper clamp, and a single scale 2^k (k >= -126, a normal
-#   float) instead of exp32's two factors. Results below exp(-87.5) = 1.0e-38 are flushed to 0
-#   (exp32 gives them as subnormals): an absolute difference below 1.1e-38 in a probability, the
-#   same as running under flush-to-zero. Results down to 2^-126·0.7 are still exact to one
+# * d <= 0 (or NaN): no overflow, so no clamp at all (the select below -87.5 covers -inf), and a
+#   single scale 2^k (k >= -126, a normal float) built from the rounding sum's bits, instead of
+#   exp32's two factors from a float-to-integer conversion. Results below exp(-87.5) = 1.0e-38
+#   are flushed to 0 (exp32 gives them as subnormals): an absolute difference below 1.1e-38 in a
+#   probability, as under flush-to-zero. Results down to 2^-126·0.7 are still exact to one
 #   subnormal step; above 2^-126 the value is exp32's, bit for bit (same reduction, polynomial).
 # * Where the row is stored in 16 bits (bfloat16: 8 significant bits, float16: 11) its gradient
 #   or softmax is rounded to 16 bits and its loss is summed from these terms: a degree-5
 #   polynomial (minimax for the relative error on |r| <= ln(2)/2, 1.05e-7) instead of degree 7,
-#   at most 2.3 ulp of float32 (measured 2.24, mean 0.69; tests/test_vexp.py), i.e. 2^-21
-#   relative, 1/64 of a float16 ulp and 1/8192 of a bfloat16 ulp.
+#   at most 2.3 ulp of float32 (measured 2.24, mean 0.67; tests/test_vexp.py), i.e. 2^-21
+#   relative, against the 2^-8 (bfloat16) and 2^-11 (float16) of their own rounding.
 _NONPOS_MIN = np.float32(-87.5)  # exp(-87.5) = 1.0e-38; below it: 0
 
 
+@intrinsic
+def _pow2_of(typingctx, t):
+    """2^k as a float32 from t = k + 1.5·2^23 (:func:`_split32`): the bits (bits(t) + 127) << 23,
+    in 32-bit integer IR (t's bits are 0x4B400000 + k, whose high part shifts out); no float to
+    integer conversion. Exact for -126 <= k <= 127; other t give some other float."""
+    if t != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        bits = builder.add(builder.bitcast(args[0], i32), i32(127))
+        return builder.bitcast(builder.shl(bits, i32(23)), ir.FloatType())
+
+    return types.float32(t), codegen
+
+
 @numba.njit(fastmath=_CONTRACT, cache=True)
-def _reduce16(x):
-    """(k, exp(r) - 1) as _reduce32, with a degree-5 polynomial (2^-23 relative, see above)."""
-    t = x * np.float32(1.44269504088896341) + np.float32(12582912.0)
-    kf = t - np.float32(12582912.0)
-    r = x - kf * np.float32(0.693359375)
-    r = r - kf * np.float32(-2.12194440e-4)
+def _em1_5(r):
+    """exp(r) - 1 = r + r²·P(r) on |r| <= ln(2)/2 with a degree-3 P (minimax for the relative
+    error of exp, 1.05e-7; degree 5 in all)."""
     p = np.float32(8.31251e-3)
     p = p * r + np.float32(4.189009e-2)
     p = p * r + np.float32(1.6667115e-1)
     p = p * r + np.float32(4.9999232e-1)
-    return kf, p * (r * r) + r
+    return p * (r * r) + r
 
 
-@numba.njit(fastmath=_CONTRACT, cache=True)
-def _scale_nonpos(d, kf, em1):
-    """exp(d) = (em1 + 1)·2^k for d <= 0, k >= -126 (a single normal scale); 0 below
-    exp(_NONPOS_MIN); NaN stays NaN."""
-    s = _i32_as_f32((np.int32(kf) + np.int32(127)) << np.int32(23))
-    e = (em1 + np.float32(1.0)) * s
-    return np.float32(0.0) if d < _NONPOS_MIN else e
-
-
+# No clamp is needed: below _NONPOS_MIN (-inf included) the select returns 0 whatever the
+# arithmetic made of d, and above it k >= -126, so 2^k is a normal float; NaN propagates.
 @numba.njit(fastmath=_CONTRACT, cache=True)
 def exp32_nonpos(d):
     """exp(d) of a float32 d <= 0 (or NaN): exp32's value, results below 1.0e-38 flushed to 0."""
-    x = d
-    if x < _NONPOS_MIN:  # (NaN passes and propagates through the polynomial, as in exp32)
-        x = _NONPOS_MIN
-    kf, em1 = _reduce32(x)
-    return _scale_nonpos(d, kf, em1)
+    t, _, r = _split32(d)
+    e = (_em1_7(r) + np.float32(1.0)) * _pow2_of(t)
+    return np.float32(0.0) if d < _NONPOS_MIN else e
 
 
 @numba.njit(fastmath=_CONTRACT, cache=True)
 def exp16_nonpos(d):
     """exp(d) of a float32 d <= 0 (or NaN) for rows stored in 16 bits: <= 2.3 ulp of float32,
     results below 1.0e-38 flushed to 0."""
-    x = d
-    if x < _NONPOS_MIN:
-        x = _NONPOS_MIN
-    kf, em1 = _reduce16(x)
-    return _scale_nonpos(d, kf, em1)
+    t, _, r = _split32(d)
+    e = (_em1_5(r) + np.float32(1.0)) * _pow2_of(t)
+    return np.float32(0.0) if d < _NONPOS_MIN else e
 
 
 def exp_shifted(a, d):
