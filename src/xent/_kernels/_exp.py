@@ -217,41 +217,33 @@ def _em1_5(r):
     return p * (r * r) + r
 
 
-# No clamp is needed: below _NONPOS_MIN (-inf included) the select returns 0 whatever the
-# arithmetic made of d, and above it k >= -126, so 2^k is a normal float; NaN propagates.
-@numba.njit(fastmath=_CONTRACT, cache=True)
-def exp32_nonpos(d):
-    """exp(d) of a float32 d <= 0 (or NaN): exp32's value, results below 1.0e-38 flushed to 0."""
-    t, _, r = _split32(d)
-    e = (_em1_7(r) + np.float32(1.0)) * _pow2_of(t)
-    return np.float32(0.0) if d < _NONPOS_MIN else e
-
-
-@numba.njit(fastmath=_CONTRACT, cache=True)
-def exp16_nonpos(d):
-    """exp(d) of a float32 d <= 0 (or NaN) for rows stored in 16 bits: <= 2.3 ulp of float32,
-    results below 1.0e-38 flushed to 0."""
-    t, _, r = _split32(d)
-    e = (_em1_5(r) + np.float32(1.0)) * _pow2_of(t)
-    return np.float32(0.0) if d < _NONPOS_MIN else e
-
-
 def exp_shifted(a, d):
     """exp(d) for d = x - max(x) <= 0 (or NaN) of a row stored in array ``a``, inside Numba code:
-    :func:`exp16_nonpos` for 16-bit storage (tag views: uint16, int16), :func:`exp32_nonpos` for
-    float32, :func:`exp64` for float64."""
+    for float32 rows exp32's value (degree-7 polynomial), for 16-bit storage (tag views: uint16,
+    int16) the degree-5 one (<= 2.3 ulp of float32); results below 1.0e-38 flushed to 0 in both.
+    float64 rows: :func:`exp64`."""
     raise NotImplementedError("exp_shifted is only callable from Numba-compiled code")
 
 
 @overload(exp_shifted, jit_options={"fastmath": _CONTRACT})
 def _exp_shifted_overload(a, d):
-    if a.dtype in (types.uint16, types.int16):
-        return lambda a, d: exp16_nonpos(np.float32(d))
-    if a.dtype == types.float32:
-        return lambda a, d: exp32_nonpos(np.float32(d))
     if a.dtype == types.float64:
         return lambda a, d: exp64(np.float64(d))
-    return None
+    if a.dtype in (types.uint16, types.int16):
+        em1 = _em1_5
+    elif a.dtype == types.float32:
+        em1 = _em1_7
+    else:
+        return None
+
+    # No clamp is needed: below _NONPOS_MIN (-inf included) the select returns 0 whatever the
+    # arithmetic made of d, and above it k >= -126, so 2^k is a normal float; NaN propagates.
+    def exp_nonpos(a, d):
+        t, _, r = _split32(np.float32(d))
+        e = (em1(r) + np.float32(1.0)) * _pow2_of(t)
+        return np.float32(0.0) if d < _NONPOS_MIN else e
+
+    return exp_nonpos
 
 
 @numba.njit(fastmath=_CONTRACT, cache=True)
