@@ -107,11 +107,14 @@ def time_interleaved(
     setup: dict[str, Callable[[], None]] | None = None,
     min_time: float = 0.0,
     pause: float = 0.05,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median seconds per call of each function, timed in turn within each repeat.
 
     ``setup[name]`` (untimed) runs before each timed call (e.g. a fresh copy for in-place).
     With ``min_time``, a sample is the mean over as many calls as fill ``min_time`` (tiny inputs).
+    ``clock``: wall clock by default; ``time.thread_time`` counts only this thread's CPU time
+    (for calls that run on the calling thread alone: not disturbed by other jobs' load).
     """
     setup = setup or {}
     for name, fn in fns.items():  # warm-up: compilation, JIT tracing, first-touch allocations
@@ -141,10 +144,10 @@ def time_interleaved(
             gc.collect()
             time.sleep(pause)
             n = loops[name]
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(n):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / n)
+            samples[name].append((clock() - t0) / n)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 

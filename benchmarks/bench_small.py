@@ -21,7 +21,12 @@ each call as a training step drops it):
 Ratios are contender time / torch time (<1: faster than PyTorch; the issue's targets are
 phrased so; the core tables' "vs torch" is the inverse). Timing: `time_interleaved`
 from bench_kernels.py (contenders in turn within each repeat, rotating order, medians; each
-sample the mean of enough calls to fill a few milliseconds). The cut-offs' defaults
+sample the mean of enough calls to fill a few milliseconds), by the calling thread's CPU time
+(``time.thread_time``): every contender runs on that one thread here (PyTorch is set to one
+thread; xent's kernels use one below ``_threads.PARALLEL_MIN_ELEMENTS`` = 2^20 elements, above
+the sweep), and on a 2-core machine shared with other jobs wall-clock samples of 30 µs calls
+moved by 40% between identical contenders (below the cut-offs "xent default" runs the same
+PyTorch op as "torch"). The cut-offs' defaults
 (``xent.torch._bridge.MIN_ELEMENTS``, ``MIN_CLASSES``) are chosen from this table: the sizes
 from which the forced path stays faster than PyTorch (benchmarks/README.md, "Small batches").
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +84,8 @@ def row(n: int, c: int, repeats: int, min_time: float) -> dict[str, float]:
     setup = {name: (lambda: xt.set_min_elements(0)) if name == "xent forced"
              else (lambda: xt.set_min_elements(default)) for name in fns}
     try:
-        times = time_interleaved(fns, repeats, setup=setup, min_time=min_time, pause=0.01)
+        times = time_interleaved(fns, repeats, setup=setup, min_time=min_time, pause=0.01,
+                                 clock=time.thread_time)
     finally:
         xt.set_min_elements(default)
     assert np.isfinite(list(times.values())).all()
@@ -100,8 +107,8 @@ def run(repeats: int, quick: bool) -> None:
     # machine shared with other jobs sometimes waited milliseconds on its OpenMP team.
     torch.set_num_threads(1)
     print("\nSmall batches: cross-entropy forward+backward, float32 (N, C) logits, index targets;"
-          f" torch on 1 thread; default cut-off {xt.get_min_elements()} elements, rows of "
-          f"{_bridge.MIN_CLASSES} classes; load average "
+          " CPU time of the calling thread; torch on 1 thread; default cut-off"
+          f" {xt.get_min_elements()} elements, rows of {_bridge.MIN_CLASSES} classes; load average "
           "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print("| N x C | elements | torch | xent default | time / torch | xent forced | time / torch "
           "| core | bridge per call |")
