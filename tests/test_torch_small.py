@@ -162,6 +162,39 @@ def test_large_calls_pytorch_computes_raise_the_cores_errors(core_calls):
     assert core_calls == []  # validated by the core, computed by PyTorch
 
 
+def test_large_valid_calls_pytorch_computes_cost_no_validation(monkeypatch, core_calls):
+    """A valid call PyTorch's op computes never runs the core's validation (it costs nothing
+    on top of PyTorch's time); an invalid one raises the core's error, not chained to
+    PyTorch's."""
+    from xent.torch import _functional
+
+    validated: list[str] = []
+    spy(monkeypatch, [(_functional, "problem_for", "validate")], validated.append)
+    n = _bridge.CHECK_MIN_ELEMENTS // 64
+    x, t = torch.randn(n, 64), torch.randint(0, 64, (n,))
+    torch.testing.assert_close(xt.cross_entropy(x, t), F.cross_entropy(x, t))
+    logp = torch.log_softmax(x, 1)
+    torch.testing.assert_close(xt.nll_loss(logp, t), F.nll_loss(logp, t))
+    assert validated == [] and core_calls == []
+    with pytest.raises(ValueError, match=r"weight must have shape \(64,\)") as err:
+        xt.cross_entropy(x, t, weight=torch.ones(50))
+    assert err.value.__context__ is None and err.value.__cause__ is None
+    assert validated == ["validate"]
+
+
+def test_large_calls_the_core_accepts_keep_pytorchs_error():
+    """Where PyTorch refuses what the core would take (int32 class indices, a float64 weight
+    for float32 logits), PyTorch's own error stands: the core does not compute the call."""
+    n = _bridge.CHECK_MIN_ELEMENTS // 64
+    x, t = torch.randn(n, 64), torch.randint(0, 64, (n,))
+    with pytest.raises(RuntimeError, match="target dtype"):
+        xt.cross_entropy(x, t.int())
+    with pytest.raises(RuntimeError, match="Double"):
+        xt.cross_entropy(x, t, weight=torch.ones(64, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="Double"):
+        xt.nll_loss(x, t, weight=torch.ones(64, dtype=torch.float64))
+
+
 def test_xent_options_are_still_checked_and_computed_below_the_cutoff(core_calls):
     x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
     with pytest.raises(ValueError, match="softcap"):

@@ -16,7 +16,7 @@ import contextlib
 import importlib.util
 import operator
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -68,13 +68,10 @@ MIN_ELEMENTS = 1 << 19
 MIN_CLASSES = 1024
 
 #: From this many elements on, a cross-entropy or NLL call that PyTorch's op computes (see
-#: `below_cutoff`: rows of fewer than `MIN_CLASSES` classes) is still validated by the core
-#: first (`unchecked` is False), so that it raises the core's errors (ValueError / IndexError
-#: naming the argument), as every call xent computes does. The validation costs 13-28 µs a
-#: call; below 2^19 elements that was 4-7% of PyTorch's forward+backward on the AMD EPYC host
-#: (0.35-0.5 ms at 2^18), over the 5% the default path may add, so there PyTorch's own checks
-#: (RuntimeError) stand alone.
-CHECK_MIN_ELEMENTS = 1 << 19
+#: `below_cutoff`: rows of fewer than `MIN_CLASSES` classes) raises the core's errors
+#: (ValueError / IndexError naming the argument), as every call xent computes does
+#: (`torch_op_with_core_errors`); below it (`unchecked`) PyTorch's own errors stand.
+CHECK_MIN_ELEMENTS = 1 << 18
 
 
 def get_min_elements() -> int:
@@ -131,10 +128,27 @@ def below_cutoff(input: object, rows: bool = False) -> bool:
 
 
 def unchecked(input: torch.Tensor) -> bool:
-    """Whether a call `below_cutoff` goes to PyTorch's op without the core's validation: fewer
-    than `CHECK_MIN_ELEMENTS` elements, or a traced / autocast call (the core cannot read traced
+    """Whether a call `below_cutoff` goes to PyTorch's op with PyTorch's errors: fewer than
+    `CHECK_MIN_ELEMENTS` elements, or a traced / autocast call (the core cannot read traced
     values; PyTorch's autocast casts its own losses)."""
     return input.numel() < CHECK_MIN_ELEMENTS or tracing() or autocasting()
+
+
+def torch_op_with_core_errors(op: Callable[[], torch.Tensor],
+                              validate: Callable[[], object]) -> torch.Tensor:
+    """``op()`` (PyTorch's loss on a call `below_cutoff`), raising the core's error where it
+    fails: when PyTorch raises, ``validate()`` (the core's validation step of the same call)
+    runs and raises its own error naming the argument; if the core finds nothing wrong,
+    PyTorch's error stands. PyTorch checks everything the core would refuse on these calls, so
+    a valid call costs PyTorch's time alone: validating first cost 13-28 µs timed alone and
+    about 45 µs inside a training loop, 8% of PyTorch's forward+backward at 2^19 elements on the
+    AMD EPYC host, over the 5% the default path may add (benchmarks/README.md)."""
+    try:
+        return op()
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        error = exc
+    validate()  # (outside the handler: the core's error is not chained to PyTorch's)
+    raise error
 
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)

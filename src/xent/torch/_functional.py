@@ -2,18 +2,19 @@
 
 A call below the default cut-off (`_bridge.below_cutoff`: fewer than `MIN_ELEMENTS` elements, or
 cross-entropy / NLL rows of fewer than `MIN_CLASSES` classes) without xent-only options runs
-PyTorch's own function; under `CHECK_MIN_ELEMENTS` elements (`_bridge.unchecked`) straight away,
-with the arguments as given, which it checks itself, and above it after the core's validation (so a
-large call raises the core's errors whichever op computes it). Every other call is validated once
-with the core's validation step (``xent._problem.cross_entropy_problem`` for cross-entropy and NLL,
-on NumPy views of the target and weight), then takes one of two paths: the fast path
-(`_bridge.fast_path_ok`: plain CPU float32/float64 tensors, only ``input`` requiring grad, at least
-`MIN_ELEMENTS` elements unless an xent-only option is on) solves the validated problem on a
-zero-copy NumPy view of the logits, loss and gradient in one fused pass, through
-`_bridge.SavedGrad`; every other call (CUDA, bfloat16/float16, ``torch.compile``, a target or weight
-requiring grad, small inputs) runs PyTorch's own function, or for z-loss / soft-capping / lse the
-same loss composed from PyTorch ops (`_reference`), so behaviour is the same everywhere and only
-speed differs.
+PyTorch's own function, with the arguments as given, which it checks itself; from
+`CHECK_MIN_ELEMENTS` elements on, a call PyTorch refuses is then validated by the core, which
+raises its own error (`_bridge.torch_op_with_core_errors`: a large call raises the core's errors
+whichever op computes it, and a valid one costs PyTorch's time alone). Every other call is
+validated once with the core's validation step (``xent._problem.cross_entropy_problem`` for
+cross-entropy and NLL, on NumPy views of the target and weight), then takes one of two paths: the
+fast path (`_bridge.fast_path_ok`: plain CPU float32/float64 tensors, only ``input`` requiring
+grad, at least `MIN_ELEMENTS` elements unless an xent-only option is on) solves the validated
+problem on a zero-copy NumPy view of the logits, loss and gradient in one fused pass, through
+`_bridge.SavedGrad`; every other call (CUDA, bfloat16/float16, ``torch.compile``, a target or
+weight requiring grad, small inputs) runs PyTorch's own function, or for z-loss / soft-capping /
+lse the same loss composed from PyTorch ops (`_reference`), so behaviour is the same everywhere and
+only speed differs.
 """
 
 from __future__ import annotations
@@ -133,11 +134,18 @@ def cross_entropy(
     small = _bridge.below_cutoff(input, rows=True)
     if (small and softcap is None and return_lse is False and type(lse_square_scale) is float
             and lse_square_scale == 0.0 and type(label_smoothing) is float
-            and 0.0 <= label_smoothing <= 1.0  # (PyTorch accepts nan and negative smoothing)
-            and _bridge.unchecked(input)):
-        # PyTorch's own loss, which checks its arguments itself: nothing of xent's to validate
-        return F.cross_entropy(input, target, weight, size_average, ignore_index, reduce,
-                               reduction, label_smoothing)
+            and 0.0 <= label_smoothing <= 1.0):  # (PyTorch accepts nan and negative smoothing)
+        # PyTorch's own loss, which checks its arguments itself
+        if _bridge.unchecked(input):
+            return F.cross_entropy(input, target, weight, size_average, ignore_index, reduce,
+                                   reduction, label_smoothing)
+        return _bridge.torch_op_with_core_errors(
+            lambda: F.cross_entropy(input, target, weight, size_average, ignore_index, reduce,
+                                    reduction, label_smoothing),
+            lambda: problem_for(input, target, weight, ignore_index,
+                                _bridge.legacy_reduction(size_average, reduce, reduction),
+                                check_options(label_smoothing, lse_square_scale, softcap,
+                                              return_lse)))
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
     options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
 
@@ -211,8 +219,16 @@ def nll_loss(
         0.1755
     """
     small = _bridge.below_cutoff(input, rows=True)
-    if small and _bridge.unchecked(input):
-        return F.nll_loss(input, target, weight, size_average, ignore_index, reduce, reduction)
+    if small:
+        if _bridge.unchecked(input):
+            return F.nll_loss(input, target, weight, size_average, ignore_index, reduce,
+                              reduction)
+        return _bridge.torch_op_with_core_errors(
+            lambda: F.nll_loss(input, target, weight, size_average, ignore_index, reduce,
+                               reduction),
+            lambda: problem_for(input, target, weight, ignore_index,
+                                _bridge.legacy_reduction(size_average, reduce, reduction),
+                                fn="nll_loss", probabilities=False))
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
 
     def reference(x: torch.Tensor) -> torch.Tensor:
