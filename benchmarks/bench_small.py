@@ -106,8 +106,10 @@ def run(repeats: int, quick: bool) -> None:
     # PARALLEL_MIN_ELEMENTS, far above this sweep). With two, every tiny PyTorch call on a
     # machine shared with other jobs sometimes waited milliseconds on its OpenMP team.
     torch.set_num_threads(1)
+    steady = _steady_heap()
     print("\nSmall batches: cross-entropy forward+backward, float32 (N, C) logits, index targets;"
-          " CPU time of the calling thread; torch on 1 thread; default cut-off"
+          " CPU time of the calling thread; torch on 1 thread;"
+          f" {'steady heap (glibc: no mmap/trim under 64 MiB);' if steady else ''} default cut-off"
           f" {xt.get_min_elements()} elements, rows of {_bridge.MIN_CLASSES} classes; load average "
           "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print("| N x C | elements | torch | xent default | time / torch | xent forced | time / torch "
@@ -118,9 +120,30 @@ def run(repeats: int, quick: bool) -> None:
             _print_row(n, c, row(n, c, repeats, min_time))
     finally:
         torch.set_num_threads(threads)
+        if steady:
+            _steady_heap(restore=True)
     print("time / torch: the contender's time over PyTorch's (<1: faster than PyTorch; the "
           "other tables' 'vs torch' is the inverse); '(torch)' / '(xent)': what the default "
           "cut-offs run at that size; bridge = forced - core")
+
+
+def _steady_heap(restore: bool = False) -> bool:
+    """glibc only: serve the sweep's allocations (gradients up to 2 MiB) from the heap without
+    returning them to the system between calls (``mallopt`` M_MMAP_THRESHOLD 64 MiB,
+    M_TRIM_THRESHOLD 256 MiB); ``restore``: back to glibc's initial 128 KiB (its dynamic threshold
+    stays off). With glibc's default, whether a 2 MiB gradient is a fresh ``mmap`` (512 page
+    faults, about 0.3 ms of this thread's CPU time) or reused heap depends on the calls before:
+    PyTorch's own op moved between 0.6 and 1.1 ms per call at 2^19 elements within one run, and
+    identical work in two contenders differed by 20%. Returns whether it applied."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_trim, m_mmap = -1, -3
+    mmap_at, trim_at = (128 << 10, 128 << 10) if restore else (64 << 20, 256 << 20)
+    return bool(mallopt(m_mmap, mmap_at)) and bool(mallopt(m_trim, trim_at))
 
 
 def _print_row(n: int, c: int, t: dict[str, float]) -> None:
