@@ -321,6 +321,24 @@ def test_forced_backends_pick_the_module():
         assert _dispatch.backend_for("softmax", 3, 3, dt) is _backend_numpy
 
 
+def test_auto_runs_short_rows_on_numpy_while_the_kernels_would_use_one_thread():
+    """Rows of few classes: NumPy below the kernels' thread threshold, the kernels above it and
+    from AUTO_MIN_COLS_BY_OP classes on (the measurement behind it: benchmarks/README.md)."""
+    from xent._kernels import _threads
+
+    assert _dispatch.SINGLE_THREAD_ELEMENTS == _threads.PARALLEL_MIN_ELEMENTS
+    for dt in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)):
+        with xent.use_backend("auto"):
+            for op, by_storage in _dispatch.AUTO_MIN_COLS_BY_OP.items():
+                cols = by_storage[dt.itemsize == 2]
+                assert _dispatch.backend_for(op, 65536, cols - 1, dt) is _backend_numpy, op
+                assert _dispatch.backend_for(op, 65536, cols, dt) is K, op
+                assert _dispatch.backend_for(op, 1 << 20, cols - 1, dt) is K, op
+            assert _dispatch.backend_for("bce_logits", 65536, 3, dt) is K
+        with xent.use_backend("numba"):
+            assert _dispatch.backend_for("ce_index", 65536, 3, dt) is K
+
+
 def _run(code: str, **env) -> str:
     full_env = {**os.environ, **env}
     proc = subprocess.run(

@@ -41,6 +41,20 @@ BACKENDS = ("auto", "numpy", "numba")
 AUTO_MIN_ELEMENTS = 1 << 16
 AUTO_MIN_ELEMENTS_BY_OP = {"bce_logits": 1 << 16}
 
+# ``auto`` runs a row op on rows of fewer classes than this (float32/float64 storage, 16-bit
+# storage) on NumPy while the kernels would run it on one thread (fewer than
+# ``SINGLE_THREAD_ELEMENTS``): a row kernel pays about 115 ns per row beyond its per-element
+# work, which NumPy's reductions along short rows do not (benchmarks/README.md, "Dispatch
+# thresholds": at 65536 float32 rows the index cross-entropy kernel took 2.5x NumPy's time at 4
+# classes, 2.0x at 8, 0.83x at 16; softmax 1.6x, 1.2x, 0.48x). NumPy's 16-bit path converts to
+# float32 and back, so there the kernels win from fewer classes.
+AUTO_MIN_COLS_BY_OP = {"ce_index": (16, 12), "softmax": (16, 8), "log_softmax": (16, 8),
+                       "ce_prob": (8, 4)}
+# The kernels' threads start here (``xent._kernels._threads.PARALLEL_MIN_ELEMENTS``, not
+# imported: this module never imports Numba); on two threads the row kernels win on short rows
+# too, but for the index cross-entropy on 4 to 8 classes (1.3x to 1.0x).
+SINGLE_THREAD_ELEMENTS = 1 << 20
+
 
 def _check(name: object) -> str:
     if name not in BACKENDS:
@@ -96,7 +110,9 @@ def backend_for(op: str, rows: int, cols: int, dtype: np.dtype) -> ModuleType:
     name = _current.get()
     if name == "numpy" or (dtype != np.float32 and dtype != np.float64 and not is_half(dtype)):
         return _backend_numpy
-    if name == "auto" and rows * cols < AUTO_MIN_ELEMENTS_BY_OP.get(op, AUTO_MIN_ELEMENTS):
+    if name == "auto" and (rows * cols < AUTO_MIN_ELEMENTS_BY_OP.get(op, AUTO_MIN_ELEMENTS) or (
+            rows * cols < SINGLE_THREAD_ELEMENTS and op in AUTO_MIN_COLS_BY_OP
+            and cols < AUTO_MIN_COLS_BY_OP[op][is_half(dtype)])):
         return _backend_numpy
     kernels = _load_kernels()
     if kernels is None:
