@@ -322,11 +322,9 @@ def test_forced_backends_pick_the_module():
 
 
 def test_auto_runs_short_rows_on_numpy_while_the_kernels_would_use_one_thread():
-    """Rows of few classes: NumPy below the kernels' thread threshold, the kernels above it and
-    from AUTO_MIN_COLS_BY_OP classes on (the measurement behind it: benchmarks/README.md)."""
-    from xent._kernels import _threads
-
-    assert _dispatch.SINGLE_THREAD_ELEMENTS == _threads.PARALLEL_MIN_ELEMENTS
+    """Rows of few classes: NumPy below the kernels' thread threshold (SINGLE_THREAD_ELEMENTS),
+    the kernels above it and from AUTO_MIN_COLS_BY_OP classes on (the measurement behind it:
+    benchmarks/README.md)."""
     for dt in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)):
         with xent.use_backend("auto"):
             for op, by_storage in _dispatch.AUTO_MIN_COLS_BY_OP.items():

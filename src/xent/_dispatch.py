@@ -50,9 +50,9 @@ AUTO_MIN_ELEMENTS_BY_OP = {"bce_logits": 1 << 16}
 # float32 and back, so there the kernels win from fewer classes.
 AUTO_MIN_COLS_BY_OP = {"ce_index": (16, 12), "softmax": (16, 8), "log_softmax": (16, 8),
                        "ce_prob": (8, 4)}
-# The kernels' threads start here (``xent._kernels._threads.PARALLEL_MIN_ELEMENTS``, not
-# imported: this module never imports Numba); on two threads the row kernels win on short rows
-# too, but for the index cross-entropy on 4 to 8 classes (1.3x to 1.0x).
+# The kernels' threads start here (the one definition: ``xent._kernels._threads`` takes it as
+# ``PARALLEL_MIN_ELEMENTS``; this module never imports Numba); on two threads the row kernels
+# win on short rows too, but for the index cross-entropy on 4 to 8 classes (1.3x to 1.0x).
 SINGLE_THREAD_ELEMENTS = 1 << 20
 
 
