@@ -30,30 +30,16 @@ from types import ModuleType
 import numpy as np
 
 from . import _backend_numpy
+from ._thresholds import (
+    AUTO_MIN_COLS_BY_OP,
+    AUTO_MIN_ELEMENTS,
+    AUTO_MIN_ELEMENTS_BY_OP,
+    SINGLE_THREAD_ELEMENTS,
+)
 from ._validation import is_half
 
 BACKENDS = ("auto", "numpy", "numba")
 
-# ``auto`` uses a kernel from this many elements (rows × cols) on, chosen from
-# ``benchmarks/bench_kernels.py --crossover`` (results in benchmarks/README.md): below it the
-# kernels save a few microseconds per call, which does not pay for importing Numba and loading
-# or compiling the kernels on first use, so small calls stay on NumPy.
-AUTO_MIN_ELEMENTS = 1 << 16
-AUTO_MIN_ELEMENTS_BY_OP = {"bce_logits": 1 << 16}
-
-# ``auto`` runs a row op on rows of fewer classes than this (float32/float64 storage, 16-bit
-# storage) on NumPy while the kernels would run it on one thread (fewer than
-# ``SINGLE_THREAD_ELEMENTS``): a row kernel pays about 115 ns per row beyond its per-element
-# work, which NumPy's reductions along short rows do not (benchmarks/README.md, "Dispatch
-# thresholds": at 65536 float32 rows the index cross-entropy kernel took 2.5x NumPy's time at 4
-# classes, 2.0x at 8, 0.83x at 16; softmax 1.6x, 1.2x, 0.48x). NumPy's 16-bit path converts to
-# float32 and back, so there the kernels win from fewer classes.
-AUTO_MIN_COLS_BY_OP = {"ce_index": (16, 12), "softmax": (16, 8), "log_softmax": (16, 8),
-                       "ce_prob": (8, 4)}
-# The kernels' threads start here (the one definition: ``xent._kernels._threads`` takes it as
-# ``PARALLEL_MIN_ELEMENTS``; this module never imports Numba); on two threads the row kernels
-# win on short rows too, but for the index cross-entropy on 4 to 8 classes (1.3x to 1.0x).
-SINGLE_THREAD_ELEMENTS = 1 << 20
 
 
 def _check(name: object) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _buffers
+from .._thresholds import CHUNK_BYTES, GROUP_LANES, MAX_TILE, TILE_BYTES
 from . import _bce, _half, _kdim, _rows
 from ._exp import vexp_array
 from ._threads import PARALLEL_MIN_ELEMENTS, run_rows
@@ -257,17 +258,7 @@ def softmax(x, out):
 # Class axis not last: x viewed as (A, C, B), see _kdim.py. Not part of the row contract; the
 # public functions call these only when the dispatcher picked this module for the op.
 # ---------------------------------------------------------------------------------------------
-# A tile (one a, up to bt positions b, all C classes) of at most TILE_BYTES stays in L2 between
-# its passes (half of a 1 MiB per-core L2, leaving room for the gradient being written); a
-# chunk of CHUNK_BYTES (cc classes × bt positions) stays in L1 between the online max and the
-# exps of pass 1. MAX_TILE keeps the per-position scratch in L1.
-TILE_BYTES = 256 << 10
-CHUNK_BYTES = 16 << 10
-MAX_TILE = 2048
-# With a tile of all B positions, R consecutive class rows are processed as one run of about
-# GROUP_LANES contiguous values (see _kdim._max_sum_exp): a loop over 16 or 32 lanes alone runs
-# at half speed (measured 0.69 / 0.45 ns per float32 element against 0.35 from 128 lanes on).
-GROUP_LANES = 128
+# Tile, chunk and group sizes: `xent._thresholds` (TILE_BYTES, CHUNK_BYTES, MAX_TILE, GROUP_LANES).
 
 
 def _tiling(C: int, B: int, itemsize: int) -> tuple[int, int, int]:

@@ -44,6 +44,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from .._thresholds import ROW_BLOCK, ROW_BLOCK16
 from ._exp import _i32_as_f32, _i64_as_f64, exp_shifted, vtanh
 from ._half import bits_to_f32, compute, key16, load, put, wide
 
@@ -71,10 +72,10 @@ _jit_inline = numba.njit(cache=True, inline="always")
 # ---------------------------------------------------------------------------------------------
 # Loops over one row (each vectorised).
 # ---------------------------------------------------------------------------------------------
-# Block length for the online max / sum-of-exp pass: 2048 float32 = 8 KiB stays in L1 between
-# the block's max loop and its exp loop.
-_BLOCK = 2048
-_BLOCK16 = 16384  # the same for the pass that stores the exps of a 16-bit row (_store_block)
+# Block lengths of the online max / sum-of-exp pass: `xent._thresholds.ROW_BLOCK` (L1) and
+# `ROW_BLOCK16` (the pass that stores a 16-bit row's exps, _store_block).
+_BLOCK = ROW_BLOCK
+_BLOCK16 = ROW_BLOCK16
 
 
 def _store_block(r):

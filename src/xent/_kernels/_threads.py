@@ -29,14 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 from numba.np.ufunc import parallel as _numba_parallel
 
-from .._dispatch import SINGLE_THREAD_ELEMENTS
+from .._thresholds import BLOCKS_PER_THREAD, SINGLE_THREAD_ELEMENTS
 
-# Below this many elements (or with one row) the kernel runs on the calling thread alone: the
-# hand-off to a helper costs tens of microseconds. From 1M elements (~1 ms of serial work; e.g. a
-# (512, 2048) float32 cross-entropy) a second core pays off. Defined in `xent._dispatch`, whose
-# `auto` rule for short rows depends on it and which never imports Numba.
+# (below SINGLE_THREAD_ELEMENTS, or with one row, a kernel runs on the calling thread alone)
 PARALLEL_MIN_ELEMENTS = SINGLE_THREAD_ELEMENTS
-BLOCKS_PER_THREAD = 4
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None

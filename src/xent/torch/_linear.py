@@ -34,16 +34,12 @@ from torch.autograd.function import once_differentiable
 
 from xent import _cross_entropy, _dispatch, _reduction
 from xent._problem import Problem, check_options
+from xent._thresholds import DEFAULT_CHUNK_BYTES, GW_BLOCK_BYTES, MIN_CHUNK_ROWS
 
 from . import _bridge, _functional, _reference
 
-#: Bytes of the ``(chunk_size, V)`` logits buffer when ``chunk_size`` is not given: the chunk's
-#: row count is ``DEFAULT_CHUNK_BYTES // (V * itemsize)``, at least 64 rows (512 rows at V=65536
-#: in float32). Chosen from the chunk-size sweep in docs/torch.md: smaller chunks make the
-#: ``grad_W += dz.T @ x`` update stream the whole ``(V, H)`` gradient more often; larger ones add
-#: memory and gain nothing measurable.
-DEFAULT_CHUNK_BYTES = 128 * 2**20
-_MIN_CHUNK_ROWS = 64
+# (the default chunk's bytes and least rows: `xent._thresholds`)
+_MIN_CHUNK_ROWS = MIN_CHUNK_ROWS
 _TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
@@ -162,8 +158,7 @@ def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
     return ce, lse, gx, None if gW is None else gW.result(), gb
 
 
-#: Bytes of the float32 copy of one vocabulary block of a chunk's gradient (`_GradW`).
-_GW_BLOCK_BYTES = 8 * 2**20
+_GW_BLOCK_BYTES = GW_BLOCK_BYTES  # (one vocabulary block of a chunk's gradient: `_GradW`)
 
 
 class _GradW:
