@@ -257,7 +257,7 @@ def test_options_validation():
 # --- fallbacks ---------------------------------------------------------------------------------
 
 @pytest.mark.skipif(
-    {torch.bfloat16, torch.float16} <= set(xt._bridge.fast_dtypes()),
+    {torch.bfloat16, torch.float16} <= set(xt._route.fast_dtypes()),
     reason="the core takes 16-bit floats: they run xent's kernels (tests/test_torch_half.py)")
 def test_bfloat16_and_float16_fall_back_to_torch(count_core):
     g = _gen(8)

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 
 import xent.torch as xt
 from helpers import spy_core
-from xent.torch import _bridge, _reference
+from xent import _validation
+from xent.torch import _bridge, _reference, _route
 
 HALF = [torch.bfloat16, torch.float16]
 
 needs_half = pytest.mark.skipif(
-    not set(HALF) <= set(_bridge.fast_dtypes()),
+    not set(HALF) <= set(_route.fast_dtypes()),
     reason="the core does not compute 16-bit floats in their own storage here (no ml_dtypes?)")
 
 
@@ -182,7 +183,7 @@ def test_bfloat16_views_share_memory():
     """as_numpy / from_numpy view bfloat16 through its bits: no copy either way, any strides."""
     t = torch.randn(6, 4).to(torch.bfloat16)
     a = _bridge.as_numpy(t)
-    assert a.dtype == _bridge._bfloat16() and np.shares_memory(a, t.view(torch.int16).numpy())
+    assert a.dtype == _validation.bfloat16() and np.shares_memory(a, t.view(torch.int16).numpy())
     torch.testing.assert_close(torch.from_numpy(a.astype(np.float32)), t.float())
     tt = t.t()  # a non-contiguous view
     assert _bridge.as_numpy(tt).strides == (2, 8)

@@ -52,6 +52,37 @@ def _in_unit_interval(a: np.ndarray, name: str) -> None:
         )
 
 
+def bce_operands(x: np.ndarray, target: Any, weight: Any, pos_weight: Any, reduction: Any,
+                 dt: np.dtype) -> tuple[np.ndarray, Any, Any, str]:
+    """The validation both binary losses share: ``(y, w, pw, reduction)``, ``y`` the target of
+    ``x``'s shape holding real numbers (in its own dtype), ``w`` and ``pw`` the weights in the
+    compute dtype ``dt``, broadcastable to ``x``'s shape (None where not given).
+
+    >>> import numpy as np
+    >>> bce_operands(np.zeros(3), [1, 0], None, None, "mean", np.dtype(np.float64))
+    Traceback (most recent call last):
+    ...
+    ValueError: Using a target size ((2,)) that is different to the input size ((3,)) is not \
+supported: target must have the input's shape
+    """
+    reduction = check_reduction(reduction)
+    y = _target_like(x, target)
+    w = pw = None
+    if weight is not None:
+        w = broadcastable_to(as_float_like(weight, dt, "weight"), x.shape, "weight", "input")
+    if pos_weight is not None:
+        pw = broadcastable_to(
+            as_float_like(pos_weight, dt, "pos_weight"), x.shape, "pos_weight", "input"
+        )
+    return y, w, pw, reduction
+
+
+def check_probabilities(x: np.ndarray, y: np.ndarray) -> None:
+    """`binary_cross_entropy`'s check of its values: input and target in [0, 1]."""
+    _in_unit_interval(x, "input")
+    _in_unit_interval(y, "target")
+
+
 @overload
 def binary_cross_entropy(
     input: Any, target: Any, weight: Any = ..., reduction: str = ..., *,
@@ -101,13 +132,9 @@ def binary_cross_entropy(
     Reference: ``torch.nn.functional.binary_cross_entropy``.
     """
     x, rdt = as_float(input, "input")
-    reduction = check_reduction(reduction)
-    y = _target_like(x, target).astype(x.dtype, copy=False)
-    w = None
-    if weight is not None:
-        w = broadcastable_to(as_float_like(weight, x.dtype, "weight"), x.shape, "weight", "input")
-    _in_unit_interval(x, "input")
-    _in_unit_interval(y, "target")
+    y, w, _, reduction = bce_operands(x, target, weight, None, reduction, x.dtype)
+    y = y.astype(x.dtype, copy=False)
+    check_probabilities(x, y)
     g = grad_output_for(grad_output, x.shape, reduction, x.dtype) if return_grad else None
     dt = x.dtype
     with np.errstate(**_QUIET):
@@ -185,16 +212,9 @@ def binary_cross_entropy_with_logits(
     Reference: ``torch.nn.functional.binary_cross_entropy_with_logits``.
     """
     x, rdt = as_storage(input, "input")  # a 16-bit input stays 16-bit: read by the backend
-    reduction = check_reduction(reduction)
     dt = compute_dtype(x.dtype, "input")[0]
-    y = as_operand(_target_like(x, target), dt, "target")
-    w = pw = None
-    if weight is not None:
-        w = broadcastable_to(as_float_like(weight, dt, "weight"), x.shape, "weight", "input")
-    if pos_weight is not None:
-        pw = broadcastable_to(
-            as_float_like(pos_weight, dt, "pos_weight"), x.shape, "pos_weight", "input"
-        )
+    y, w, pw, reduction = bce_operands(x, target, weight, pos_weight, reduction, dt)
+    y = as_operand(y, dt, "target")
     g = grad_output_for(grad_output, x.shape, reduction, dt) if return_grad else None
     K = x.shape[-1] if x.ndim else 1
     M = x.size // K if K else 0

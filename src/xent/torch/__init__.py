@@ -5,7 +5,6 @@ See ``docs/torch.md``.
 """
 
 from ._activations import log_softmax, softmax
-from ._bridge import get_min_elements, min_elements, set_min_elements
 from ._functional import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -21,6 +20,7 @@ from ._modules import (
     NLLLoss,
 )
 from ._parallel import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
+from ._route import get_min_elements, min_elements, set_min_elements
 
 __all__ = [
     "BCELoss",

@@ -1,73 +1,28 @@
 """`torch.softmax` / `torch.log_softmax` drop-ins on xent's kernels.
 
-The fast path (`_bridge.fast_path_ok`: a plain CPU tensor of a dtype the kernels take, at least
-`MIN_ELEMENTS` elements, outside tracing) runs ``xent.softmax`` / ``xent.log_softmax`` on a
-zero-copy NumPy view of the input (any ``dim``: an inner axis runs the core's K-dimensional
-kernel on the ``(A, C, B)`` view, no ``moveaxis`` copy) and differentiates with the core's
-vector-Jacobian products (``xent.softmax_backward`` / ``log_softmax_backward``) from the saved
-output. Every other call runs PyTorch's own op, so results are the same everywhere and only
-speed differs.
-
-For ``torch.library`` registration (``_ops``) the kernels are plain functions of tensors:
-``forward(x, dim) -> out`` and ``backward(grad_output, out, dim) -> grad_input`` in `KERNELS`
-(``x`` on the fast path, ``dim`` already normalised to ``[0, x.dim())`` or 0 for a 0-d tensor).
+As every drop-in: normalise the arguments (``dim``, PyTorch's ``dtype=`` cast), ask the plan
+(`_route.plan`), run the route. On `Route.CORE` the call runs ``xent.softmax`` /
+``xent.log_softmax`` on a zero-copy NumPy view of the input (any ``dim``: an inner axis runs the
+core's K-dimensional kernel on the ``(A, C, B)`` view, no ``moveaxis`` copy) and differentiates
+with the core's vector-Jacobian products (``xent.softmax_backward`` / ``log_softmax_backward``)
+from the saved output; `Route.CUSTOM_OP` runs the same functions as ``xent::softmax`` /
+``xent::log_softmax`` (`_ops`); `Route.TORCH` runs PyTorch's op (16-bit input computed in
+float32 and rounded once, as the core does).
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-import xent
-
 from . import _bridge, _ops
+from ._ops import KERNELS
+from ._route import Route, plain_cpu, plan
 
 __all__ = ["log_softmax", "softmax"]
-
-
-def softmax_forward(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``xent.softmax`` of ``x`` along ``dim`` on a NumPy view: a new tensor of ``x``'s
-    shape and dtype (fast-path tensors only)."""
-    return _bridge.from_numpy(xent.softmax(_bridge.as_numpy(x), axis=dim))
-
-
-def softmax_backward(grad_output: torch.Tensor, output: torch.Tensor, dim: int) -> torch.Tensor:
-    r"""``dL/dx = y ⊙ (g - <g, y>_dim)`` by the core's ``xent.softmax_backward``."""
-    return _bridge.from_numpy(xent.softmax_backward(
-        _bridge.as_numpy(grad_output), _bridge.as_numpy(output), axis=dim))
-
-
-def log_softmax_forward(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``xent.log_softmax`` of ``x`` along ``dim`` on a NumPy view (fast-path tensors only)."""
-    return _bridge.from_numpy(xent.log_softmax(_bridge.as_numpy(x), axis=dim))
-
-
-def log_softmax_backward(grad_output: torch.Tensor, output: torch.Tensor,
-                         dim: int) -> torch.Tensor:
-    r"""``dL/dx = g - exp(z) Σ_dim g`` by the core's ``xent.log_softmax_backward``."""
-    return _bridge.from_numpy(xent.log_softmax_backward(
-        _bridge.as_numpy(grad_output), _bridge.as_numpy(output), axis=dim))
-
-
-class Kernels(NamedTuple):
-    """One activation's plain tensor functions, and PyTorch's ops for what they cannot do."""
-
-    forward: Callable[[torch.Tensor, int], torch.Tensor]
-    backward: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-    torch_op: Callable[..., torch.Tensor]  # F.softmax / F.log_softmax
-    torch_backward: Callable[..., torch.Tensor]  # differentiable: for a double backward
-
-
-KERNELS: dict[str, Kernels] = {
-    "softmax": Kernels(softmax_forward, softmax_backward, F.softmax,
-                       torch.ops.aten._softmax_backward_data),
-    "log_softmax": Kernels(log_softmax_forward, log_softmax_backward, F.log_softmax,
-                           torch.ops.aten._log_softmax_backward_data),
-}
 
 
 class _Activation(torch.autograd.Function):
@@ -89,7 +44,7 @@ class _Activation(torch.autograd.Function):
     def backward(ctx, grad_output):  # noqa: D102
         (out,) = ctx.saved_tensors
         k = KERNELS[ctx.name]
-        if torch.is_grad_enabled() or not _bridge.plain_cpu(grad_output):
+        if torch.is_grad_enabled() or not plain_cpu(grad_output):  # (batched too: torch ops)
             return k.torch_backward(grad_output, out, ctx.dim, out.dtype), None, None
         return k.backward(grad_output, out, ctx.dim), None, None
 
@@ -113,16 +68,16 @@ def _run(name: str, input: Any, dim: Any, stacklevel: int, dtype: Any) -> torch.
         dim = F._get_softmax_dim(  # type: ignore[attr-defined]
             name, input.dim(), stacklevel + 1)
     d = _dim_or_none(dim, input.dim())
-    x = input
-    if (d is not None and dtype is not None and isinstance(dtype, torch.dtype)
-            and dtype.is_floating_point and not _bridge.tracing()):
-        x = input.to(dtype)  # PyTorch's dtype=: cast before the operation (autograd casts back)
-    elif dtype is not None:
-        d = None
-    if d is not None and _bridge.tracing():  # torch.compile / export: xent's custom operator
-        return _ops.activation(name, x, d, lambda: k.torch_op(input, dim, dtype=dtype))
-    if d is None or not _bridge.fast_path_ok(x):
-        return k.torch_op(input, dim, dtype=dtype)
+    if d is None or (dtype is not None and not (isinstance(dtype, torch.dtype)
+                                                and dtype.is_floating_point)):
+        return k.torch_op(input, dim, dtype=dtype)  # PyTorch's error
+    # PyTorch's dtype=: cast before the operation (autograd casts the gradient back)
+    x = input if dtype is None else input.to(dtype)
+    route = plan(x)
+    if route is Route.TORCH:
+        return _bridge.upcast_half(lambda t: k.torch_op(t, d), x)
+    if route is Route.CUSTOM_OP:
+        return _ops.activation(name, x, d)
     if torch.is_grad_enabled() and x.requires_grad:
         return _Activation.apply(x, name, d)
     return k.forward(x.detach(), d)
@@ -145,9 +100,9 @@ def softmax(input: torch.Tensor, dim: int | None = None, _stacklevel: int = 3,
     Returns:
         A tensor of the input's shape (and dtype, or ``dtype``).
 
-    Edge cases: a slice that is all ``-inf`` or holds ``+inf`` gives NaN, as PyTorch; CUDA,
-    16-bit floats the kernels do not take, tracing and inputs below ``get_min_elements()``
-    run PyTorch's op; an invalid ``dim`` or ``dtype`` raises PyTorch's error.
+    Edge cases: a slice that is all ``-inf`` or holds ``+inf`` gives NaN, as PyTorch; CUDA
+    tensors and inputs below ``get_min_elements()`` run PyTorch's op (16-bit input computed in
+    float32, as the kernels do); an invalid ``dim`` or ``dtype`` raises PyTorch's error.
 
     Example:
         >>> import torch, xent.torch as xt

@@ -1,157 +1,38 @@
-"""The zero-copy bridge between torch tensors and xent's NumPy core.
+"""The zero-copy bridge between torch tensors and xent's NumPy core, and the argument handling
+every route shares.
 
-`below_cutoff` sends small calls to PyTorch's op before anything else (`MIN_ELEMENTS`,
-`MIN_CLASSES`); `fast_path_ok` decides whether xent's kernels can compute a call (plain strided
-CPU tensors of float32/float64, outside tracing/compiling and functorch transforms, only
-``input`` requiring grad, at least `MIN_ELEMENTS` elements); `as_numpy` / `from_numpy` share
-memory with the tensors; `SavedGrad` is the `torch.autograd.Function` that hands the gradient
-the core computed in the forward pass to ``backward``; `run_core` wires a core call into it.
-The drop-ins (`_functional`), linear (`_linear`) and parallel (`_parallel`) forms import these
-public names.
+`normalise_*` turn what xent accepts and PyTorch's op does not (integer targets of any width,
+float operands of another dtype) into what both take, so that every route (`_route.plan`) gets
+the same arguments; `problem_for` is the core's validation step on tensors;
+`torch_op_with_core_errors` runs PyTorch's op and, where it raises, raises the core's error for
+the same mistake; `as_numpy` / `from_numpy` share memory with the tensors; `SavedGrad` is the
+`torch.autograd.Function` that hands the gradient the core computed in the forward pass to
+``backward``; `run_core` wires a core call into it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import operator
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.autograd.forward_ad  # noqa: F401  (read by tracing)
-from torch._subclasses.fake_tensor import FakeTensor  # torch.export's stand-in for tensors
 from torch.nn import _reduction as _Reduction
 
 from xent import _buffers, _validation
+from xent._problem import Options, Problem, cross_entropy_problem
+
+from ._route import bfloat16_ok, plain_cpu
 
 
-def _bfloat16() -> np.dtype | None:
-    """``ml_dtypes.bfloat16`` as the core names it, None without ml_dtypes. The first call
-    imports ml_dtypes (0.6 s on the development VM, more than `xent train`'s whole training),
-    so nothing calls it before a bfloat16 tensor or array arrives."""
-    return _validation.bfloat16()
+def compute_dtype(t: torch.Tensor) -> np.dtype:
+    """The NumPy dtype the core computes ``t``'s call in (float32 for the 16-bit floats)."""
+    return _F64 if t.dtype == torch.float64 else _F32
 
 
-#: Whether ml_dtypes is installed (found, not imported: `torch.compile` traces the checks
-#: that read this, and importing it costs 0.6 s): NumPy then views bfloat16 tensors.
-_ML_DTYPES = importlib.util.find_spec("ml_dtypes") is not None
-
-
-def _bfloat16_ok(compiling: bool) -> bool:
-    """Whether NumPy can view a bfloat16 tensor: ml_dtypes installed and, outside tracing (where
-    nothing is imported), importable (the first call imports it)."""
-    return _ML_DTYPES and (compiling or _bfloat16() is not None)
-
-
-def fast_dtypes() -> tuple[torch.dtype, ...]:
-    """The input dtypes of the fast path: float32, float64 and the 16-bit floats the core reads
-    in their own storage (`xent._validation.as_storage`): float16, and bfloat16 where ml_dtypes
-    can be imported (this imports it)."""
-    return (*_FAST_DTYPES, *((torch.bfloat16,) if _bfloat16_ok(False) else ()))
-
-
-_FAST_DTYPES = (torch.float32, torch.float64, torch.float16)
-
-
-#: Below this many input elements PyTorch's own op runs even where xent's could: a call through
-#: the bridge and the core has a fixed cost (autograd Function, validation, NumPy views, kernel
-#: dispatch) above PyTorch's whole loss on a small batch. The crossover of the forced path with
-#: PyTorch's op, measured by benchmarks/bench_small.py (benchmarks/README.md, "Small batches").
-#: 0 sends everything to xent. Change it with `set_min_elements` or, for a block, `min_elements`.
-MIN_ELEMENTS = 1 << 19
-
-#: Cross-entropy and NLL rows of fewer classes than this run PyTorch's op whatever their number
-#: (unless the cut-off is 0): xent's row kernels pay a cost per row that PyTorch's vectorised
-#: loss does not, and lose to it on short rows at every size (same measurement).
-MIN_CLASSES = 1024
-
-#: From this many elements on, a cross-entropy or NLL call that PyTorch's op computes (see
-#: `below_cutoff`: rows of fewer than `MIN_CLASSES` classes) raises the core's errors
-#: (ValueError / IndexError naming the argument), as every call xent computes does
-#: (`torch_op_with_core_errors`); below it (`unchecked`) PyTorch's own errors stand.
-CHECK_MIN_ELEMENTS = 1 << 18
-
-
-def get_min_elements() -> int:
-    """Inputs with fewer elements than this run PyTorch's own op instead of xent's kernels."""
-    return MIN_ELEMENTS
-
-
-def set_min_elements(n: int) -> int:
-    """Set the small-input cut-off (0: every eligible call runs xent's); returns the old one.
-
-    Example:
-        >>> import xent.torch
-        >>> old = xent.torch.set_min_elements(0)
-        >>> xent.torch.get_min_elements()
-        0
-        >>> _ = xent.torch.set_min_elements(old)
-    """
-    global MIN_ELEMENTS
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"min_elements must be >= 0, got {n}")
-    old, MIN_ELEMENTS = MIN_ELEMENTS, n
-    return old
-
-
-@contextlib.contextmanager
-def min_elements(n: int) -> Iterator[None]:
-    """Run a block with another small-input cut-off, e.g. ``min_elements(0)`` to send every
-    eligible call to xent's functions however small (as ``xent train`` does)."""
-    old = set_min_elements(n)
-    try:
-        yield
-    finally:
-        set_min_elements(old)
-
-
-def below_cutoff(input: object, rows: bool = False) -> bool:
-    """Whether PyTorch's own op computes this call by default: ``input`` is a tensor of fewer
-    than `MIN_ELEMENTS` elements or, for a loss over rows of classes (``rows``: cross-entropy,
-    NLL) given as ``(N, C)``, with ``C < MIN_CLASSES``. The drop-ins test it first, before any
-    of their own argument handling, and call PyTorch's op with the arguments as given: it checks
-    them itself, so such a call costs what PyTorch's does.
-
-    Example:
-        >>> import torch
-        >>> below_cutoff(torch.zeros(32, 3)), below_cutoff(torch.zeros(1024, 1024), rows=True)
-        (True, False)
-    """
-    if not isinstance(input, torch.Tensor):
-        return False
-    if input.numel() < MIN_ELEMENTS:
-        return True
-    return rows and MIN_ELEMENTS > 0 and input.dim() == 2 and input.shape[1] < MIN_CLASSES
-
-
-def unchecked(input: torch.Tensor) -> bool:
-    """Whether a call `below_cutoff` goes to PyTorch's op with PyTorch's errors: fewer than
-    `CHECK_MIN_ELEMENTS` elements, or a traced / autocast call (the core cannot read traced
-    values; PyTorch's autocast casts its own losses)."""
-    return input.numel() < CHECK_MIN_ELEMENTS or tracing() or autocasting()
-
-
-def torch_op_with_core_errors(op: Callable[[], torch.Tensor],
-                              validate: Callable[[], object]) -> torch.Tensor:
-    """``op()`` (PyTorch's loss on a call `below_cutoff`), raising the core's error where it
-    fails: when PyTorch raises, ``validate()`` (the core's validation step of the same call)
-    runs and raises its own error naming the argument; if the core finds nothing wrong,
-    PyTorch's error stands. PyTorch checks everything the core would refuse on these calls, so
-    a valid call costs PyTorch's time alone: validating first cost 13-28 µs timed alone and
-    about 45 µs inside a training loop, 8% of PyTorch's forward+backward at 2^19 elements on the
-    AMD EPYC host, over the 5% the default path may add (benchmarks/README.md)."""
-    try:
-        return op()
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        error = exc
-    validate()  # (outside the handler: the core's error is not chained to PyTorch's)
-    raise error
-
-
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
@@ -161,74 +42,89 @@ def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: 
     return reduction
 
 
-def tracing() -> bool:
-    """Whether the call is traced or transformed: TorchScript, ``torch.compile`` /
-    ``torch.export`` (`graph_capture`, where `_ops` runs), or forward-mode AD."""
-    # (is_compiling first: under dynamo it is True and nothing after it is traced. TorchScript
-    # never runs this Python, so torch.jit.is_scripting() is False here and is_tracing() is
-    # torch._C._is_tracing(): a call per test less, on every small call.)
-    return (
-        torch.compiler.is_compiling()
-        or torch._C._is_tracing()
-        or getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0  # inside dual_level()
-    )
+# -- the arguments every route gets ---------------------------------------------------------------
+
+def normalise_index(target: Any) -> Any:
+    """Class indices of any integer dtype as int64 (what PyTorch's losses take); anything else
+    as it is (the validation step judges it)."""
+    if (isinstance(target, torch.Tensor) and target.dtype is not torch.int64
+            and not target.is_floating_point() and not target.is_complex()
+            and target.dtype is not torch.bool):
+        return target.to(torch.int64)
+    return target
 
 
-def autocasting() -> bool:
-    """Whether CPU autocast is on (``torch.autocast("cpu")``): the drop-ins then run xent's
-    custom operators (`_ops`), whose autocast rule casts their inputs as PyTorch's autocast
-    casts its losses' (16-bit floats to float32, float64 kept)."""
-    return torch.is_autocast_enabled("cpu")
+def normalise_float(input: Any, t: Any) -> Any:
+    """A float (or, for BCE targets, integer) operand ``t`` in ``input``'s dtype: xent computes
+    in the input's dtype and casts its other operands to it (README, "Where PyTorch and xent
+    differ"); PyTorch's ops refuse a mixed call."""
+    if (isinstance(t, torch.Tensor) and isinstance(input, torch.Tensor)
+            and t.dtype is not input.dtype and input.is_floating_point()
+            and (t.is_floating_point() or (not t.is_complex() and t.dtype is not torch.bool))):
+        return t.to(input.dtype)
+    return t
 
 
-def graph_capture() -> bool:
-    """Whether ``torch.compile`` or ``torch.export`` traces the call (and not TorchScript or
-    forward-mode AD): there the drop-ins run xent's custom operators (`_ops`)."""
-    return (
-        torch.compiler.is_compiling()
-        and not (torch.jit.is_scripting() or torch.jit.is_tracing())
-        and getattr(torch.autograd.forward_ad, "_current_level", -1) < 0
-    )
+def normalise_class_operands(input: Any, target: Any, weight: Any) -> tuple[Any, Any]:
+    """``(target, weight)`` of a cross-entropy / NLL call: indices as int64, probabilities and
+    weights in the input's dtype."""
+    if isinstance(target, torch.Tensor) and target.is_floating_point():
+        target = normalise_float(input, target)
+    else:
+        target = normalise_index(target)
+    return target, normalise_float(input, weight)
 
 
-def plain_cpu(t: torch.Tensor, compiling: bool | None = None) -> bool:
-    """Whether ``t`` is a plain strided CPU tensor (a fake one under ``torch.compile``), not a
-    functorch wrapper. ``compiling``: `torch.compiler.is_compiling`, when the caller knows it."""
-    if compiling is None:
-        compiling = torch.compiler.is_compiling()
-    return (
-        (type(t) in _PLAIN_TYPES or (compiling and type(t) is FakeTensor))
-        and t.device.type == "cpu"
-        and t.layout == torch.strided
-        and (compiling  # dynamo cannot call the check (it traces functorch)
-             or not torch._C._functorch.is_functorch_wrapped_tensor(t))
-    )
+def upcast_half(op: Callable[..., torch.Tensor], input: torch.Tensor,
+                *operands: Any) -> torch.Tensor:
+    """``op(input, *operands)`` computed as xent computes 16-bit input, in float32 with the
+    result rounded once to the input's dtype (PyTorch's CPU losses round intermediate results to
+    16 bits); the gradient flows back through the casts."""
+    if input.dtype not in _HALF:
+        return op(input, *operands)
+    up = [t.float() if isinstance(t, torch.Tensor) and t.dtype is input.dtype else t
+          for t in operands]
+    out = op(input.float(), *up)
+    return out.to(input.dtype)
 
 
-def fast_path_ok(input: object, *others: object, small_ok: bool = False,
-                 captured: bool = False, untraced: bool = False) -> bool:
-    """Whether xent's kernels can compute this call: see the module docstring. Inputs of fewer
-    than `MIN_ELEMENTS` elements go to PyTorch unless ``small_ok``. ``captured``: the caller
-    runs xent's custom operators (`_ops`) under `graph_capture`, which then does not count as
-    tracing. ``untraced``: the caller has just found `tracing` False (the test is skipped, and
-    so is `torch.compiler.is_compiling`, which `tracing` includes)."""
-    if not isinstance(input, torch.Tensor) or (
-            not untraced and tracing() and not (captured and graph_capture())):
-        return False
-    if not small_ok and input.numel() < MIN_ELEMENTS:
-        return False
-    compiling = False if untraced else torch.compiler.is_compiling()
-    dt = input.dtype
-    if (dt not in _FAST_DTYPES and not (dt is torch.bfloat16 and _bfloat16_ok(compiling))) or (
-            not plain_cpu(input, compiling)):
-        return False
-    for t in others:
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor) or not plain_cpu(t, compiling) or t.requires_grad:
-            return False
-    return True
+def torch_op_with_core_errors(op: Callable[[], torch.Tensor],
+                              validate: Callable[[], object]) -> torch.Tensor:
+    """``op()`` (PyTorch's op, `_route.Route.TORCH`), raising the core's error where it fails:
+    when PyTorch raises, ``validate()`` (the core's validation step of the same call) runs and
+    raises its own error naming the argument; if the core finds nothing wrong, PyTorch's error
+    stands. A valid call costs PyTorch's time alone: validating first cost 13-28 µs timed
+    alone and about 45 µs inside a training loop, 8% of PyTorch's forward+backward at 2^19
+    elements on the AMD EPYC host (benchmarks/README.md)."""
+    try:
+        return op()
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        error = exc
+    validate()  # (outside the handler: the core's error is not chained to PyTorch's)
+    raise error
 
+
+def problem_for(
+    input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
+    reduction: str, options: Options | None = None, *, fn: str = "cross_entropy",
+    probabilities: bool = True, shape: tuple[int, ...] | None = None,
+) -> Problem:
+    """The core's validation step for a call on tensors (logits of ``shape``, default
+    ``input``'s)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    dt = compute_dtype(input)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if weight is not None and not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+    return cross_entropy_problem(
+        tuple(input.shape) if shape is None else shape, dt,
+        numpy_operand(target, dt), numpy_operand(weight, dt),
+        ignore_index, reduction, options, fn=fn, probabilities=probabilities)
+
+
+# -- NumPy views ----------------------------------------------------------------------------------
 
 def as_numpy(t: torch.Tensor | None) -> np.ndarray | None:
     """A NumPy view of a CPU tensor (zero-copy; a copy only for negated-bit views). bfloat16,
@@ -240,7 +136,7 @@ def as_numpy(t: torch.Tensor | None) -> np.ndarray | None:
     if t.is_neg():
         t = t.resolve_neg()
     if t.dtype == torch.bfloat16:
-        bf16 = _bfloat16()
+        bf16 = _validation.bfloat16()
         if bf16 is None:  # (found at import, but it cannot be imported)
             raise RuntimeError("xent.torch: a bfloat16 tensor needs ml_dtypes, which cannot be "
                                "imported here")
@@ -254,7 +150,7 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     a = np.asarray(a)
     if not a.flags.writeable:
         a = a.copy()
-    if a.dtype.kind == "V" and a.dtype == _bfloat16():  # (bfloat16's kind: V; ml_dtypes loaded)
+    if a.dtype.kind == "V" and a.dtype == _validation.bfloat16():  # (bfloat16: kind V)
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
@@ -291,15 +187,17 @@ class SavedGrad(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
             return SavedGrad._differentiable_grad(ctx, grad_output), None, None, None
         (grad,) = ctx.saved_tensors
+        if ctx.class_dim is not None and grad_output.dim() > 0:
+            grad_output = grad_output.unsqueeze(ctx.class_dim)
+        if not (plain_cpu(grad_output) and plain_cpu(grad)):
+            # CUDA, or batched gradients (``is_grads_batched=True``, ``jacobian(vectorize=
+            # True)``, batched gradcheck: legacy vmap over this backward): torch ops only
+            return grad * grad_output, None, None, None
         if grad_output.dim() == 0 and grad_output.item() == 1:  # (item: no tensor op)
             # The usual `loss.backward()`: hand the saved gradient over as it is. Unless the
             # graph is retained, autograd has released our reference by the time it
             # accumulates, so it takes the buffer without a copy.
             return grad, None, None, None
-        if ctx.class_dim is not None and grad_output.dim() > 0:
-            grad_output = grad_output.unsqueeze(ctx.class_dim)
-        if grad.device.type != "cpu" or grad_output.device.type != "cpu":
-            return grad * grad_output, None, None, None
         # Into xent's output-buffer cache (memory already touched when a gradient of this size
         # was dropped before; e.g. `(loss / accumulation_steps).backward()` every step).
         g, go = as_numpy(grad), as_numpy(grad_output)
@@ -365,17 +263,16 @@ def class_dim_for_none(input: torch.Tensor, reduction: str) -> int | None:
     return 1 if reduction == "none" and input.dim() >= 2 else None
 
 
-def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype,
-                  plain: bool = False) -> np.ndarray | None:
+def numpy_operand(t: torch.Tensor | None, float_dtype: np.dtype) -> np.ndarray | None:
     """What the core's validation step reads of a target or weight tensor ``t``: a NumPy view of
     a CPU tensor NumPy can hold; class indices (or weights) of any other tensor copied to the
     CPU (O(N) values); a float tensor that NumPy cannot view (CUDA, bfloat16 without
     ml_dtypes, ...) as a zero-stride stand-in of its shape in ``float_dtype`` (only its shape
-    and kind are checked). ``plain``: `fast_path_ok` has found ``t`` a plain CPU tensor."""
+    and kind are checked)."""
     if t is None:
         return None
-    if (t.dtype in _NUMPY_VIEWABLE or (t.dtype is torch.bfloat16 and _bfloat16_ok(False))
-            ) and (plain or plain_cpu(t)):  # (plain_cpu: a CPU tensor)
+    if (t.dtype in _NUMPY_VIEWABLE or (t.dtype is torch.bfloat16 and bfloat16_ok())
+            ) and plain_cpu(t):
         return as_numpy(t)
     if t.is_floating_point() and t.dim() > 1:
         return np.broadcast_to(np.zeros((), float_dtype), tuple(t.shape))

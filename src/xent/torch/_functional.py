@@ -1,63 +1,34 @@
 """Autograd drop-ins for `torch.nn.functional`'s cross-entropy family on xent's core.
 
-A call below the default cut-off (`_bridge.below_cutoff`: fewer than `MIN_ELEMENTS` elements, or
-cross-entropy / NLL rows of fewer than `MIN_CLASSES` classes) without xent-only options runs
-PyTorch's own function, with the arguments as given, which it checks itself; from
-`CHECK_MIN_ELEMENTS` elements on, a call PyTorch refuses is then validated by the core, which
-raises its own error (`_bridge.torch_op_with_core_errors`: a large call raises the core's errors
-whichever op computes it, and a valid one costs PyTorch's time alone). Every other call is
-validated once with the core's validation step (``xent._problem.cross_entropy_problem`` for
-cross-entropy and NLL, on NumPy views of the target and weight), then takes one of two paths: the
-fast path (`_bridge.fast_path_ok`: plain CPU float32/float64 tensors, only ``input`` requiring
-grad, at least `MIN_ELEMENTS` elements unless an xent-only option is on) solves the validated
-problem on a zero-copy NumPy view of the logits, loss and gradient in one fused pass, through
-`_bridge.SavedGrad`; every other call (CUDA, bfloat16/float16, ``torch.compile``, a target or
-weight requiring grad, small inputs) runs PyTorch's own function, or for z-loss / soft-capping /
-lse the same loss composed from PyTorch ops (`_reference`), so behaviour is the same everywhere and
-only speed differs.
+Each drop-in reads the same three steps: normalise and validate its arguments (`_bridge`:
+legacy reductions, the options, integer targets to int64, float operands to the input's dtype),
+ask the plan (`_route.plan`), and run the route it names: PyTorch's op with the core's errors,
+the core through `_bridge.SavedGrad`, xent's custom operator (`_ops`, under ``torch.compile`` /
+``torch.export`` / autocast) or the options composed from PyTorch ops (`_reference`). The routes
+differ in speed only: the same call gives the same result, or the same exception, at every size.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from xent._problem import Options, Problem, check_options, cross_entropy_problem
+from xent import _binary
+from xent._problem import check_options
 
 from . import _bridge, _ops, _reference
+from ._route import Route, plan
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "nll_loss"]
 
 
-def compute_dtype(t: torch.Tensor) -> np.dtype:
-    """The NumPy dtype the core computes ``t``'s call in (float32 for the 16-bit floats)."""
-    return _F64 if t.dtype == torch.float64 else _F32
-
-
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
-
-
-def problem_for(
-    input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-    reduction: str, options: Options | None = None, *, fn: str = "cross_entropy",
-    probabilities: bool = True, shape: tuple[int, ...] | None = None, plain: bool = False,
-) -> Problem:
-    """The core's validation step for a call on tensors (logits of ``shape``, default
-    ``input``'s). ``plain``: `_bridge.fast_path_ok` has found ``target`` and ``weight`` plain
-    CPU tensors (NumPy views them without another look)."""
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    dt = compute_dtype(input)
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if weight is not None and not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
-    return cross_entropy_problem(
-        tuple(input.shape) if shape is None else shape, dt,
-        _bridge.numpy_operand(target, dt, plain), _bridge.numpy_operand(weight, dt, plain),
-        ignore_index, reduction, options, fn=fn, probabilities=probabilities)
+def _tensor(t: Any, name: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
 
 
 def cross_entropy(
@@ -131,41 +102,37 @@ def cross_entropy(
     References: PyTorch ``torch.nn.functional.cross_entropy``; z-loss: Chowdhery et al., PaLM
     (2022), §5; soft-capping: Gemma 2 (2024).
     """
-    small = _bridge.below_cutoff(input, rows=True)
-    if (small and softcap is None and return_lse is False and type(lse_square_scale) is float
-            and lse_square_scale == 0.0 and type(label_smoothing) is float
-            and 0.0 <= label_smoothing <= 1.0):  # (PyTorch accepts nan and negative smoothing)
-        # PyTorch's own loss, which checks its arguments itself
-        if _bridge.unchecked(input):
-            return F.cross_entropy(input, target, weight, size_average, ignore_index, reduce,
-                                   reduction, label_smoothing)
-        return _bridge.torch_op_with_core_errors(
-            lambda: F.cross_entropy(input, target, weight, size_average, ignore_index, reduce,
-                                    reduction, label_smoothing),
-            lambda: problem_for(input, target, weight, ignore_index,
-                                _bridge.legacy_reduction(size_average, reduce, reduction),
-                                check_options(label_smoothing, lse_square_scale, softcap,
-                                              return_lse)))
+    _tensor(input, "input")
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
     options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
+    target, weight = _bridge.normalise_class_operands(input, target, weight)
+
+    def validate():
+        return _bridge.problem_for(input, target, weight, ignore_index, reduction, options)
+
+    route = plan(input, target, weight, rows=True, extended=options.extended)
+    if route is Route.TORCH:
+        if ignore_index != -100 and isinstance(target, torch.Tensor) and (
+                target.is_floating_point()):
+            validate()  # (PyTorch ignores a negative ignore_index with probabilities; xent refuses)
+
+        def torch_ce(x, t, w):
+            return F.cross_entropy(x, t, w, ignore_index=ignore_index, reduction=reduction,
+                                   label_smoothing=options.label_smoothing)
+
+        return _bridge.torch_op_with_core_errors(
+            lambda: _bridge.upcast_half(torch_ce, input, target, weight), validate)
+    if route is Route.CUSTOM_OP:
+        return _ops.cross_entropy(input, target, weight, ignore_index, reduction, options)
 
     def reference(x: torch.Tensor):
         return _reference.cross_entropy(x, target, weight, ignore_index, reduction,
                                         options.label_smoothing, options.lse_square_scale,
                                         options.softcap, options.return_lse)
 
-    if _bridge.tracing() or _bridge.autocasting():  # compile/export/autocast: xent's custom op
-        return _ops.cross_entropy(input, target, weight, ignore_index, reduction, options,
-                                  reference)
-    fast = (not small or options.extended) and _bridge.fast_path_ok(
-        input, target, weight, small_ok=options.extended,
-        untraced=True)  # (tracing() was False just above)
-    problem = problem_for(input, target, weight, ignore_index, reduction, options, plain=fast)
-    if not fast:
-        if options.extended:
-            return reference(input)
-        return F.cross_entropy(input, target, weight, ignore_index=ignore_index,
-                               reduction=reduction, label_smoothing=options.label_smoothing)
+    problem = validate()
+    if route is Route.COMPOSED:
+        return reference(input)
     x = _bridge.as_numpy(input)
     lse = []
 
@@ -218,29 +185,27 @@ def nll_loss(
         >>> round(nll_loss(logp, torch.tensor([0, 2])).item(), 4)
         0.1755
     """
-    small = _bridge.below_cutoff(input, rows=True)
-    if small:
-        if _bridge.unchecked(input):
-            return F.nll_loss(input, target, weight, size_average, ignore_index, reduce,
-                              reduction)
-        return _bridge.torch_op_with_core_errors(
-            lambda: F.nll_loss(input, target, weight, size_average, ignore_index, reduce,
-                               reduction),
-            lambda: problem_for(input, target, weight, ignore_index,
-                                _bridge.legacy_reduction(size_average, reduce, reduction),
-                                fn="nll_loss", probabilities=False))
+    _tensor(input, "input")
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
+    target, weight = _bridge.normalise_index(target), _bridge.normalise_float(input, weight)
+
+    def validate():
+        return _bridge.problem_for(input, target, weight, ignore_index, reduction,
+                                   fn="nll_loss", probabilities=False)
 
     def reference(x: torch.Tensor) -> torch.Tensor:
         return F.nll_loss(x, target, weight, ignore_index=ignore_index, reduction=reduction)
 
-    if _bridge.tracing() or _bridge.autocasting():
-        return _ops.nll_loss(input, target, weight, ignore_index, reduction, reference)
-    fast = not small and _bridge.fast_path_ok(input, target, weight, untraced=True)
-    problem = problem_for(input, target, weight, ignore_index, reduction, fn="nll_loss",
-                          probabilities=False, plain=fast)
-    if not fast:
-        return reference(input)
+    route = plan(input, target, weight, rows=True)
+    if route is Route.TORCH:
+        return _bridge.torch_op_with_core_errors(
+            lambda: _bridge.upcast_half(
+                lambda x, w: F.nll_loss(x, target, w, ignore_index=ignore_index,
+                                        reduction=reduction), input, weight),
+            validate)
+    if route is Route.CUSTOM_OP:
+        return _ops.nll_loss(input, target, weight, ignore_index, reduction)
+    problem = validate()
     x = _bridge.as_numpy(input)
 
     def compute(grad: bool):
@@ -294,20 +259,27 @@ def binary_cross_entropy(
         >>> round(binary_cross_entropy(p, y).item(), 4)
         0.2798
     """
-    if _bridge.below_cutoff(input):
-        return F.binary_cross_entropy(input, target, weight, size_average, reduce, reduction)
+    _tensor(input, "input")
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
+    target, weight = _bridge.normalise_float(input, target), _bridge.normalise_float(input, weight)
+
+    def validate():
+        return _bce_validate(input, target, weight, None, reduction, probabilities=True)
 
     def reference(x: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy(x, target, weight, reduction=reduction)
 
-    if _bridge.tracing() or _bridge.autocasting():
-        return _ops.binary_cross_entropy(
-            input, target, weight, reduction, reference, isinstance(target, torch.Tensor)
-            and target.shape == input.shape and _same_shape_after_broadcast(input, weight))
-    if (not _bridge.fast_path_ok(input, target, weight, untraced=True)  # (tracing(): above)
-            or target.shape != input.shape or not _same_shape_after_broadcast(input, weight)):
-        return reference(input)
+    route = _bce_route(input, target, weight)
+    if route is Route.TORCH:
+        if isinstance(target, torch.Tensor) and not bool(((target >= 0) & (target <= 1)).all()):
+            validate()  # (PyTorch does not check the target's values; xent does)
+        return _bridge.torch_op_with_core_errors(
+            lambda: _bridge.upcast_half(
+                lambda x, t, w: F.binary_cross_entropy(x, t, w, reduction=reduction),
+                input, target, weight),
+            validate)
+    if route is Route.CUSTOM_OP:
+        return _ops.binary_cross_entropy(input, target, weight, reduction)
     x, y, w = _bridge.as_numpy(input), _bridge.as_numpy(target), _bridge.as_numpy(weight)
 
     def compute(grad: bool):
@@ -352,24 +324,29 @@ def binary_cross_entropy_with_logits(
         >>> round(binary_cross_entropy_with_logits(x, y, pos_weight=pw).item(), 4)
         0.5051
     """
-    if _bridge.below_cutoff(input):
-        return F.binary_cross_entropy_with_logits(input, target, weight, size_average, reduce,
-                                                  reduction, pos_weight)
+    _tensor(input, "input")
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
+    target, weight, pos_weight = (_bridge.normalise_float(input, t)
+                                  for t in (target, weight, pos_weight))
+
+    def validate():
+        return _bce_validate(input, target, weight, pos_weight, reduction, probabilities=False)
 
     def reference(x: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(x, target, weight, reduction=reduction,
                                                   pos_weight=pos_weight)
 
-    if _bridge.tracing() or _bridge.autocasting():
-        return _ops.binary_cross_entropy_with_logits(
-            input, target, weight, pos_weight, reduction, reference,
-            isinstance(target, torch.Tensor) and target.shape == input.shape
-            and _same_shape_after_broadcast(input, weight, pos_weight))
-    if (not _bridge.fast_path_ok(input, target, weight, pos_weight, untraced=True)
-            or target.shape != input.shape
-            or not _same_shape_after_broadcast(input, weight, pos_weight)):
-        return reference(input)
+    route = _bce_route(input, target, weight, pos_weight)
+    if route is Route.TORCH:
+        return _bridge.torch_op_with_core_errors(
+            lambda: _bridge.upcast_half(
+                lambda x, t, w, pw: F.binary_cross_entropy_with_logits(
+                    x, t, w, reduction=reduction, pos_weight=pw),
+                input, target, weight, pos_weight),
+            validate)
+    if route is Route.CUSTOM_OP:
+        return _ops.binary_cross_entropy_with_logits(input, target, weight, pos_weight,
+                                                     reduction)
     x, y = _bridge.as_numpy(input), _bridge.as_numpy(target)
     w, pw = _bridge.as_numpy(weight), _bridge.as_numpy(pos_weight)
 
@@ -377,3 +354,24 @@ def binary_cross_entropy_with_logits(
         return _ops.bce_logits_arrays(x, y, w, pw, reduction, grad)
 
     return _bridge.run_core(input, compute, None, reference)
+
+
+def _bce_route(input: torch.Tensor, target: Any, *weights: torch.Tensor | None) -> Route:
+    """`plan` for a binary loss: its kernels take a target of the input's shape and weights
+    that do not broadcast the loss beyond it (PyTorch's op computes the rest)."""
+    if not (isinstance(target, torch.Tensor) and target.shape == input.shape
+            and _same_shape_after_broadcast(input, *weights)):
+        return Route.TORCH
+    return plan(input, target, *weights)
+
+
+def _bce_validate(input: torch.Tensor, target: Any, weight: Any, pos_weight: Any,
+                  reduction: str, *, probabilities: bool) -> None:
+    """The core's validation of a binary loss on tensors (`xent._binary.bce_operands`, and for
+    probabilities the values of input and target)."""
+    dt = _bridge.compute_dtype(input)
+    x, y, w, pw = (_bridge.numpy_operand(t, dt) if isinstance(t, torch.Tensor) else t
+                   for t in (input, target, weight, pos_weight))
+    y, *_ = _binary.bce_operands(x, y, w, pw, reduction, dt)
+    if probabilities:
+        _binary.check_probabilities(x, y)

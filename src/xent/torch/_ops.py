@@ -1,44 +1,45 @@
-"""xent's fast paths as PyTorch custom operators, for ``torch.compile`` and ``torch.export``.
+"""xent's kernels as PyTorch custom operators, for ``torch.compile``, ``torch.export`` and CPU
+autocast (`_route.Route.CUSTOM_OP`).
 
-Under graph capture (``torch.compile``, ``torch.export``; `_bridge.graph_capture`) the
-drop-ins call these operators instead of their eager path, so that a compiled graph runs xent's
-kernels with no graph break (``fullgraph=True``) and an exported program holds them:
+Under graph capture the drop-ins call these operators instead of their eager path, so that a
+compiled graph runs xent's kernels with no graph break (``fullgraph=True``) and an exported
+program holds them:
 
 ========================================  =====================================================
 ``xent::cross_entropy``                   ``(input, target, weight?, ignore_index, reduction,
                                           label_smoothing, lse_square_scale, softcap?,
-                                          return_lse, need_grad) -> (loss, lse, token)``
+                                          return_lse, need_grad) -> (loss, lse, grad)``
 ``xent::nll_loss``                        ``(input, target, weight?, ignore_index, reduction,
-                                          need_grad) -> (loss, token)``
-``xent::binary_cross_entropy``            ``(input, target, weight?, reduction, need_grad)``
+                                          need_grad) -> (loss, grad)``
+``xent::binary_cross_entropy``            ``(input, target, weight?, reduction, need_grad)
+                                          -> (loss, grad)``
 ``xent::binary_cross_entropy_with_logits`` ``(input, target, weight?, pos_weight?, reduction,
-                                          need_grad) -> (loss, token)``
-``xent::saved_grad``                      ``(token, grad_output, shape, dtype, class_dim?)
-                                          -> grad_input`` (the backward of the four above)
+                                          need_grad) -> (loss, grad)``
 ``xent::softmax``, ``xent::log_softmax``  ``(x, dim) -> out``, backward ``xent::softmax_backward``
                                           / ``log_softmax_backward`` ``(grad_output, out, dim)``
-                                          on `_activations.KERNELS`
 ========================================  =====================================================
 
 Each loss operator validates its call with the core's validation step on the real values
-(``_functional.problem_for``: a bad class index raises the core's ``IndexError`` when compiled
-too) and computes the loss and, with ``need_grad``, the gradient in the same fused pass through
-the same function as the eager path (`ce_arrays`, `nll_arrays`, `bce_arrays`,
-`bce_logits_arrays`). Its fake (meta) implementation runs the same validation on the shapes and
-dtypes only (the targets' values are stand-ins) and gives the outputs' shapes.
+(`_bridge.problem_for`: a bad class index raises the core's ``IndexError`` when compiled too)
+and computes the loss and, with ``need_grad``, its gradient in the same fused pass through the
+same function as the eager path (`ce_arrays`, `nll_arrays`, `bce_arrays`, `bce_logits_arrays`).
+Its fake (meta) implementation runs the same validation on the shapes and dtypes only (the
+targets' values are stand-ins) and gives the outputs' shapes.
 
-The gradient does not travel through the graph as a tensor: it is held by the ``token``, a
-one-element tensor saved for backward, and ``xent::saved_grad`` hands it over to autograd
-without a copy (scaling it in place unless ``grad_output`` is the scalar 1), as
-`_bridge.SavedGrad` does in eager mode. (Returned as a graph tensor, the backward's
-``grad * grad_output`` would cost a pass over the N×C gradient, the loss's own time again.) So
-a second backward through the same compiled graph (``retain_graph=True``) raises an error.
+The gradient is an output of the forward operator (``grad``; empty without ``need_grad``),
+saved for backward; the registered backward scales it by the upstream gradient in torch
+operations (``grad * grad_output``, along the class dimension for ``reduction='none'``). No
+state crosses calls outside the operators' declared inputs and outputs
+(``torch.library.opcheck`` passes on every operator, ``tests/test_torch_opcheck.py``), and
+batched gradients (vmap over the backward) work; the softmax operators have vmap rules. The
+price: in a compiled graph the backward's scaling is a pass over the gradient (the eager path,
+`_bridge.SavedGrad`, hands an unscaled gradient over without one).
 
-Eager calls keep `_bridge.SavedGrad` (and CPU autocast, below, is the one eager use of these
-operators): the custom operator's Python dispatch (its autograd wrapper) cost 0.5 to 0.8 ms
-more per forward+backward call than the drop-in's path at (32, 3) and (64, 1000) on the
-(loaded, 2-core) development machine (``benchmarks/bench_compile.py``, small-call row). Inside
-a compiled graph the operators are called directly, without that wrapper.
+Eager calls keep `_bridge.SavedGrad` (CPU autocast is the one eager use of these operators):
+the custom operator's Python dispatch (its autograd wrapper) cost 0.5 to 0.8 ms more per
+forward+backward call than the drop-in's path at (32, 3) and (64, 1000)
+(``benchmarks/bench_compile.py``, small-call row). Inside a compiled graph the operators are
+called directly, without that wrapper.
 
 Under ``torch.autocast("cpu")`` the loss operators' registered autocast rule casts 16-bit
 floats to float32 as PyTorch's autocast does for its own losses (float32 loss, gradient cast
@@ -51,33 +52,32 @@ Example (an operator called directly; the drop-ins do this under graph capture):
     >>> import torch
     >>> import xent.torch  # registers torch.ops.xent.*
     >>> x = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
-    >>> loss, lse, token = torch.ops.xent.cross_entropy(
-    ...     x, torch.tensor([0, 2]), None, -100, "mean", 0.0, 0.0, None, False, False)
-    >>> round(loss.item(), 4), tuple(lse.shape)
-    (0.1755, (0,))
+    >>> loss, lse, grad = torch.ops.xent.cross_entropy(
+    ...     x, torch.tensor([0, 2]), None, -100, "mean", 0.0, 0.0, None, False, True)
+    >>> round(loss.item(), 4), tuple(lse.shape), tuple(grad.shape)
+    (0.1755, (0,), (2, 3))
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 import xent
-from xent import _cross_entropy
+from xent import _binary, _cross_entropy
 from xent._problem import Problem, check_options, cross_entropy_problem
 
 from . import _bridge
 
-__all__ = ["bce_arrays", "bce_logits_arrays", "binary_cross_entropy",
-           "binary_cross_entropy_with_logits", "ce_arrays", "cross_entropy", "nll_arrays",
-           "nll_loss"]
+__all__ = ["KERNELS", "bce_arrays", "bce_logits_arrays", "ce_arrays", "nll_arrays"]
 
 
-# -- the computations, shared with the eager path (`_functional`) ------------------------------
+# -- the computations, shared with the eager path (`_functional`, `_activations`) ---------------
 
 def ce_arrays(problem: Problem, x: np.ndarray, grad: bool) -> tuple[Any, Any, Any]:
     """``(loss, lse or None, gradient or None)`` of a validated cross-entropy ``problem`` on
@@ -108,62 +108,73 @@ def bce_logits_arrays(x: np.ndarray, y: np.ndarray, w: np.ndarray | None,
     return out if grad else (out, None)
 
 
-# -- the token that carries the gradient from the forward operator to xent::saved_grad ---------
-
-def _token(grad: np.ndarray | None) -> Tensor:
-    token = torch.zeros(1, dtype=torch.int64)
-    if grad is not None:
-        token._xent_grad = grad  # type: ignore[attr-defined]
-    return token
+def softmax_forward(x: Tensor, dim: int) -> Tensor:
+    """``xent.softmax`` of ``x`` along ``dim`` on a NumPy view: a new tensor of ``x``'s shape
+    and dtype (tensors the kernels take only)."""
+    return _bridge.from_numpy(xent.softmax(_bridge.as_numpy(x), axis=dim))
 
 
-def _fake_token(input: Tensor) -> Tensor:
-    return input.new_empty(1, dtype=torch.int64)
+def softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
+    r"""``dL/dx = y ⊙ (g - <g, y>_dim)`` by the core's ``xent.softmax_backward``."""
+    return _bridge.from_numpy(xent.softmax_backward(
+        _bridge.as_numpy(grad_output), _bridge.as_numpy(output), axis=dim))
 
 
-@torch.library.custom_op("xent::saved_grad", mutates_args=())
-def _saved_grad(token: Tensor, grad_output: Tensor, shape: list[int], dtype: torch.dtype,
-                class_dim: int | None) -> Tensor:
-    grad = token.__dict__.pop("_xent_grad", None)
-    if grad is None:
-        raise RuntimeError(
-            "xent.torch: this compiled loss's gradient was already handed to a backward pass "
-            "(or was not computed: the loss was traced without grad); a second backward through "
-            "the same compiled graph (retain_graph=True) needs the loss computed again")
-    if not (grad_output.dim() == 0 and bool(grad_output == 1)):
-        go = _bridge.as_numpy(grad_output)
-        if class_dim is not None and go.ndim > 0:
-            go = np.expand_dims(go, class_dim)
-        np.multiply(grad, go, out=grad, casting="unsafe")
-    return _bridge.from_numpy(np.ascontiguousarray(grad))
+def log_softmax_forward(x: Tensor, dim: int) -> Tensor:
+    """``xent.log_softmax`` of ``x`` along ``dim`` on a NumPy view."""
+    return _bridge.from_numpy(xent.log_softmax(_bridge.as_numpy(x), axis=dim))
 
 
-@_saved_grad.register_fake
-def _(token, grad_output, shape, dtype, class_dim):
-    return grad_output.new_empty(tuple(shape), dtype=dtype)
+def log_softmax_backward(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
+    r"""``dL/dx = g - exp(z) Σ_dim g`` by the core's ``xent.log_softmax_backward``."""
+    return _bridge.from_numpy(xent.log_softmax_backward(
+        _bridge.as_numpy(grad_output), _bridge.as_numpy(output), axis=dim))
+
+
+class Kernels(NamedTuple):
+    """One activation's plain tensor functions, and PyTorch's ops for what they cannot do."""
+
+    forward: Callable[[Tensor, int], Tensor]
+    backward: Callable[[Tensor, Tensor, int], Tensor]
+    torch_op: Callable[..., Tensor]  # F.softmax / F.log_softmax
+    torch_backward: Callable[..., Tensor]  # differentiable: double and batched backward
+
+
+KERNELS: dict[str, Kernels] = {
+    "softmax": Kernels(softmax_forward, softmax_backward, F.softmax,
+                       torch.ops.aten._softmax_backward_data),
+    "log_softmax": Kernels(log_softmax_forward, log_softmax_backward, F.log_softmax,
+                           torch.ops.aten._log_softmax_backward_data),
+}
+
+
+# -- the gradient output and the backward -------------------------------------------------------
+
+def _grad_tensor(grad: np.ndarray | None, input: Tensor) -> Tensor:
+    return _bridge.from_numpy(grad) if grad is not None else input.new_empty(0)
+
+
+def _fake_grad(input: Tensor, need_grad: bool) -> Tensor:
+    return input.new_empty(tuple(input.shape) if need_grad else (0,))
 
 
 def _register_autograd(op: Any, class_dim: Callable[[tuple[Any, ...]], int | None]) -> None:
-    """Autograd for a loss operator whose last output is the token: backward is
-    ``xent::saved_grad``; the other outputs but the loss are not differentiable."""
+    """Autograd for a loss operator whose last output is the gradient of the loss computed in
+    the forward pass: backward scales it by the upstream gradient; the other outputs but the
+    loss are not differentiable."""
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output[-1])
         ctx.mark_non_differentiable(*output[1:])
-        x = inputs[0]
-        ctx.shape, ctx.dtype, ctx.class_dim = tuple(x.shape), x.dtype, class_dim(inputs)
-        ctx.n_inputs = len(inputs)
+        ctx.class_dim, ctx.n_inputs = class_dim(inputs), len(inputs)
 
     def backward(ctx, grad_loss, *_):
-        (token,) = ctx.saved_tensors
-        grad = _saved_grad(token, grad_loss, ctx.shape, ctx.dtype, ctx.class_dim)
-        return (grad,) + (None,) * (ctx.n_inputs - 1)
+        (grad,) = ctx.saved_tensors
+        if ctx.class_dim is not None and grad_loss.dim() > 0:
+            grad_loss = grad_loss.unsqueeze(ctx.class_dim)
+        return ((grad * grad_loss).to(grad.dtype),) + (None,) * (ctx.n_inputs - 1)
 
     op.register_autograd(backward, setup_context=setup_context)
-
-
-def _class_dim_for_none(input: Tensor, reduction: str) -> int | None:
-    return _bridge.class_dim_for_none(input, reduction)
 
 
 # -- shapes and stand-ins for the fake implementations -----------------------------------------
@@ -195,12 +206,19 @@ def _stand_in(t: Tensor | None, float_dtype: np.dtype, index: int) -> np.ndarray
 def _check_shapes(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
                   reduction: str, options: Any, fn: str, probabilities: bool) -> None:
     """The core's validation step (`cross_entropy_problem`) on shapes and dtypes only."""
-    from . import _functional
-
-    dt = _functional.compute_dtype(input)
+    dt = _bridge.compute_dtype(input)
     cross_entropy_problem(tuple(_hint(n) for n in input.shape), dt,
                           _stand_in(target, dt, ignore_index), _stand_in(weight, dt, 0),
                           ignore_index, reduction, options, fn=fn, probabilities=probabilities)
+
+
+def _check_bce_shapes(input: Tensor, target: Tensor, weight: Tensor | None,
+                      pos_weight: Tensor | None, reduction: str) -> None:
+    """The core's BCE validation (`_binary.bce_operands`) on shapes and dtypes only."""
+    dt = _bridge.compute_dtype(input)
+    x = np.broadcast_to(np.zeros((), dt), tuple(_hint(n) for n in input.shape))
+    _binary.bce_operands(x, _stand_in(target, dt, 0), _stand_in(weight, dt, 0),
+                         _stand_in(pos_weight, dt, 0), reduction, dt)
 
 
 def _loss_shape(input: Tensor, reduction: str) -> tuple[Any, ...]:
@@ -219,13 +237,11 @@ def _cross_entropy_op(
     label_smoothing: float, lse_square_scale: float, softcap: float | None, return_lse: bool,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    from . import _functional
-
     options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
-    problem = _functional.problem_for(input, target, weight, ignore_index, reduction, options)
+    problem = _bridge.problem_for(input, target, weight, ignore_index, reduction, options)
     loss, lse, grad = ce_arrays(problem, _bridge.as_numpy(input), need_grad)
     lse_t = _bridge.from_numpy(lse) if lse is not None else input.new_empty(0)
-    return _bridge.from_numpy(loss), lse_t, _token(grad)
+    return _bridge.from_numpy(loss), lse_t, _grad_tensor(grad, input)
 
 
 @_cross_entropy_op.register_fake
@@ -235,20 +251,16 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, lse_squar
     _check_shapes(input, target, weight, ignore_index, reduction, options, "cross_entropy", True)
     loss = input.new_empty(_loss_shape(input, reduction))
     lse = input.new_empty(_loss_shape(input, "none") if return_lse else (0,))
-    return loss, lse, _fake_token(input)
+    return loss, lse, _fake_grad(input, need_grad)
 
 
 _cross_entropy_op.register_autocast("cpu", torch.float32)  # as PyTorch's autocast
-_register_autograd(_cross_entropy_op, lambda a: _class_dim_for_none(a[0], a[4]))
+_register_autograd(_cross_entropy_op, lambda a: _bridge.class_dim_for_none(a[0], a[4]))
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
-                  reduction: str, options: Any, reference: Callable[[Tensor], Any]) -> Any:
-    """`xent.torch.cross_entropy` under graph capture: ``xent::cross_entropy`` where the
-    fast path applies (`_bridge.fast_path_ok`), ``reference(input)`` (PyTorch's ops)
-    elsewhere."""
-    if not _bridge.fast_path_ok(input, target, weight, small_ok=options.extended, captured=True):
-        return reference(input)
+                  reduction: str, options: Any) -> Any:
+    """`xent.torch.cross_entropy` on ``xent::cross_entropy``."""
     loss, lse, _ = torch.ops.xent.cross_entropy(
         input, target, weight, ignore_index, reduction, options.label_smoothing,
         options.lse_square_scale, options.softcap, options.return_lse, _bridge.wants_grad(input))
@@ -260,32 +272,27 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_i
 @torch.library.custom_op("xent::nll_loss", mutates_args=())
 def _nll_loss_op(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
                  reduction: str, need_grad: bool) -> tuple[Tensor, Tensor]:
-    from . import _functional
-
-    problem = _functional.problem_for(input, target, weight, ignore_index, reduction,
-                                      fn="nll_loss", probabilities=False)
+    problem = _bridge.problem_for(input, target, weight, ignore_index, reduction,
+                                  fn="nll_loss", probabilities=False)
     loss, grad = nll_arrays(problem, _bridge.as_numpy(input), need_grad)
-    return _bridge.from_numpy(loss), _token(grad)
+    return _bridge.from_numpy(loss), _grad_tensor(grad, input)
 
 
 @_nll_loss_op.register_fake
 def _(input, target, weight, ignore_index, reduction, need_grad):
     _check_shapes(input, target, weight, ignore_index, reduction, None, "nll_loss", False)
-    return input.new_empty(_loss_shape(input, reduction)), _fake_token(input)
+    return input.new_empty(_loss_shape(input, reduction)), _fake_grad(input, need_grad)
 
 
 _nll_loss_op.register_autocast("cpu", torch.float32)  # as PyTorch's autocast
-_register_autograd(_nll_loss_op, lambda a: _class_dim_for_none(a[0], a[4]))
+_register_autograd(_nll_loss_op, lambda a: _bridge.class_dim_for_none(a[0], a[4]))
 
 
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
-             reduction: str, reference: Callable[[Tensor], Tensor]) -> Tensor:
-    """`xent.torch.nll_loss` under graph capture (see `cross_entropy`)."""
-    if not _bridge.fast_path_ok(input, target, weight, captured=True):
-        return reference(input)
-    loss, _ = torch.ops.xent.nll_loss(input, target, weight, ignore_index, reduction,
-                                      _bridge.wants_grad(input))
-    return loss
+             reduction: str) -> Tensor:
+    """`xent.torch.nll_loss` on ``xent::nll_loss``."""
+    return torch.ops.xent.nll_loss(input, target, weight, ignore_index, reduction,
+                                   _bridge.wants_grad(input))[0]
 
 
 # -- xent::binary_cross_entropy(_with_logits) --------------------------------------------------
@@ -299,12 +306,13 @@ def _bce_op(input: Tensor, target: Tensor, weight: Tensor | None, reduction: str
             need_grad: bool) -> tuple[Tensor, Tensor]:
     loss, grad = bce_arrays(_bridge.as_numpy(input), _bridge.as_numpy(target),
                             _bridge.as_numpy(weight), reduction, need_grad)
-    return _bridge.from_numpy(loss), _token(grad)
+    return _bridge.from_numpy(loss), _grad_tensor(grad, input)
 
 
 @_bce_op.register_fake
 def _(input, target, weight, reduction, need_grad):
-    return _bce_fake_loss(input, reduction), _fake_token(input)
+    _check_bce_shapes(input, target, weight, None, reduction)
+    return _bce_fake_loss(input, reduction), _fake_grad(input, need_grad)
 
 
 _bce_op.register_autocast("cpu", torch.float32)  # as PyTorch's autocast
@@ -318,66 +326,71 @@ def _bce_logits_op(input: Tensor, target: Tensor, weight: Tensor | None,
     loss, grad = bce_logits_arrays(
         _bridge.as_numpy(input), _bridge.as_numpy(target), _bridge.as_numpy(weight),
         _bridge.as_numpy(pos_weight), reduction, need_grad)
-    return _bridge.from_numpy(loss), _token(grad)
+    return _bridge.from_numpy(loss), _grad_tensor(grad, input)
 
 
 @_bce_logits_op.register_fake
 def _(input, target, weight, pos_weight, reduction, need_grad):
-    return _bce_fake_loss(input, reduction), _fake_token(input)
+    _check_bce_shapes(input, target, weight, pos_weight, reduction)
+    return _bce_fake_loss(input, reduction), _fake_grad(input, need_grad)
 
 
 _bce_logits_op.register_autocast("cpu", torch.float32)  # as PyTorch's autocast
 _register_autograd(_bce_logits_op, lambda a: None)
 
 
-def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, reduction: str,
-                         reference: Callable[[Tensor], Tensor], eligible: bool) -> Tensor:
-    """`xent.torch.binary_cross_entropy` under graph capture; ``eligible``: the drop-in's shape
-    test (target of the input's shape, weight not broadcasting the loss)."""
-    if not (eligible and _bridge.fast_path_ok(input, target, weight, captured=True)):
-        return reference(input)
+def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None,
+                         reduction: str) -> Tensor:
+    """`xent.torch.binary_cross_entropy` on ``xent::binary_cross_entropy``."""
     return torch.ops.xent.binary_cross_entropy(input, target, weight, reduction,
                                                _bridge.wants_grad(input))[0]
 
 
-def binary_cross_entropy_with_logits(
-    input: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tensor | None,
-    reduction: str, reference: Callable[[Tensor], Tensor], eligible: bool,
-) -> Tensor:
-    """`xent.torch.binary_cross_entropy_with_logits` under graph capture (see
-    `binary_cross_entropy`)."""
-    if not (eligible and _bridge.fast_path_ok(input, target, weight, pos_weight, captured=True)):
-        return reference(input)
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None,
+                                     pos_weight: Tensor | None, reduction: str) -> Tensor:
+    """`xent.torch.binary_cross_entropy_with_logits` on its operator."""
     return torch.ops.xent.binary_cross_entropy_with_logits(
         input, target, weight, pos_weight, reduction, _bridge.wants_grad(input))[0]
 
 
-# -- xent::softmax / xent::log_softmax (the drop-ins of _activations) ---------------------------
+# -- xent::softmax / xent::log_softmax ---------------------------------------------------------
+
+def _batch_first(t: Tensor, bdim: int | None, size: int) -> Tensor:
+    return t.movedim(bdim, 0) if bdim is not None else t.expand(size, *t.shape)
+
 
 def _activation_op(name: str) -> Any:
     """``xent::<name>(x, dim)`` and ``xent::<name>_backward(grad_output, output, dim)`` on
-    `_activations.KERNELS` (the eager drop-in's own functions), with the backward as its
-    registered autograd."""
+    `KERNELS` (the eager drop-in's own functions), with the backward as the forward's
+    registered autograd, and vmap rules for both (the batch dimension moved first, ``dim``
+    shifted by one: the kernels take any strided view)."""
+    k = KERNELS[name]
 
     @torch.library.custom_op(f"xent::{name}_backward", mutates_args=())
     def backward_op(grad_output: Tensor, output: Tensor, dim: int) -> Tensor:
-        from . import _activations
-
-        return _activations.KERNELS[name].backward(grad_output, output, dim).contiguous()
+        return k.backward(grad_output, output, dim).contiguous()
 
     @backward_op.register_fake
     def _(grad_output, output, dim):
         return output.new_empty(output.shape)
 
+    @backward_op.register_vmap
+    def _(info, in_dims, grad_output, output, dim):
+        g = _batch_first(grad_output, in_dims[0], info.batch_size)
+        o = _batch_first(output, in_dims[1], info.batch_size)
+        return backward_op(g, o, dim + 1), 0
+
     @torch.library.custom_op(f"xent::{name}", mutates_args=())
     def forward_op(x: Tensor, dim: int) -> Tensor:
-        from . import _activations
-
-        return _activations.KERNELS[name].forward(x, dim).contiguous()
+        return k.forward(x, dim).contiguous()
 
     @forward_op.register_fake
     def _(x, dim):
         return x.new_empty(x.shape)
+
+    @forward_op.register_vmap
+    def _(info, in_dims, x, dim):
+        return forward_op(_batch_first(x, in_dims[0], info.batch_size), dim + 1), 0
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
@@ -391,12 +404,9 @@ def _activation_op(name: str) -> Any:
     return forward_op
 
 
-_ACTIVATIONS = {name: _activation_op(name) for name in ("softmax", "log_softmax")}
+_ACTIVATIONS = {name: _activation_op(name) for name in KERNELS}
 
 
-def activation(name: str, x: Tensor, dim: int, reference: Callable[[], Tensor]) -> Tensor:
-    """`xent.torch.softmax` / `log_softmax` under graph capture: ``xent::<name>`` where the fast
-    path applies, ``reference()`` (PyTorch's op) elsewhere; ``dim`` normalised."""
-    if not _bridge.fast_path_ok(x, captured=True):
-        return reference()
+def activation(name: str, x: Tensor, dim: int) -> Tensor:
+    """`xent.torch.softmax` / `log_softmax` on ``xent::<name>`` (``dim`` normalised)."""
     return _ACTIVATIONS[name](x, dim)
