@@ -48,7 +48,7 @@ def _in_unit_interval(a: np.ndarray, name: str) -> None:
         pos = int(np.flatnonzero(bad.reshape(-1))[0])
         where = tuple(int(i) for i in np.unravel_index(pos, a.shape)) if a.ndim else ()
         raise ValueError(
-            f"{name} must hold probabilities in [0, 1], got {a.reshape(-1)[pos]!r} at {where}"
+            f"{name} must hold probabilities in [0, 1], got {float(a.reshape(-1)[pos])!r} at {where}"
         )
 
 

@@ -143,6 +143,10 @@ def index_target(
     """Validate class-index targets for logits of ``shape``; return them flat as int64, and
     whether every one is in ``[0, C)`` (none equal to an ``ignore_index`` outside it)."""
     expected = shape[:axis] + shape[axis + 1 :]
+    if (target.dtype.kind not in "iu" and len(shape) >= 2 and target.ndim == len(shape)
+            and target.shape[0] != shape[0]):  # (probabilities of another batch size)
+        raise ValueError(f"Expected input batch_size ({shape[0]}) to match target batch_size "
+                         f"({target.shape[0]})")
     if target.dtype.kind not in "iu":
         raise TypeError(
             f"target must hold integer class indices of shape {expected} or float class "

@@ -55,12 +55,11 @@ def normalise_index(target: Any) -> Any:
 
 
 def normalise_float(input: Any, t: Any) -> Any:
-    """A float (or, for BCE targets, integer) operand ``t`` in ``input``'s dtype: xent computes
-    in the input's dtype and casts its other operands to it (README, "Where PyTorch and xent
-    differ"); PyTorch's ops refuse a mixed call."""
+    """A real operand ``t`` (a weight, a probability or BCE target; float, integer or bool) in
+    ``input``'s dtype: xent computes in the input's dtype and casts its other operands to it, as
+    the core does (README, "Where PyTorch and xent differ"); PyTorch's ops refuse such a call."""
     if (isinstance(t, torch.Tensor) and isinstance(input, torch.Tensor)
-            and t.dtype is not input.dtype and input.is_floating_point()
-            and (t.is_floating_point() or (not t.is_complex() and t.dtype is not torch.bool))):
+            and t.dtype is not input.dtype and input.is_floating_point() and not t.is_complex()):
         return t.to(input.dtype)
     return t
 
