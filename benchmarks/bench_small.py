@@ -11,7 +11,7 @@ each call as a training step drops it):
 * **torch**: ``torch.nn.functional.cross_entropy``;
 * **xent default**: ``xent.torch.cross_entropy`` with the default cut-offs (inputs of fewer
   than ``xent.torch.get_min_elements()`` elements, or rows of fewer than
-  ``_bridge.MIN_CLASSES`` classes, run PyTorch's op);
+  ``xent._thresholds.MIN_CLASSES`` classes, run PyTorch's op: ``xent.torch._route.plan``);
 * **xent forced**: the same with the cut-off at 0 (``set_min_elements(0)``), so xent's bridge and
   kernels run at every size, as under ``xent train``;
 * **core**: ``xent.cross_entropy(x, t, return_grad=True)`` on the NumPy views, no autograd;
@@ -27,7 +27,7 @@ thread; xent's kernels use one below ``_threads.PARALLEL_MIN_ELEMENTS`` = 2^20 e
 the sweep), and on a 2-core machine shared with other jobs wall-clock samples of 30 µs calls
 moved by 40% between identical contenders (below the cut-offs "xent default" runs the same
 PyTorch op as "torch"). The cut-offs' defaults
-(``xent.torch._bridge.MIN_ELEMENTS``, ``MIN_CLASSES``) are chosen from this table: the sizes
+(``xent._thresholds.MIN_ELEMENTS``, ``MIN_CLASSES``) are chosen from this table: the sizes
 from which the forced path stays faster than PyTorch (benchmarks/README.md, "Small batches").
 """
 
@@ -97,7 +97,7 @@ def run(repeats: int, quick: bool) -> None:
     import torch
 
     import xent.torch as xt
-    from xent.torch import _bridge
+    from xent import _thresholds
 
     sizes = QUICK_SIZES if quick else SIZES
     min_time = 0.002 if quick else 0.01
@@ -110,7 +110,7 @@ def run(repeats: int, quick: bool) -> None:
     print("\nSmall batches: cross-entropy forward+backward, float32 (N, C) logits, index targets;"
           " CPU time of the calling thread; torch on 1 thread;"
           f" {'steady heap (glibc: no mmap/trim under 64 MiB);' if steady else ''} default cut-off"
-          f" {xt.get_min_elements()} elements, rows of {_bridge.MIN_CLASSES} classes; load average "
+          f" {xt.get_min_elements()} elements, rows of {_thresholds.MIN_CLASSES} classes; load average "
           "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print("| N x C | elements | torch | xent default | time / torch | xent forced | time / torch "
           "| core | bridge per call |")
@@ -149,10 +149,10 @@ def _steady_heap(restore: bool = False) -> bool:
 def _print_row(n: int, c: int, t: dict[str, float]) -> None:
     import torch
 
-    from xent.torch import _bridge
+    from xent.torch import _route
 
     us = {k: v * 1e6 for k, v in t.items()}
-    routed = "torch" if _bridge.below_cutoff(torch.empty(n, c), rows=True) else "xent"
+    routed = _route.plan(torch.empty(n, c), rows=True).value
     print(f"| {n} x {c} | {n * c} ({routed}) | {us['torch']:.1f} µs "
           f"| {us['xent default']:.1f} µs | {t['xent default'] / t['torch']:.2f} "
           f"| {us['xent forced']:.1f} µs | {t['xent forced'] / t['torch']:.2f} "
