@@ -162,13 +162,17 @@ def batched(t: torch.Tensor) -> bool:
 
 
 def kernels_take(input: torch.Tensor, *others: torch.Tensor | None,
-                 compiling: bool = False) -> bool:
+                 params: tuple[torch.Tensor | None, ...] = (), compiling: bool = False) -> bool:
     """Whether xent's kernels can read this call: ``input`` a plain CPU tensor of a dtype they
-    take, every other operand a plain CPU tensor (or None) not requiring grad."""
+    take, every other operand a plain CPU tensor (or None) not requiring grad, every one of
+    ``params`` a plain CPU tensor of ``input``'s dtype (or None)."""
     dt = input.dtype
     if (dt not in _FAST_DTYPES and not (dt is torch.bfloat16 and bfloat16_ok(compiling))) or (
             not plain_cpu(input, compiling)):
         return False
+    for t in params:
+        if t is not None and (t.dtype is not dt or not plain_cpu(t, compiling)):
+            return False
     for t in others:
         if t is not None and (not isinstance(t, torch.Tensor) or not plain_cpu(t, compiling)
                               or t.requires_grad):
@@ -188,12 +192,16 @@ def small(input: torch.Tensor, rows: bool) -> bool:
 # -- the plan -------------------------------------------------------------------------------------
 
 def plan(input: torch.Tensor, *others: torch.Tensor | None, rows: bool = False,
-         extended: bool = False) -> Route:
+         extended: bool = False, params: tuple[torch.Tensor | None, ...] = (),
+         custom_op: bool = True) -> Route:
     """The route of a call on ``input`` with the other tensor operands ``others``.
 
     ``rows``: a loss over rows of classes (cross-entropy, NLL), whose short rows PyTorch's op
     computes faster. ``extended``: the call asks for something PyTorch's op lacks (z-loss,
-    soft-capping, the lse): never `Route.TORCH`.
+    soft-capping, the lse): never `Route.TORCH`. ``params``: operands that may require grad
+    besides ``input`` (a linear layer's weight and bias), in ``input``'s dtype. ``custom_op``:
+    whether the call has a custom operator (the linear forms have none: under graph capture
+    they run `Route.TORCH` / `Route.COMPOSED`).
 
     Example:
         >>> import torch
@@ -206,11 +214,12 @@ def plan(input: torch.Tensor, *others: torch.Tensor | None, rows: bool = False,
     """
     other = Route.COMPOSED if extended else Route.TORCH
     if tracing():
-        if graph_capture() and kernels_take(input, *others, compiling=True):
+        if (custom_op and graph_capture()
+                and kernels_take(input, *others, params=params, compiling=True)):
             return Route.CUSTOM_OP
         return other
     if not extended and small(input, rows):  # (the common small call: two cheap tests)
         return Route.TORCH
-    if not kernels_take(input, *others):
+    if not kernels_take(input, *others, params=params):
         return other
     return Route.CUSTOM_OP if autocasting() else Route.CORE

@@ -1,0 +1,99 @@
+"""Compile the Numba kernels ahead of their first use (``xent warmup``).
+
+A kernel is compiled on its first call in a machine for each kind of input it meets (storage
+dtype, index or probability targets, the options that select a compiled variant): 9 to 16 s on
+the development VM for a first cross-entropy, 0.8 s to load it from Numba's disk cache in every
+later process. `warmup` makes those first calls on small inputs, one per compiled variant the
+public functions reach, so that a training run, a benchmark or a notebook does not pay them
+inside its first step. The machine code lands in Numba's cache (``__pycache__`` beside the
+kernels' files, or ``NUMBA_CACHE_DIR``), which later processes load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from . import _activations, _binary, _cross_entropy, _dispatch, _validation
+
+__all__ = ["calls", "warmup"]
+
+
+def _dtypes() -> list[Any]:
+    out: list[Any] = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)]
+    bf16 = _validation.bfloat16()
+    return out + ([bf16] if bf16 is not None else [])
+
+
+def calls() -> Iterator[tuple[str, Callable[[], object]]]:
+    """``(label, call)`` for each compiled variant: every public function on the kernels, in
+    every storage dtype, rows and K-dimensional layouts, index and probability targets, and
+    each option that selects its own compiled code."""
+    rng = np.random.default_rng(0)
+    rows, kdim = (6, 40), (2, 40, 3)
+    for dt in _dtypes():
+        x = rng.standard_normal(rows).astype(dt)
+        xk = rng.standard_normal(kdim).astype(dt)
+        t = rng.integers(0, rows[1], rows[0])
+        tk = rng.integers(0, kdim[1], (kdim[0], kdim[2]))
+        y = _activations.softmax(rng.standard_normal(rows)).astype(dt)
+        yk = _activations.softmax(rng.standard_normal(kdim), axis=1).astype(dt)
+        name = np.dtype(dt).name
+        options: list[tuple[str, dict[str, Any]]] = [
+            ("", {}), (" smoothing, weight", {"label_smoothing": 0.1,
+                                              "weight": np.linspace(0.5, 2, rows[1])}),
+            (" z-loss, softcap, lse", {"lse_square_scale": 1e-4, "softcap": 30.0,
+                                       "return_lse": True}),
+        ]
+        for label, kw in options:
+            yield (f"cross_entropy {name}{label}",
+                   lambda x=x, t=t, kw=kw: _cross_entropy.cross_entropy(x, t, return_grad=True,
+                                                                        **kw))
+            yield (f"cross_entropy {name} probabilities{label}",
+                   lambda x=x, y=y, kw=kw: _cross_entropy.cross_entropy(x, y, return_grad=True,
+                                                                        **kw))
+        yield (f"cross_entropy {name} (N, C, d)",
+               lambda xk=xk, tk=tk: _cross_entropy.cross_entropy(xk, tk, return_grad=True))
+        yield (f"cross_entropy {name} (N, C, d) probabilities",
+               lambda xk=xk, yk=yk: _cross_entropy.cross_entropy(xk, yk, return_grad=True))
+        for fn, vjp in ((_activations.softmax, _activations.softmax_backward),
+                        (_activations.log_softmax, _activations.log_softmax_backward)):
+            for axis, arr in ((-1, x), (1, xk)):
+                def act(fn=fn, vjp=vjp, arr=arr, axis=axis):
+                    out = fn(arr, axis=axis)
+                    return vjp(np.ones_like(out), out, axis=axis)
+
+                yield f"{fn.__name__} {name} axis {axis}", act
+        yield (f"binary_cross_entropy_with_logits {name}",
+               lambda x=x: _binary.binary_cross_entropy_with_logits(
+                   x, (x > 0).astype(np.float32), pos_weight=np.full(rows[1], 2.0),
+                   return_grad=True))
+
+
+def warmup(progress: bool = True) -> int:
+    """Run every call of `calls` on the kernels (``use_backend("numba")``), compiling what the
+    disk cache does not hold; returns the number of calls. ``progress``: a tqdm bar on stderr.
+
+    Raises ImportError when the kernels cannot be imported (Numba missing: the ``fast`` extra).
+    """
+    if _dispatch._load_kernels() is None:
+        raise ImportError(f"the kernels cannot be imported ({_dispatch._kernels_error}); "
+                          "install the 'fast' extra: pip install 'xent[fast]'")
+    todo = list(calls())
+    bar: Any = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="compiling xent's kernels", unit="variant")
+    with _dispatch.use_backend("numba"):
+        for label, call in todo:
+            if bar is not None:
+                bar.set_postfix_str(label, refresh=False)
+            call()
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return len(todo)
