@@ -110,7 +110,8 @@ def run(repeats: int, quick: bool) -> None:
     print("\nSmall batches: cross-entropy forward+backward, float32 (N, C) logits, index targets;"
           " CPU time of the calling thread; torch on 1 thread;"
           f" {'steady heap (glibc: no mmap/trim under 64 MiB);' if steady else ''} default cut-off"
-          f" {xt.get_min_elements()} elements, rows of {_thresholds.MIN_CLASSES} classes; load average "
+          f" {xt.get_min_elements()} elements, rows of {_thresholds.MIN_CLASSES} classes;"
+          " load average "
           "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print("| N x C | elements | torch | xent default | time / torch | xent forced | time / torch "
           "| core | bridge per call |")

@@ -47,9 +47,8 @@ def _in_unit_interval(a: np.ndarray, name: str) -> None:
     if bad.any():
         pos = int(np.flatnonzero(bad.reshape(-1))[0])
         where = tuple(int(i) for i in np.unravel_index(pos, a.shape)) if a.ndim else ()
-        raise ValueError(
-            f"{name} must hold probabilities in [0, 1], got {float(a.reshape(-1)[pos])!r} at {where}"
-        )
+        bad_value = float(a.reshape(-1)[pos])
+        raise ValueError(f"{name} must hold probabilities in [0, 1], got {bad_value!r} at {where}")
 
 
 def bce_operands(x: np.ndarray, target: Any, weight: Any, pos_weight: Any, reduction: Any,

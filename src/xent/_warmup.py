@@ -27,7 +27,10 @@ def _dtypes() -> list[Any]:
     return out + ([bf16] if bf16 is not None else [])
 
 
-def calls() -> Iterator[tuple[str, Callable[[], object]]]:
+Call = Callable[[], object]
+
+
+def calls() -> Iterator[tuple[str, Call]]:
     """``(label, call)`` for each compiled variant: every public function on the kernels, in
     every storage dtype, rows and K-dimensional layouts, index and probability targets, and
     each option that selects its own compiled code."""
@@ -48,16 +51,13 @@ def calls() -> Iterator[tuple[str, Callable[[], object]]]:
                                        "return_lse": True}),
         ]
         for label, kw in options:
-            yield (f"cross_entropy {name}{label}",
-                   lambda x=x, t=t, kw=kw: _cross_entropy.cross_entropy(x, t, return_grad=True,
-                                                                        **kw))
-            yield (f"cross_entropy {name} probabilities{label}",
-                   lambda x=x, y=y, kw=kw: _cross_entropy.cross_entropy(x, y, return_grad=True,
-                                                                        **kw))
+            for kind, target in (("", t), (" probabilities", y)):
+                yield (f"cross_entropy {name}{kind}{label}",
+                       _call(_cross_entropy.cross_entropy, x, target, return_grad=True, **kw))
         yield (f"cross_entropy {name} (N, C, d)",
-               lambda xk=xk, tk=tk: _cross_entropy.cross_entropy(xk, tk, return_grad=True))
+               _call(_cross_entropy.cross_entropy, xk, tk, return_grad=True))
         yield (f"cross_entropy {name} (N, C, d) probabilities",
-               lambda xk=xk, yk=yk: _cross_entropy.cross_entropy(xk, yk, return_grad=True))
+               _call(_cross_entropy.cross_entropy, xk, yk, return_grad=True))
         for fn, vjp in ((_activations.softmax, _activations.softmax_backward),
                         (_activations.log_softmax, _activations.log_softmax_backward)):
             for axis, arr in ((-1, x), (1, xk)):
@@ -67,9 +67,12 @@ def calls() -> Iterator[tuple[str, Callable[[], object]]]:
 
                 yield f"{fn.__name__} {name} axis {axis}", act
         yield (f"binary_cross_entropy_with_logits {name}",
-               lambda x=x: _binary.binary_cross_entropy_with_logits(
-                   x, (x > 0).astype(np.float32), pos_weight=np.full(rows[1], 2.0),
-                   return_grad=True))
+               _call(_binary.binary_cross_entropy_with_logits, x, (x > 0).astype(np.float32),
+                     pos_weight=np.full(rows[1], 2.0), return_grad=True))
+
+
+def _call(fn: Callable[..., object], *args: Any, **kwargs: Any) -> Call:
+    return lambda: fn(*args, **kwargs)
 
 
 def warmup(progress: bool = True) -> int:
