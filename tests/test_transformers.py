@@ -86,7 +86,8 @@ def test_import_xent_torch_does_not_import_transformers():
 
 
 def test_losses_and_gradients_match_stock_over_steps(pair):
-    """Per-step loss (AdamW, 4 steps) within 1e-5 relative; every gradient after step one."""
+    """Per-step loss (AdamW, 20 steps, as the issue asks) within 1e-5 relative; every gradient
+    after step one."""
     family, stock0 = pair
     stock, ours = copy.deepcopy(stock0), copy.deepcopy(stock0)
     assert xtr.apply(ours) is ours and xtr.is_applied(ours)
@@ -96,7 +97,7 @@ def test_losses_and_gradients_match_stock_over_steps(pair):
     head_outputs = []
     ours.get_output_embeddings().register_forward_hook(
         lambda m, i, o: head_outputs.append(tuple(o.shape)))
-    for step in range(4):
+    for step in range(20):
         ids, labels = batch(seed=step)
         losses = []
         for model, opt in zip((stock, ours), opts, strict=True):
