@@ -384,6 +384,32 @@ def softmax_contenders(x: np.ndarray, op: str):
     return fns
 
 
+def softmax_backward_contenders(x: np.ndarray, op: str):
+    """Forward + backward (the VJP from the forward's output, for a random upstream gradient):
+    xent's forward and its fused VJP kernel, the NumPy path, PyTorch's autograd."""
+    g = np.random.default_rng(1).standard_normal(x.shape, dtype=x.dtype)
+    fwd, vjp = getattr(xent, op), getattr(xent, op + "_backward")
+    fns: dict[str, Callable[[], object]] = {"xent": lambda: vjp(g, fwd(x, axis=-1), axis=-1)}
+
+    def xent_numpy():
+        with xent.use_backend("numpy"):
+            return vjp(g, fwd(x, axis=-1), axis=-1)
+
+    fns["xent numpy"] = xent_numpy
+    if HAVE_TORCH:
+        import torch
+
+        xt, gt = torch.from_numpy(x), torch.from_numpy(g)
+
+        def torch_call():
+            a = xt.detach().requires_grad_()
+            getattr(torch, op)(a, -1).backward(gt)
+            return a.grad
+
+        fns["torch"] = torch_call
+    return fns
+
+
 def bce_contenders(x: np.ndarray, y: np.ndarray):
     fns: dict[str, Callable[[], object]] = {
         "xent": lambda: xent.binary_cross_entropy_with_logits(x, y, return_grad=True),
@@ -717,6 +743,12 @@ def core_tables(args: argparse.Namespace, repeats: int) -> None:
         x = rng.standard_normal(shape).astype(np.float32)
         for op in ("softmax", "log_softmax"):
             table(f"{op} {shape} float32", time_interleaved(softmax_contenders(x, op), repeats))
+    # forward + backward: the VJP reads the output and the upstream gradient once, writes one
+    # gradient (xent.torch.softmax's backward is this VJP)
+    x = rng.standard_normal((256, 2048) if args.quick else (4096, 8192)).astype(np.float32)
+    for op in ("softmax", "log_softmax"):
+        table(f"{op} {x.shape} float32: forward + backward",
+              time_interleaved(softmax_backward_contenders(x, op), repeats))
 
     # -- binary cross-entropy with logits ------------------------------------------------------
     bshape = (256, 1024) if args.quick else (2048, 8192)

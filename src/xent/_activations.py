@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import _buffers, _dispatch
-from ._backend_numpy import _QUIET, _log1p_rest, _sigmoid_neg
+from ._backend_numpy import _QUIET, _sigmoid_neg, _softplus_neg, logsumexp_rows
 from ._validation import (
     as_float,
     as_float_like,
@@ -41,39 +41,60 @@ def _cast(x: Any, dtype: Any) -> Any:
     return np.asarray(x).astype(dt, copy=False)
 
 
+def _wide(x: Any, name: str, keep_half: bool) -> tuple[np.ndarray, np.dtype]:
+    """``x`` as an ndarray of its compute dtype, and the dtype of the result: as
+    :func:`as_storage` (``keep_half``: a 16-bit float stays as it is, the backends read it) or
+    :func:`as_float`, except that a float wider than float64 (``np.longdouble``) is computed in
+    itself, so that the result keeps the input's float dtype (the NumPy backend runs it)."""
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:
+        return arr, arr.dtype
+    return as_storage(arr, name) if keep_half else as_float(arr, name)
+
+
 def _rowwise(op: str, x: Any, axis: int) -> np.ndarray:
     """Run a row kernel (softmax / log_softmax) along ``axis`` of ``x``; a 16-bit ``x`` goes to
     the backend as it is (computed in float32, the output written in 16 bits)."""
-    arr, rdt = as_storage(x, "x")
+    arr, rdt = _wide(x, "x", True)
     if arr.ndim == 0:  # a scalar is a 1-element distribution, as in torch
         normalize_axis(axis, 1)  # torch accepts dim 0 or -1 for a 0-d input
         return as_result(_rowwise(op, arr.reshape(1), 0).reshape(()), rdt)
-    ax = normalize_axis(axis, arr.ndim)
+    return _along(op, (arr,), normalize_axis(axis, arr.ndim), rdt)
+
+
+def _along(op: str, arrays: tuple[np.ndarray, ...], ax: int, rdt: np.dtype) -> np.ndarray:
+    """The backend's ``op(*rows, out)`` along axis ``ax`` of ``arrays`` (one shape, one storage
+    dtype: the input, or the upstream gradient and the forward's output), as rows ``(M, C)``
+    or, for an inner axis, the ``(A, C, B)`` layout (:func:`_inner_axis`); the result in
+    ``rdt``."""
+    arr = arrays[0]
     last = ax == arr.ndim - 1  # the common case: no axis moves (np.moveaxis costs ~2.5 µs)
     if not last:
-        out = _inner_axis(op, arr, ax)
+        out = _inner_axis(op, arrays, ax)
         if out is not None:
             return out if out.dtype == rdt else as_result(out, rdt)
-    moved = arr if last else np.moveaxis(arr, ax, -1)
-    C = moved.shape[-1]
-    M = moved.size // C if C else int(np.prod(moved.shape[:-1]))  # reshape(-1, 0) is ambiguous
-    rows = np.ascontiguousarray(moved).reshape(M, C)
-    out = _buffers.empty_like(rows)
-    if rows.size:
-        backend = _dispatch.backend_for(op, M, C, rows.dtype)
-        getattr(backend, op)(rows, out)
-    out = out.reshape(moved.shape)
+    moved = arrays if last else tuple(np.moveaxis(a, ax, -1) for a in arrays)
+    shape = moved[0].shape
+    C = shape[-1]
+    M = arr.size // C if C else math.prod(shape[:-1])  # reshape(-1, 0) is ambiguous
+    rows = [np.ascontiguousarray(a).reshape(M, C) for a in moved]
+    out = _buffers.empty_like(rows[0])
+    if out.size:
+        backend = _dispatch.backend_for(op, M, C, arr.dtype)
+        getattr(backend, op)(*rows, out)
+    out = out.reshape(shape)
     if not last:
         out = np.ascontiguousarray(np.moveaxis(out, -1, ax))
     return out if out.dtype == rdt else as_result(out, rdt)
 
 
-def _inner_axis(op: str, arr: np.ndarray, ax: int) -> np.ndarray | None:
-    """``op`` along an axis that is not last, by a kernel on the (A, C, B) view, or None.
+def _inner_axis(op: str, arrays: tuple[np.ndarray, ...], ax: int) -> np.ndarray | None:
+    """``op`` along an axis that is not last, by a kernel on the (A, C, B) views, or None.
 
     None (the caller moves the axis last instead) unless more than one position follows the axis
     and the dispatcher picks the kernels for ``op + '_kdim'`` at this size (A·B·C elements).
     """
+    arr = arrays[0]
     A, C, B = math.prod(arr.shape[:ax]), arr.shape[ax], math.prod(arr.shape[ax + 1 :])
     if B <= 1:
         return None
@@ -82,8 +103,24 @@ def _inner_axis(op: str, arr: np.ndarray, ax: int) -> np.ndarray | None:
     if fn is None:
         return None
     out = _buffers.empty(arr.shape, arr.dtype)
-    fn(np.ascontiguousarray(arr).reshape(A, C, B), out.reshape(A, C, B))
+    fn(*(np.ascontiguousarray(a).reshape(A, C, B) for a in arrays), out.reshape(A, C, B))
     return out
+
+
+def _vjp(op: str, grad_output: Any, output: Any, axis: int) -> np.ndarray:
+    """The backend's ``op`` (``softmax_backward``, ``log_softmax_backward``) of the upstream
+    gradient and the forward's output along ``axis``. Both reach the backend in one storage
+    dtype: 16-bit as they are where both have that dtype, else the output's compute dtype."""
+    y, rdt = _wide(output, "output", True)
+    g = np.asarray(grad_output)
+    if is_half(y.dtype) and g.dtype != y.dtype:
+        y = y.astype(np.float32)
+    if g.dtype != y.dtype:
+        g = as_float_like(g, y.dtype, "grad_output")
+    check_same_shape(y, g, "output", "grad_output")
+    if y.ndim == 0:
+        return np.zeros((), rdt)
+    return _along(op, (g, y), normalize_axis(axis, y.ndim), rdt)
 
 
 def softmax(x: Any, axis: int = -1, *, dtype: Any = None) -> np.ndarray:
@@ -135,15 +172,7 @@ def softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.ndarra
         >>> print(xent.softmax_backward([1.0, 0.0, 0.0], y).round(4))
         [ 0.2247 -0.1598 -0.065 ]
     """
-    y, rdt = as_float(output, "output")
-    g = as_float_like(grad_output, y.dtype, "grad_output")
-    check_same_shape(y, g, "output", "grad_output")
-    if y.ndim == 0:
-        return np.zeros((), rdt)
-    ax = normalize_axis(axis, y.ndim)
-    with np.errstate(**_QUIET):
-        out = y * (g - (g * y).sum(axis=ax, keepdims=True))
-    return as_result(out, rdt)
+    return _vjp("softmax_backward", grad_output, output, axis)
 
 
 def log_softmax(x: Any, axis: int = -1, *, dtype: Any = None) -> np.ndarray:
@@ -180,17 +209,11 @@ def log_softmax(x: Any, axis: int = -1, *, dtype: Any = None) -> np.ndarray:
 
 
 def log_softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.ndarray:
-    r"""Vector-Jacobian product of :func:`log_softmax`, from its output ``z``.
+    r"""Vector-Jacobian product of :func:`log_softmax`, from its output ``z``: dL/dx, the shape
+    and dtype of ``z``, for ``grad_output`` ``g`` = dL/dz (arguments as
+    :func:`softmax_backward`'s).
 
     .. math:: \frac{\partial L}{\partial x} = g - e^{z} \sum_{axis} g
-
-    Args:
-        grad_output: ``g``, dL/dz, the shape of ``output``.
-        output: ``z = log_softmax(x, axis)``.
-        axis: the axis log_softmax normalised.
-
-    Returns:
-        dL/dx, the shape and dtype of ``output``.
 
     Example:
         >>> import numpy as np, xent
@@ -198,15 +221,7 @@ def log_softmax_backward(grad_output: Any, output: Any, axis: int = -1) -> np.nd
         >>> print(xent.log_softmax_backward([-1.0, 0.0, 0.0], z).round(4))  # softmax - onehot
         [-0.341   0.2424  0.0986]
     """
-    z, rdt = as_float(output, "output")
-    g = as_float_like(grad_output, z.dtype, "grad_output")
-    check_same_shape(z, g, "output", "grad_output")
-    if z.ndim == 0:
-        return np.zeros((), rdt)
-    ax = normalize_axis(axis, z.ndim)
-    with np.errstate(**_QUIET):
-        out = g - np.exp(z) * g.sum(axis=ax, keepdims=True)
-    return as_result(out, rdt)
+    return _vjp("log_softmax_backward", grad_output, output, axis)
 
 
 def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
@@ -256,7 +271,7 @@ def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
 
     Reference: ``torch.logsumexp``; ``scipy.special.logsumexp``.
     """
-    arr, rdt = as_float(x, "x")
+    arr, rdt = _wide(x, "x", False)
     if arr.ndim == 0:
         _axes(axis, 1)  # torch accepts dim 0 or -1 for a 0-d input
         return as_result(arr.copy(), rdt)
@@ -268,16 +283,7 @@ def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
     # Rows (M, K): the kept axes first, the reduced ones flattened last (a copy unless they
     # already are the trailing axes).
     rows = np.ascontiguousarray(arr.transpose(kept + list(axes))).reshape(M, K)
-    with np.errstate(**_QUIET):
-        if K == 0:
-            out = np.full(M, -np.inf, arr.dtype)
-        else:
-            top = rows.argmax(axis=1)  # the first NaN where there is one
-            m = rows[np.arange(M), top]
-            finite = np.isfinite(m)
-            shift = np.where(finite, m, 0)[:, None]
-            # torch: an infinite max (or NaN) is not subtracted, and is then the result.
-            out = np.where(finite, m + _log1p_rest(rows - shift, top), m)
+    out = np.full(M, -np.inf, arr.dtype) if K == 0 else logsumexp_rows(rows)
     out = out.reshape(out_shape)
     if not keepdims:
         out = out.reshape([arr.shape[a] for a in kept])
@@ -308,7 +314,7 @@ def sigmoid(x: Any) -> np.ndarray:
 
     Reference: ``torch.sigmoid``; ``scipy.special.expit``.
     """
-    arr, rdt = as_float(x, "x")
+    arr, rdt = _wide(x, "x", False)
     with np.errstate(**_QUIET):
         out = _sigmoid_neg(-arr)
     return as_result(np.asarray(out), rdt)
@@ -325,7 +331,7 @@ def sigmoid_backward(grad_output: Any, output: Any) -> np.ndarray:
         >>> print(xent.sigmoid_backward([1.0, 1.0], y).round(4))
         [0.25  0.105]
     """
-    y, rdt = as_float(output, "output")
+    y, rdt = _wide(output, "output", False)
     g = as_float_like(grad_output, y.dtype, "grad_output")
     check_same_shape(y, g, "output", "grad_output")
     return as_result(np.asarray(g * y * (1 - y)), rdt)
@@ -349,9 +355,9 @@ def log_sigmoid(x: Any) -> np.ndarray:
 
     Reference: ``torch.nn.functional.logsigmoid``; ``scipy.special.log_expit``.
     """
-    arr, rdt = as_float(x, "x")
+    arr, rdt = _wide(x, "x", False)
     with np.errstate(**_QUIET):
-        out = np.minimum(arr, 0) - np.log1p(np.exp(-np.abs(arr)))
+        out = -_softplus_neg(arr)
     return as_result(np.asarray(out), rdt)
 
 
@@ -365,7 +371,7 @@ def log_sigmoid_backward(grad_output: Any, x: Any) -> np.ndarray:
         >>> print(xent.log_sigmoid_backward([1.0, 1.0], [0.0, -1000.0]).round(4))
         [0.5 1. ]
     """
-    arr, rdt = as_float(x, "x")
+    arr, rdt = _wide(x, "x", False)
     g = as_float_like(grad_output, arr.dtype, "grad_output")
     check_same_shape(arr, g, "x", "grad_output")
     with np.errstate(**_QUIET):

@@ -119,6 +119,30 @@ def softmax(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+@_in_float32(2)
+def softmax_backward(grad_out: np.ndarray, out: np.ndarray, grad_in: np.ndarray) -> np.ndarray:
+    """``grad_in = out·(grad_out - Σ_c grad_out·out)`` row-wise: the VJP of softmax from its
+    output (``grad_in`` overlaps neither input)."""
+    with np.errstate(**_QUIET):
+        d = np.multiply(grad_out, out, out=grad_in).sum(axis=1, keepdims=True)
+        np.subtract(grad_out, d, out=grad_in)
+        grad_in *= out
+    return grad_in
+
+
+@_in_float32(2)
+def log_softmax_backward(grad_out: np.ndarray, out: np.ndarray,
+                         grad_in: np.ndarray) -> np.ndarray:
+    """``grad_in = grad_out - exp(out)·Σ_c grad_out`` row-wise: the VJP of log_softmax from its
+    output (``grad_in`` overlaps neither input)."""
+    with np.errstate(**_QUIET):
+        s = grad_out.sum(axis=1, keepdims=True)
+        np.exp(out, out=grad_in)
+        grad_in *= s
+        np.subtract(grad_out, grad_in, out=grad_in)
+    return grad_in
+
+
 def _capped(x: np.ndarray, cap: float | None, buf: np.ndarray | None):
     """(z, chain): the soft-capped logits z = cap·tanh(x/cap) (into ``buf`` when given, which
     may be ``x``) and the cap's chain-rule factor 1 - (z/cap)² = d z / d x; (x, None) without a
@@ -276,6 +300,24 @@ def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale,
     return loss, lse
 
 
+def logsumexp_rows(x: np.ndarray) -> np.ndarray:
+    """torch.logsumexp of each row of ``x`` (M, K), K >= 1: m + log1p(s') (:func:`_log1p_rest`,
+    the terms below the float's resolution at 1 kept), with torch's value for a row whose max is
+    not finite (:func:`_lse_rows`)."""
+    with np.errstate(**_QUIET):
+        top = x.argmax(axis=1)  # the first NaN where there is one
+        m = x[np.arange(x.shape[0]), top][:, None]
+        return _lse_rows(m, _log1p_rest(x - m, top))
+
+
+def _softplus_neg(x: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
+    """softplus(-x) = log(1 + e^{-x}) = max(-x, 0) + log1p(exp(-|x|)), which never overflows;
+    ``e``: ``exp(-|x|)`` when the caller has it. (log_sigmoid(x) is its negation.)"""
+    if e is None:
+        e = np.exp(-np.abs(x))
+    return np.maximum(-x, 0) + np.log1p(e)
+
+
 def _sigmoid_neg(x: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
     """sigmoid(-x) without overflow: e^{-x}/(1+e^{-x}) for x ≥ 0, 1/(1+e^{x}) for x < 0.
     ``z``: ``exp(-|x|)`` when the caller has it."""
@@ -291,12 +333,12 @@ def bce_logits(x, y, weight, pos_weight, scale, grad_out):
 
     loss = w·[(1-y)·x + lw·softplus(-x)],  lw = 1 + (pos_weight-1)·y;
     grad = scale·w·[(1-y) - lw·sigmoid(-x)].
-    softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) never overflows.
+    softplus(-x) (:func:`_softplus_neg`) never overflows.
     """
     dt = x.dtype
     with np.errstate(**_QUIET):
         e = np.exp(-np.abs(x))  # (also sigmoid(-x)'s)
-        softplus_neg = np.maximum(-x, 0) + np.log1p(e)
+        softplus_neg = _softplus_neg(x, e)
         one_m_y = 1 - y
         if pos_weight is None:
             loss = one_m_y * x + softplus_neg

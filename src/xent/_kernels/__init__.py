@@ -27,6 +27,8 @@ directory), or the kernels in ``_rows.py``/``_bce.py``/``_kdim.py`` keep the old
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import _buffers
@@ -43,8 +45,12 @@ __all__ = [
     "ce_prob",
     "ce_prob_kdim",
     "log_softmax",
+    "log_softmax_backward",
+    "log_softmax_backward_kdim",
     "log_softmax_kdim",
     "softmax",
+    "softmax_backward",
+    "softmax_backward_kdim",
     "softmax_kdim",
     "vexp_array",
 ]
@@ -71,28 +77,27 @@ def _same_buffer(a, b) -> bool:
 
 
 def _prepare(x, grad_out):
-    """Return (xc, g, mode, copy_back): the kernel's x, gradient buffer and mode.
+    """Return (xc, g, grad, inplace, copy_back): the kernel's x, gradient buffer and switches.
 
-    mode 0: forward only; 1: gradient into ``g``; 2: gradient over ``xc`` itself. ``copy_back``
-    is the caller's buffer to copy ``g`` into afterwards when it could not be written directly
-    (not C-contiguous, another dtype, or overlapping ``x`` without being ``x``).
+    ``grad``: a gradient is written into ``g`` (a dummy without); ``inplace``: ``g`` is ``xc``
+    itself. ``copy_back`` is the caller's buffer to copy ``g`` into afterwards when it could not
+    be written directly (not C-contiguous, another dtype, or overlapping ``x`` without being
+    ``x``).
     """
     dt = x.dtype
     inplace = grad_out is not None and _same_buffer(x, grad_out)
     xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
     if grad_out is None:
-        return xc, np.empty((1, 1), dt), 0, None
-    if inplace and xc is x:
-        return xc, xc, 2, None
-    if inplace:  # x was not contiguous: compute in place in the copy, copy back at the end
-        return xc, xc, 2, grad_out
+        return xc, np.empty((1, 1), dt), False, False, None
+    if inplace:  # x not contiguous: in place in the copy, copied back at the end
+        return xc, xc, True, True, None if xc is x else grad_out
     if (
         grad_out.flags.c_contiguous
         and grad_out.dtype == dt
         and not np.may_share_memory(grad_out, xc)
     ):
-        return xc, grad_out, 1, None
-    return xc, np.empty(xc.shape, dt), 1, grad_out
+        return xc, grad_out, True, False, None
+    return xc, np.empty(xc.shape, dt), True, False, grad_out
 
 
 _F32 = np.dtype(np.float32)
@@ -104,23 +109,39 @@ def _compute(dt) -> np.dtype:
 
 
 def _prepare16(x, grad_out):
-    """Return (xt, g, gt, mode, inplace, copy_back) for 16-bit ``x``: its C-contiguous tag view
-    (``_half.tagged``), the 16-bit gradient buffer and its tag view (``x`` itself in place: a
-    row's result is written only after the row has been read), the kernels' mode (0 forward,
-    3 gradient into ``gt``), whether ``g`` is ``x``, and the caller's buffer to copy ``g`` into
-    afterwards when it could not be written directly (other dtype, not C-contiguous, or
-    overlapping ``x`` without being it)."""
+    """Return (xt, g, gt, copy_back) for 16-bit ``x``: its C-contiguous tag view
+    (``_half.tagged``), the 16-bit gradient buffer (None without) and its tag view (a dummy
+    without; ``x``'s own in place: a row's result is written only after the row has been read),
+    and the caller's buffer to copy ``g`` into afterwards when it could not be written directly
+    (other dtype, not C-contiguous, or overlapping ``x`` without being it)."""
     xc = np.ascontiguousarray(x)
     xt = _half.tagged(xc)
     if grad_out is None:
-        return xt, None, np.empty((1, 1), xt.dtype), 0, False, None
+        return xt, None, np.empty((1, 1), xt.dtype), None
     if grad_out.dtype == x.dtype and grad_out.flags.c_contiguous:
         if _same_buffer(xc, grad_out):
-            return xt, grad_out, xt, 3, True, None
+            return xt, grad_out, xt, None
         if not np.may_share_memory(grad_out, xc):
-            return xt, grad_out, _half.tagged(grad_out), 3, False, None
+            return xt, grad_out, _half.tagged(grad_out), None
     g = np.empty(xc.shape, x.dtype)
-    return xt, g, _half.tagged(g), 3, False, grad_out
+    return xt, g, _half.tagged(g), grad_out
+
+
+def _run_ce(M: int, C: int, x, grad_out, targets, options, loss, lse) -> None:
+    """Run the cross-entropy driver of this call's switches (a gradient, in place, a cap) over
+    the rows; ``targets`` an ``_rows.IndexTargets`` or ``_rows.ProbTargets``."""
+    capped = options.softcap is not None
+    options = options._replace(softcap=float(options.softcap) if capped else 1.0)
+    if _half.kind_of(x.dtype) is None:
+        xc, g, grad, inplace, copy_back = _prepare(x, grad_out)
+        xk, gk = xc, g
+    else:  # 16-bit: the gradient goes through a float32 row, also in place
+        xk, g, gk, copy_back = _prepare16(x, grad_out)
+        grad, inplace = grad_out is not None, False
+    index = isinstance(targets, _rows.IndexTargets)
+    run_rows(_rows.CE_ROWS[index, grad, inplace, capped], M, C,
+             (xk, targets, options, gk, loss, lse))
+    _finish(g, copy_back)
 
 
 def _finish(g, copy_back):
@@ -151,13 +172,16 @@ def _ignore_key(ignore_index) -> np.int64:
     return np.int64(ign if info.min <= ign <= info.max else info.min)
 
 
-def _option_args(M, dt, label_smoothing, lse_square_scale, softcap, row_scale, z_row_scale):
-    """(ε, ζ, cap, has_cap, s, s_z): the options and the rows' scales as the kernels take them
-    (``dt``: the compute dtype)."""
-    has_cap = softcap is not None
+def _options(M, C, dt, weight, label_smoothing, lse_square_scale, softcap, row_scale,
+             z_row_scale) -> _rows.Options:
+    """The options and the rows' scales as the kernels take them (``dt``: the compute dtype);
+    ``softcap`` None or the cap (:func:`_run_ce` picks the driver by it)."""
+    w, wsum = _weights(weight, C, dt)
     zscale = float(lse_square_scale)
-    return (float(label_smoothing), zscale, float(softcap) if has_cap else 1.0, has_cap,
-            _row_vector(row_scale, M, dt), _row_vector(z_row_scale if zscale else None, M, dt))
+    return _rows.Options(
+        weight=w, weight_sum=wsum, label_smoothing=float(label_smoothing),
+        lse_square_scale=zscale, softcap=softcap, row_scale=_row_vector(row_scale, M, dt),
+        z_row_scale=_row_vector(z_row_scale if zscale else None, M, dt))
 
 
 def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale, softcap,
@@ -176,24 +200,16 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
     gets 0 for both, and its lse only with ``ignored_lse`` (NaN otherwise: the row is not read).
     """
     M, C = x.shape
-    kind = _half.kind_of(x.dtype)
     dt = _compute(x.dtype)
     if M == 0 or C == 0:
         return _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
-    tgt = _contiguous(target, np.int64)
-    w, wsum = _weights(weight, C, dt)
-    eps, zscale, cap, has_cap, rs, rz = _option_args(M, dt, label_smoothing, lse_square_scale,
-                                                     softcap, row_scale, z_row_scale)
+    options = _options(M, C, dt, weight, label_smoothing, lse_square_scale, softcap, row_scale,
+                       z_row_scale)
+    targets = _rows.IndexTargets(target=_contiguous(target, np.int64),
+                                 ignore_index=_ignore_key(ignore_index),
+                                 ignored_lse=bool(ignored_lse))
     loss, lse = np.empty(M, dt), np.full(M, np.nan, dt)
-    opts = (tgt, w, wsum, _ignore_key(ignore_index), eps, zscale, cap, has_cap,
-            bool(ignored_lse), rs, rz)
-    if kind is None:
-        xc, g, mode, copy_back = _prepare(x, grad_out)
-        run_rows(_rows.ce_index_rows, M, C, (xc, *opts, g, mode, loss, lse))
-    else:
-        xt, g, gt, mode, _, copy_back = _prepare16(x, grad_out)
-        run_rows(_rows.ce_index_rows16, M, C, (xt, *opts, gt, mode, loss, lse))
-    _finish(g, copy_back)
+    _run_ce(M, C, x, grad_out, targets, options, loss, lse)
     return loss, lse
 
 
@@ -210,48 +226,71 @@ def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale,
     dt = _compute(x.dtype)
     if M == 0 or C == 0:
         return _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
-    w, wsum = _weights(weight, C, dt)
-    eps, zscale, cap, has_cap, rs, rz = _option_args(M, dt, label_smoothing, lse_square_scale,
-                                                     softcap, row_scale, z_row_scale)
-    a1, a0 = dt.type(1.0 - eps), dt.type(eps / C)
-    loss, lse = np.empty(M, dt), np.empty(M, dt)
-    opts = (w, wsum, a1, a0, zscale, cap, has_cap, rs, rz)
+    options = _options(M, C, dt, weight, label_smoothing, lse_square_scale, softcap, row_scale,
+                       z_row_scale)
+    eps = options.label_smoothing
     if kind is None:
-        xc, g, mode, copy_back = _prepare(x, grad_out)
-        yc = _contiguous(np.broadcast_to(y, (M, C)), dt)
-        run_rows(_rows.ce_prob_rows, M, C, (xc, yc, *opts, g, mode, loss, lse))
+        yk = _contiguous(np.broadcast_to(y, (M, C)), dt)
     else:
-        xt, g, gt, mode, _, copy_back = _prepare16(x, grad_out)
         y16, y32, ykind = _half.operand(y, (M, C))
-        yt = y32 if ykind == _half.F32 else _half.tagged(y16.view(np.asarray(y).dtype))
-        run_rows(_rows.ce_prob_rows16, M, C, (xt, yt, *opts, gt, mode, loss, lse))
-    _finish(g, copy_back)
+        yk = y32 if ykind == _half.F32 else _half.tagged(y16.view(np.asarray(y).dtype))
+    targets = _rows.ProbTargets(y=yk, a1=dt.type(1.0 - eps), a0=dt.type(eps / C))
+    loss, lse = np.empty(M, dt), np.empty(M, dt)
+    _run_ce(M, C, x, grad_out, targets, options, loss, lse)
     return loss, lse
 
 
-def _rowwise(fn, log, x, out):
+def _rowwise(log, x, out):
     M, C = x.shape
     if M == 0 or C == 0:
         return out
-    kind = _half.kind_of(x.dtype)
-    if kind is None:
-        xc, g, mode, copy_back = _prepare(x, out)
-        run_rows(fn, M, C, (xc, g, mode == 2))
+    if _half.kind_of(x.dtype) is None:
+        xk, g, _, inplace, copy_back = _prepare(x, out)
+        gk = g
     else:
-        xt, g, gt, _, inplace, copy_back = _prepare16(x, out)
-        run_rows(_rows.rowwise_rows16, M, C, (xt, gt, log, inplace))
+        xk, g, gk, copy_back = _prepare16(x, out)
+        inplace = gk is xk
+    run_rows(_rows.ROWWISE_ROWS[log, inplace], M, C, (xk, gk))
     _finish(g, copy_back)
     return out
 
 
 def log_softmax(x, out):
     """``out = (x - max) - log Σ exp(x - max)`` row-wise over (M, C); ``out`` may be ``x``."""
-    return _rowwise(_rows.log_softmax_rows, True, x, out)
+    return _rowwise(True, x, out)
 
 
 def softmax(x, out):
     """``out = exp(x - max) / Σ exp(x - max)`` row-wise over (M, C); ``out`` may be ``x``."""
-    return _rowwise(_rows.softmax_rows, False, x, out)
+    return _rowwise(False, x, out)
+
+
+def _apart(out, *ins) -> bool:
+    """Whether the kernels can write ``out`` directly: C-contiguous, overlapping no input."""
+    return out.flags.c_contiguous and not any(np.may_share_memory(out, a) for a in ins)
+
+
+def _backward(fn, g, y, out):
+    M, C = y.shape
+    if M == 0 or C == 0:
+        return out
+    gc, yc = np.ascontiguousarray(g), np.ascontiguousarray(y)
+    o = out if _apart(out, gc, yc) else np.empty(yc.shape, yc.dtype)
+    run_rows(fn, M, C, (_half.tagged(gc), _half.tagged(yc), _half.tagged(o)))
+    _finish(o, None if o is out else out)
+    return out
+
+
+def softmax_backward(grad_out, out, grad_in):
+    """``grad_in = out·(grad_out - Σ_c grad_out·out)`` row-wise over (M, C): the VJP of softmax
+    from its output (all three of one storage dtype; 16-bit ones computed in float32)."""
+    return _backward(_rows.softmax_backward_rows, grad_out, out, grad_in)
+
+
+def log_softmax_backward(grad_out, out, grad_in):
+    """``grad_in = grad_out - exp(out)·Σ_c grad_out`` row-wise over (M, C): the VJP of
+    log_softmax from its output."""
+    return _backward(_rows.log_softmax_backward_rows, grad_out, out, grad_in)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,14 +449,30 @@ def _softmax_kdim(x, out, log):
     return out
 
 
-def log_softmax_kdim(x, out):
-    """``out = (x - m) - log Σ_c exp(x - m)`` along axis 1 of (A, C, B), m = max over axis 1."""
-    return _softmax_kdim(x, out, True)
+#: :func:`log_softmax` and :func:`softmax` along axis 1 of (A, C, B).
+log_softmax_kdim = functools.partial(_softmax_kdim, log=True)
+softmax_kdim = functools.partial(_softmax_kdim, log=False)
 
 
-def softmax_kdim(x, out):
-    """``out = exp(x - m) / Σ_c exp(x - m)`` along axis 1 of (A, C, B), m = max over axis 1."""
-    return _softmax_kdim(x, out, False)
+def _backward_kdim(g, y, out, log):
+    A, C, B = y.shape
+    if A == 0 or B == 0 or C == 0:
+        return out
+    gc, yc = np.ascontiguousarray(g), np.ascontiguousarray(y)
+    o = out if _apart(out, gc, yc) else np.empty(yc.shape, yc.dtype)
+    kind = _half.kind_of(y.dtype)
+    if kind is None:  # tiles sized for both inputs (each tile is read twice)
+        _run_tiles(_kdim.softmax_backward_tiles, A, C, B, 2 * y.dtype.itemsize, (gc, yc, o, log))
+    else:
+        _run_tiles16(_kdim.softmax_backward_tiles16, A, C, B,
+                     (_half.bits(gc), _half.bits(yc), kind, _half.bits(o), log))
+    _finish(o, None if o is out else out)
+    return out
+
+
+#: :func:`softmax_backward` and :func:`log_softmax_backward` along axis 1 of (A, C, B).
+softmax_backward_kdim = functools.partial(_backward_kdim, log=False)
+log_softmax_backward_kdim = functools.partial(_backward_kdim, log=True)
 
 
 def _compact(a, M: int, K: int, dt) -> np.ndarray:

@@ -76,6 +76,35 @@ def _i64_as_f64(typingctx, x):
     return types.float64(x), codegen
 
 
+def _by_float_type(name, f32, f64, doc):
+    """(fn, fn_array): ``fn(x)``, callable from Numba code only, runs ``f32`` on a float32
+    scalar and ``f64`` on a float64 one; ``fn_array(x, out)`` is ``out[i] = fn(x[i])`` over 1-D
+    arrays (for the accuracy tests)."""
+
+    def fn(x):
+        raise NotImplementedError(f"{name} is only callable from Numba-compiled code")
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc + "; dispatches on the type."
+
+    @overload(fn, jit_options={"fastmath": _CONTRACT})
+    def _typed(x):
+        if x == types.float32:
+            return lambda x: f32(x)
+        if x == types.float64:
+            return lambda x: f64(x)
+        return None
+
+    @numba.njit(fastmath=_CONTRACT, cache=True)
+    def fn_array(x, out):
+        for i in range(x.shape[0]):
+            out[i] = fn(x[i])
+        return out
+
+    fn_array.__doc__ = f"Elementwise ``out[i] = {name}(x[i])`` over 1-D arrays."
+    return fn, fn_array
+
+
 # ---------------------------------------------------------------------------------------------
 # exp
 # ---------------------------------------------------------------------------------------------
@@ -255,42 +284,32 @@ def exp_shifted_array(x, out, tag):
     return out
 
 
-def vexp(x):
-    """exp(x) for a float32 or float64 scalar inside Numba code; dispatches on the type."""
-    raise NotImplementedError("vexp is only callable from Numba-compiled code")
+vexp, vexp_array = _by_float_type(
+    "vexp", exp32, exp64, "exp(x) for a float32 or float64 scalar inside Numba code")
 
 
-@overload(vexp, jit_options={"fastmath": _CONTRACT})
-def _vexp_overload(x):
-    if x == types.float32:
-        return lambda x: exp32(x)
-    if x == types.float64:
-        return lambda x: exp64(x)
-    return None
+def _llvm_binary(name, doc):
+    """An intrinsic ``f(a, b)`` of two floats of one type compiled to LLVM's ``llvm.<name>``
+    (which vectorises, where NumPy's function would be a libm call per element)."""
+
+    @intrinsic
+    def f(typingctx, a, b):
+        if a != b or not isinstance(a, types.Float):
+            return None
+
+        def codegen(context, builder, signature, args):
+            lt = args[0].type
+            fnty = ir.FunctionType(lt, [lt, lt])
+            fn = builder.module.declare_intrinsic("llvm." + name, [lt], fnty)
+            return builder.call(fn, args)
+
+        return a(a, b), codegen
+
+    f.__doc__ = doc
+    return f
 
 
-@numba.njit(fastmath=_CONTRACT, cache=True)
-def vexp_array(x, out):
-    """Elementwise ``out[i] = vexp(x[i])`` over 1-D arrays (used by the accuracy tests)."""
-    for i in range(x.shape[0]):
-        out[i] = vexp(x[i])
-    return out
-
-
-@intrinsic
-def fcopysign(typingctx, a, b):
-    """``copysign(a, b)`` (LLVM ``llvm.copysign``): |a| with the sign bit of b; vectorises, where
-    ``np.copysign`` compiles to a libm call per element."""
-    if a != b or not isinstance(a, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        lt = args[0].type
-        fnty = ir.FunctionType(lt, [lt, lt])
-        fn = builder.module.declare_intrinsic("llvm.copysign", [lt], fnty)
-        return builder.call(fn, args)
-
-    return a(a, b), codegen
+fcopysign = _llvm_binary("copysign", "``copysign(a, b)``: |a| with the sign bit of b.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,41 +363,10 @@ def tanh64(y):
     return fcopysign(u / (u + 2.0), np.float64(y))
 
 
-def vtanh(x):
-    """tanh(x) for a float32 or float64 scalar inside Numba code; dispatches on the type."""
-    raise NotImplementedError("vtanh is only callable from Numba-compiled code")
+vtanh, vtanh_array = _by_float_type(
+    "vtanh", tanh32, tanh64, "tanh(x) for a float32 or float64 scalar inside Numba code")
 
 
-@overload(vtanh, jit_options={"fastmath": _CONTRACT})
-def _vtanh_overload(x):
-    if x == types.float32:
-        return lambda x: tanh32(x)
-    if x == types.float64:
-        return lambda x: tanh64(x)
-    return None
-
-
-@numba.njit(fastmath=_CONTRACT, cache=True)
-def vtanh_array(x, out):
-    """Elementwise ``out[i] = vtanh(x[i])`` over 1-D arrays (used by the accuracy tests)."""
-    for i in range(x.shape[0]):
-        out[i] = vtanh(x[i])
-    return out
-
-
-@intrinsic
-def fmaximum(typingctx, a, b):
-    """IEEE ``maximum(a, b)`` (LLVM ``llvm.maximum``): the larger, NaN if either is NaN.
-
-    A loop reducing with it vectorises without fast-math flags, and a NaN anywhere propagates.
-    """
-    if a != b or not isinstance(a, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        lt = args[0].type
-        fnty = ir.FunctionType(lt, [lt, lt])
-        fn = builder.module.declare_intrinsic("llvm.maximum", [lt], fnty)
-        return builder.call(fn, args)
-
-    return a(a, b), codegen
+fmaximum = _llvm_binary(
+    "maximum", "IEEE ``maximum(a, b)``: the larger, NaN if either is NaN. A loop reducing with it "
+    "vectorises without fast-math flags, and a NaN anywhere propagates.")

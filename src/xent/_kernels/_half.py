@@ -57,19 +57,9 @@ def _h2f(typingctx, h):
 
 @intrinsic
 def _f2h(typingctx, f):
-    """The bits (uint16) of float32 ``f`` rounded to float16, to nearest even (``fptrunc``)."""
+    """The bits (uint16) of float32 ``f`` rounded to float16, to nearest even (``fptrunc``).
+    Stored into a float16 tag view (int16), the same 16 bits are kept (a same-width cast)."""
     sig = types.uint16(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-
-    return sig, codegen
-
-
-@intrinsic
-def _f2h_i16(typingctx, f):
-    """:func:`_f2h` as an int16 (the element type of a float16 array's tag view)."""
-    sig = types.int16(types.float32)
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
@@ -212,6 +202,12 @@ def put(a, j, v):
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
+def is_tagged(a):
+    """Whether ``a`` is a 16-bit tag view (a constant of the compiled code: a property of the
+    type)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
 def compute(a, v):
     """v in the compute dtype of array ``a`` (float32 for 16-bit storage)."""
     raise NotImplementedError("only callable from Numba-compiled code")
@@ -239,7 +235,7 @@ def _put_overload(a, j, v):
     if a.dtype == types.int16:
 
         def put_f16(a, j, v):
-            a[j] = _f2h_i16(np.float32(v))
+            a[j] = _f2h(np.float32(v))
 
         return put_f16
     if isinstance(a.dtype, types.Float):
@@ -249,6 +245,12 @@ def _put_overload(a, j, v):
 
         return put_float
     return None
+
+
+@overload(is_tagged, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+def _is_tagged_overload(a):
+    tag = a.dtype in (types.uint16, types.int16)
+    return lambda a: tag
 
 
 @overload(compute, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]

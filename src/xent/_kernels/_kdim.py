@@ -69,8 +69,10 @@ import numpy as np
 
 from ._exp import fmaximum, vexp
 from ._half import F32, from_f32, to_f32
+from ._rows import _log_sum
 
 _jit = numba.njit(cache=True)
+_jit_inline = numba.njit(cache=True, inline="always")
 # The tile drivers release the GIL so the host can run tiles on several threads (_threads).
 _jit_tiles = numba.njit(nogil=True, cache=True)
 
@@ -128,20 +130,53 @@ def _max_sum_exp(x, xf, a, b0, nb, R, cc, wk):
         for r in range(1, R):
             for j in range(nb):
                 mc[np.uint64(r) * nb + j] = mc[j]
-        for f in range(L):
-            cs[f] = 0
-        for c in range(c0, cg, R):
-            base = np.uint64(c * B) + b0
-            for f in range(L):
-                cs[f] += vexp(xf[a, base + f] - mc[f])
-        for c in range(cg, c1):
-            for j in range(nb):
-                cs[j] += vexp(x[a, c, b0 + j] - mc[j])
-        for r in range(1, R):
-            for j in range(nb):
-                cs[j] += cs[np.uint64(r) * nb + j]
+        _chunk_exp_sum(x, xf, a, b0, nb, R, c0, c1, mc, cs, cs, False)
         for j in range(nb):
             s[j] += cs[j]
+
+
+@_jit_inline
+def _exp_term(d, cnt, f, rest):
+    """exp(d); with ``rest`` (a constant at each call), 0 where d == 0 (a term of the max
+    itself), counted in cnt[f] instead."""
+    if rest:
+        dt = cnt.dtype.type
+        top = d == dt(0)
+        cnt[f] += dt(1) if top else dt(0)
+        return dt(0) if top else vexp(d)
+    return vexp(d)
+
+
+@_jit_inline
+def _chunk_exp_sum(x, xf, a, b0, nb, R, c0, c1, sh, part, cnt, rest):
+    """part[j] = Σ_{c in [c0, c1)} exp(x[a, c, b0+j] - sh[j]) per position j, ``sh`` holding
+    each position's shift repeated R times (lane r·nb + j): groups of R rows run over the R·nb
+    contiguous lanes of ``xf``, the rows left over one by one, and the R partial sums are folded.
+    With ``rest``, the terms of the max itself (x == shift) are counted per lane in ``cnt``
+    instead (not reset or folded here): the sum without the max's own terms."""
+    B = x.shape[2]
+    L = np.uint64(R) * nb  # uint64: signed·unsigned would give a signed (wrapped) index
+    cg = c0 + (c1 - c0) // R * R  # rows [c0, cg) in groups of R, [cg, c1) one by one
+    for f in range(L):
+        part[f] = 0
+    for c in range(c0, cg, R):
+        base = np.uint64(c * B) + b0
+        for f in range(L):
+            part[f] += _exp_term(xf[a, base + f] - sh[f], cnt, f, rest)
+    for c in range(cg, c1):
+        for j in range(nb):
+            part[j] += _exp_term(x[a, c, b0 + j] - sh[j], cnt, j, rest)
+    for r in range(1, R):
+        for j in range(nb):
+            part[j] += part[np.uint64(r) * nb + j]
+
+
+@_jit_inline
+def _pass1(x, xf, a, b0, nb, R, cc, wk):
+    """Pass 1 of a tile (:func:`_max_sum_exp`): the rows of ``wk`` holding each position's
+    max m and sum s, and the row k for the pass-3 coefficients."""
+    _max_sum_exp(x, xf, a, b0, nb, R, cc, wk)
+    return wk[_M], wk[_S], wk[_K]
 
 
 @_jit
@@ -179,23 +214,36 @@ def _write_rows(x, xf, out, of, a, b0, nb, R, sh, k, log):
                 out[a, c, b0 + j] = vexp(x[a, c, b0 + j] - sh[j]) * k[j]
 
 
-@_jit
-def _weighted_shift_sum(v, w, a, b0, nb, cc, shift, part, acc):
-    """acc[j] = Σ_c w_c·(v[a, c, b0+j] - shift[j]), summed per chunk of ``cc`` classes in
-    ``part`` (v's dtype), then in float64."""
+@_jit_inline
+def _zero(part, nb):
+    """part[j] = 0 for the tile's nb positions (a chunk's partial sums start)."""
+    for j in range(nb):
+        part[j] = 0
+
+
+@_jit_inline
+def _add64(acc, part, nb):
+    """acc[j] += part[j] in float64 (a chunk's partial sums end)."""
+    for j in range(nb):
+        acc[j] += np.float64(part[j])
+
+
+@_jit_inline
+def _position_sums(v, w, y, a, b0, nb, cc, shift, part, acc, with_y):
+    """acc[j] = Σ_c w_c·(v[a, c, b0+j] - shift[j]), times y[a, c, b0+j] ``with_y`` (a constant
+    at each call), per position j: summed per chunk of ``cc`` classes in ``part`` (v's dtype),
+    then in float64, which keeps a float32 sum's error at O(cc + C/cc) ulp."""
     C = v.shape[1]
     for j in range(nb):
         acc[j] = 0.0
     for c0 in range(0, C, cc):
-        c1 = min(c0 + cc, C)
-        for j in range(nb):
-            part[j] = 0
-        for c in range(c0, c1):
+        _zero(part, nb)
+        for c in range(c0, min(c0 + cc, C)):
             wc = w[c]
             for j in range(nb):
-                part[j] += wc * (v[a, c, b0 + j] - shift[j])
-        for j in range(nb):
-            acc[j] += np.float64(part[j])
+                t = wc * (v[a, c, b0 + j] - shift[j])
+                part[j] += t * y[a, c, b0 + j] if with_y else t
+        _add64(acc, part, nb)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,10 +256,7 @@ def _ce_index_tile(
     """One tile of :func:`ce_index_tiles`."""
     C = x.shape[1]
     dt = x.dtype.type
-    _max_sum_exp(x, xf, a, b0, nb, R, cc, wk)
-    m = wk[_M]
-    s = wk[_S]
-    k = wk[_K]
+    m, s, k = _pass1(x, xf, a, b0, nb, R, cc, wk)
     beta = wk[_BETA]
     log_s = wk64[_LOGS]
     li = wk64[_LOSS]
@@ -247,7 +292,7 @@ def _ce_index_tile(
     # when label smoothing needs it.
     if has_g:
         if eps > 0:
-            _weighted_shift_sum(x, w, a, b0, nb, cc, m, wk[_CS], wk64[_ACC])  # before the write
+            _position_sums(x, w, x, a, b0, nb, cc, m, wk[_CS], wk64[_ACC], False)  # before writing
             for c in range(C):
                 wc = w[c]
                 for j in range(nb):
@@ -267,7 +312,7 @@ def _ce_index_tile(
                     for c in range(C):
                         g[a, c, b] = 0
     elif eps > 0:
-        _weighted_shift_sum(x, w, a, b0, nb, cc, m, wk[_CS], wk64[_ACC])
+        _position_sums(x, w, x, a, b0, nb, cc, m, wk[_CS], wk64[_ACC], False)
     if eps > 0:
         acc = wk64[_ACC]
         for j in range(nb):
@@ -294,13 +339,9 @@ def ce_index_tiles(x, xf, target, w, wsum, ign, eps, rs, g, gf, has_g, loss, bt,
     position (a, b).
     """
     B = x.shape[2]
-    nbb = (B + bt - 1) // bt
-    wk = np.empty((_NROWS, R * bt), x.dtype)
-    wk64 = np.empty((_NROWS64, bt), np.float64)
+    wk, wk64 = _tile_work(x, R, bt)
     for u in range(lo, hi):
-        a = u // nbb
-        b0 = np.uint64((u - a * nbb) * bt)
-        nb = np.uint64(min(bt, B - (u - a * nbb) * bt))
+        a, b0, nb = _tile_of(u, bt, B)
         _ce_index_tile(
             x, xf, target, w, wsum, ign, eps, rs, g, gf, has_g, loss, a, b0, nb, R, cc, wk, wk64
         )
@@ -314,16 +355,13 @@ def _ce_prob_tile(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, a, b0, nb, R, c
     """One tile of :func:`ce_prob_tiles`."""
     C = x.shape[1]
     dt = x.dtype.type
-    _max_sum_exp(x, xf, a, b0, nb, R, cc, wk)
-    m = wk[_M]
-    s = wk[_S]
-    k = wk[_K]
+    m, s, k = _pass1(x, xf, a, b0, nb, R, cc, wk)
     part = wk[_SUM]
     tot = wk64[_LOSS]  # T_b = Σ_c w_c·y'_cb = a1·Σ_c w_c·y_cb + a0·W
     acc = wk64[_ACC]  # Σ_c w_c·y'_cb·(x_cb - m_b)
     for j in range(nb):
         k[j] = 0
-    _weighted_shift_sum(y, w, a, b0, nb, cc, k, part, tot)
+    _position_sums(y, w, y, a, b0, nb, cc, k, part, tot, False)
     fa1 = np.float64(a1)
     fa0 = np.float64(a0)
     for j in range(nb):
@@ -334,10 +372,8 @@ def _ce_prob_tile(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, a, b0, nb, R, c
             k[j] = np.nan  # NaN / +inf / all -inf: NaN loss and gradient
         acc[j] = 0.0
     for c0 in range(0, C, cc):
-        c1 = min(c0 + cc, C)
-        for j in range(nb):
-            part[j] = 0
-        for c in range(c0, c1):
+        _zero(part, nb)
+        for c in range(c0, min(c0 + cc, C)):
             wc = w[c]
             if has_g:
                 for j in range(nb):
@@ -350,8 +386,7 @@ def _ce_prob_tile(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, a, b0, nb, R, c
                 for j in range(nb):
                     b = b0 + j
                     part[j] += wc * (a1 * y[a, c, b] + a0) * (x[a, c, b] - m[j])
-        for j in range(nb):
-            acc[j] += np.float64(part[j])
+        _add64(acc, part, nb)
     # loss = -Σ w y' (x - m - log s) = T·log s - Σ w y' (x - m)
     for j in range(nb):
         b = b0 + j
@@ -368,13 +403,9 @@ def ce_prob_tiles(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, bt, R, cc, lo, 
     y' = a1·y + a0 (a1 = 1-ε, a0 = ε/C); the math is ``xent._kernels.ce_prob``'s per position.
     """
     B = x.shape[2]
-    nbb = (B + bt - 1) // bt
-    wk = np.empty((_NROWS, R * bt), x.dtype)
-    wk64 = np.empty((_NROWS64, bt), np.float64)
+    wk, wk64 = _tile_work(x, R, bt)
     for u in range(lo, hi):
-        a = u // nbb
-        b0 = np.uint64((u - a * nbb) * bt)
-        nb = np.uint64(min(bt, B - (u - a * nbb) * bt))
+        a, b0, nb = _tile_of(u, bt, B)
         _ce_prob_tile(x, xf, y, w, wsum, a1, a0, rs, g, has_g, loss, a, b0, nb, R, cc, wk, wk64)
 
 
@@ -391,9 +422,6 @@ def _sum_exp_rest(x, xf, a, b0, nb, R, cc, wk):
     rest is below the float's resolution at 1 (see :func:`_softmax_tile`).
     """
     C = x.shape[1]
-    B = x.shape[2]
-    dt = x.dtype.type
-    L = np.uint64(R) * nb  # uint64: signed·unsigned would give a signed (wrapped) index
     m = wk[_M]
     sh = wk[_BETA]
     part = wk[_MC]
@@ -402,31 +430,12 @@ def _sum_exp_rest(x, xf, a, b0, nb, R, cc, wk):
     for r in range(R):
         for j in range(nb):
             sh[np.uint64(r) * nb + j] = m[j]
-    for f in range(L):
+    for f in range(np.uint64(R) * nb):
         cnt[f] = 0  # whole numbers: exact in any order
     for j in range(nb):
         rest[j] = 0
     for c0 in range(0, C, cc):
-        c1 = min(c0 + cc, C)
-        cg = c0 + (c1 - c0) // R * R  # rows [c0, cg) in groups of R, [cg, c1) one by one
-        for f in range(L):
-            part[f] = 0
-        for c in range(c0, cg, R):
-            base = np.uint64(c * B) + b0
-            for f in range(L):
-                d = xf[a, base + f] - sh[f]
-                top = d == dt(0)
-                part[f] += dt(0) if top else vexp(d)
-                cnt[f] += dt(1) if top else dt(0)
-        for c in range(cg, c1):
-            for j in range(nb):
-                d = x[a, c, b0 + j] - m[j]
-                top = d == dt(0)
-                part[j] += dt(0) if top else vexp(d)
-                cnt[j] += dt(1) if top else dt(0)
-        for r in range(1, R):
-            for j in range(nb):
-                part[j] += part[np.uint64(r) * nb + j]
+        _chunk_exp_sum(x, xf, a, b0, nb, R, c0, min(c0 + cc, C), sh, part, cnt, True)
         for j in range(nb):
             rest[j] += part[j]
     for r in range(1, R):
@@ -438,23 +447,20 @@ def _sum_exp_rest(x, xf, a, b0, nb, R, cc, wk):
 def _softmax_tile(x, xf, out, of, log, a, b0, nb, R, cc, wk):
     """out = exp(x - m)·(1/s), or (x - m) - log s with ``log``; NaN for non-finite positions.
 
-    log s = log1p(s - 1): where s < 2 (one max, the other terms below 1 together) s - 1 loses
-    the terms below the float's resolution at 1, so those tiles sum them again without the max's
-    own 1 (:func:`_sum_exp_rest`): log_softmax([0, -40]) is -log1p(e^-40) = -4.25e-18, not 0.
-    Where s >= 2, log s is as exact as log1p(s') (SciPy's logsumexp since gh-18295).
+    log s as the row kernels take it (``_rows._log_sum``): where s < 2 (one max, the other terms
+    below 1 together) the tile sums the terms again without the max's own (:func:`_sum_exp_rest`),
+    so log_softmax([0, -40]) is -log1p(e^-40) = -4.25e-18, not 0.
     """
     dt = x.dtype.type
-    _max_sum_exp(x, xf, a, b0, nb, R, cc, wk)
-    m = wk[_M]
-    s = wk[_S]
-    k = wk[_K]
+    m, s, k = _pass1(x, xf, a, b0, nb, R, cc, wk)
     again = False
     for j in range(nb):
         if not math.isfinite(m[j]):
             k[j] = np.nan
+        elif log and s[j] >= 2:
+            k[j] = dt(_log_sum(s[j], 0.0, 0.0))
         elif log:
-            k[j] = dt(math.log(np.float64(s[j])))
-            again = again or s[j] < 2
+            again = True  # k[j] from the sum without the max's terms, below
         else:
             k[j] = dt(1.0 / np.float64(s[j]))
     if again:
@@ -463,7 +469,7 @@ def _softmax_tile(x, xf, out, of, log, a, b0, nb, R, cc, wk):
         cnt = wk[_CS]
         for j in range(nb):
             if math.isfinite(m[j]) and s[j] < 2:
-                k[j] = dt(math.log1p(np.float64(rest[j]) + (np.float64(cnt[j]) - 1.0)))
+                k[j] = dt(_log_sum(s[j], rest[j], cnt[j]))
     _write_rows(x, xf, out, of, a, b0, nb, R, m, k, log)
 
 
@@ -474,13 +480,50 @@ def softmax_tiles(x, xf, out, of, log, bt, R, cc, lo, hi):
     ``xf`` and ``of`` are ``x`` and ``out`` viewed as (A, C·B); tiles as :func:`ce_index_tiles`.
     """
     B = x.shape[2]
-    nbb = (B + bt - 1) // bt
     wk = np.empty((_NROWS, R * bt), x.dtype)
     for u in range(lo, hi):
-        a = u // nbb
-        b0 = np.uint64((u - a * nbb) * bt)
-        nb = np.uint64(min(bt, B - (u - a * nbb) * bt))
+        a, b0, nb = _tile_of(u, bt, B)
         _softmax_tile(x, xf, out, of, log, a, b0, nb, R, cc, wk)
+
+
+# ---------------------------------------------------------------------------------------------
+# The vector-Jacobian products of softmax and log_softmax, from the forward's output
+# ---------------------------------------------------------------------------------------------
+@_jit
+def _backward_tile(g, y, out, log, a, b0, nb, cc, ones, zeros, part, acc):
+    """One tile of :func:`softmax_backward_tiles`: per position, d = Σ_c g·y (``log``: Σ_c g),
+    summed as the forward's sums (:func:`_position_sums`, with unit weights and no shift:
+    exactly those sums), then out = y·(g - d) (``log``: g - exp(y)·d) in one pass."""
+    C = g.shape[1]
+    dt = g.dtype.type
+    if log:
+        _position_sums(g, ones, y, a, b0, nb, cc, zeros, part, acc, False)
+    else:
+        _position_sums(g, ones, y, a, b0, nb, cc, zeros, part, acc, True)
+    for j in range(nb):
+        part[j] = dt(acc[j])
+    if log:
+        for c in range(C):
+            for j in range(nb):
+                out[a, c, b0 + j] = g[a, c, b0 + j] - vexp(y[a, c, b0 + j]) * part[j]
+    else:
+        for c in range(C):
+            for j in range(nb):
+                out[a, c, b0 + j] = y[a, c, b0 + j] * (g[a, c, b0 + j] - part[j])
+
+
+@_jit_tiles
+def softmax_backward_tiles(g, y, out, log, bt, R, cc, lo, hi):
+    """The VJP of softmax (``log``: of log_softmax) along axis 1 of (A, C, B): ``g`` the
+    upstream gradient, ``y`` the forward's output, into ``out``; tiles as
+    :func:`ce_index_tiles` (``R`` unused: the rows are not grouped)."""
+    B = g.shape[2]
+    ones, zeros = np.ones(g.shape[1], g.dtype), np.zeros(bt, g.dtype)
+    part = np.empty(bt, g.dtype)
+    acc = np.empty(bt, np.float64)
+    for u in range(lo, hi):
+        a, b0, nb = _tile_of(u, bt, B)
+        _backward_tile(g, y, out, log, a, b0, nb, cc, ones, zeros, part, acc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,16 +556,27 @@ def _scatter(src, kind, a, b0, nb, out16):
 @_jit
 def _scratch(buf, C, nb):
     """The first C·nb values of ``buf`` as (1, C, nb) and its (1, C·nb) view."""
-    t = buf[:C * nb].reshape((1, C, nb))
-    return t, t.reshape((1, C * nb))
+    n = np.int64(nb)
+    t = buf[:C * n].reshape((1, C, n))
+    return t, t.reshape((1, C * n))
 
 
 @_jit
-def _tile_of(u, nbb, bt, B):
-    """(a, b0, nb) of tile u."""
+def _tile_work(like, R, bt):
+    """The per-thread work arrays of a tile driver: ``wk`` (like's dtype; R·bt lanes) and
+    ``wk64`` (float64, per position)."""
+    return np.empty((_NROWS, R * bt), like.dtype), np.empty((_NROWS64, bt), np.float64)
+
+
+@_jit
+def _tile_of(u, bt, B):
+    """(a, b0, nb) of tile u: a = u // nbb, b0 = (u % nbb)·bt, nb = min(bt, B - b0), nbb =
+    ceil(B / bt) tiles per a; b0 and nb as uint64, the type of every factor of a lane index
+    (see Indexing above)."""
+    nbb = (B + bt - 1) // bt
     a = u // nbb
     b0 = (u - a * nbb) * bt
-    return a, b0, min(bt, B - b0)
+    return a, np.uint64(b0), np.uint64(min(bt, B - b0))
 
 
 @_jit
@@ -530,9 +584,10 @@ def _loss_scratch(C, bt, R, has_g):
     """The per-thread scratch of a cross-entropy tile driver: logits and gradient (C·bt
     float32; the gradient 1 without ``has_g``), the tile's row scales and losses (bt), and the
     tile function's work arrays ``wk`` (float32) and ``wk64``."""
-    return (np.empty(C * bt, np.float32), np.empty(C * bt if has_g else 1, np.float32),
-            np.empty(bt, np.float32), np.empty(bt, np.float32),
-            np.empty((_NROWS, R * bt), np.float32), np.empty((_NROWS64, bt), np.float64))
+    xs = np.empty(C * bt, np.float32)
+    wk, wk64 = _tile_work(xs, R, bt)
+    return (xs, np.empty(C * bt if has_g else 1, np.float32), np.empty(bt, np.float32),
+            np.empty(bt, np.float32), wk, wk64)
 
 
 @_jit_tiles
@@ -541,20 +596,19 @@ def ce_index_tiles16(x16, kind, target, w, wsum, ign, eps, rs, g16, has_g, loss,
     """:func:`ce_index_tiles` on 16-bit ``x16`` and ``g16`` (uint16 bits of ``kind``)."""
     C = x16.shape[1]
     B = x16.shape[2]
-    nbb = (B + bt - 1) // bt
     xs, gs, rsb, lb, wk, wk64 = _loss_scratch(C, bt, R, has_g)
     tg = np.empty(bt, np.int64)
     for u in range(lo, hi):
-        a, b0, nb = _tile_of(u, nbb, bt, B)
+        a, b0, nb = _tile_of(u, bt, B)
         x3, xf3 = _scratch(xs, C, nb)
-        g3, gf3 = _scratch(gs, C if has_g else 1, nb if has_g else 1)
+        g3, gf3 = _scratch(gs, C if has_g else 1, nb if has_g else np.uint64(1))
         _gather(x16, kind, a, b0, nb, x3)
         for j in range(nb):
             tg[j] = target[a, b0 + j]
             rsb[j] = rs[a, b0 + j]
-        _ce_index_tile(x3, xf3, tg[:nb].reshape((1, nb)), w, wsum, ign, eps,
-                       rsb[:nb].reshape((1, nb)), g3, gf3, has_g, lb[:nb].reshape((1, nb)),
-                       0, np.uint64(0), np.uint64(nb), R, cc, wk, wk64)
+        one = (1, np.int64(nb))
+        _ce_index_tile(x3, xf3, tg[:nb].reshape(one), w, wsum, ign, eps, rsb[:nb].reshape(one),
+                       g3, gf3, has_g, lb[:nb].reshape(one), 0, np.uint64(0), nb, R, cc, wk, wk64)
         for j in range(nb):
             loss[a, b0 + j] = lb[j]
         if has_g:
@@ -568,14 +622,13 @@ def ce_prob_tiles16(x16, kind, y16, y32, ykind, w, wsum, a1, a0, rs, g16, has_g,
     or float32 (``y32``, ykind F32), the other a dummy."""
     C = x16.shape[1]
     B = x16.shape[2]
-    nbb = (B + bt - 1) // bt
     xs, gs, rsb, lb, wk, wk64 = _loss_scratch(C, bt, R, has_g)
     ys = np.empty(C * bt, np.float32)
     for u in range(lo, hi):
-        a, b0, nb = _tile_of(u, nbb, bt, B)
+        a, b0, nb = _tile_of(u, bt, B)
         x3, xf3 = _scratch(xs, C, nb)
         y3, yf3 = _scratch(ys, C, nb)
-        g3, gf3 = _scratch(gs, C if has_g else 1, nb if has_g else 1)
+        g3, gf3 = _scratch(gs, C if has_g else 1, nb if has_g else np.uint64(1))
         _gather(x16, kind, a, b0, nb, x3)
         if ykind == F32:
             _gather_f32(y32, a, b0, nb, y3)
@@ -583,8 +636,9 @@ def ce_prob_tiles16(x16, kind, y16, y32, ykind, w, wsum, a1, a0, rs, g16, has_g,
             _gather(y16, ykind, a, b0, nb, y3)
         for j in range(nb):
             rsb[j] = rs[a, b0 + j]
-        _ce_prob_tile(x3, xf3, y3, w, wsum, a1, a0, rsb[:nb].reshape((1, nb)), g3, has_g,
-                      lb[:nb].reshape((1, nb)), 0, np.uint64(0), np.uint64(nb), R, cc, wk, wk64)
+        one = (1, np.int64(nb))
+        _ce_prob_tile(x3, xf3, y3, w, wsum, a1, a0, rsb[:nb].reshape(one), g3, has_g,
+                      lb[:nb].reshape(one), 0, np.uint64(0), nb, R, cc, wk, wk64)
         for j in range(nb):
             loss[a, b0 + j] = lb[j]
         if has_g:
@@ -596,14 +650,36 @@ def softmax_tiles16(x16, kind, out16, log, bt, R, cc, lo, hi):
     """:func:`softmax_tiles` on 16-bit ``x16`` into 16-bit ``out16`` (uint16 bits of ``kind``)."""
     C = x16.shape[1]
     B = x16.shape[2]
-    nbb = (B + bt - 1) // bt
     xs = np.empty(C * bt, np.float32)
     os_ = np.empty(C * bt, np.float32)
     wk = np.empty((_NROWS, R * bt), np.float32)
     for u in range(lo, hi):
-        a, b0, nb = _tile_of(u, nbb, bt, B)
+        a, b0, nb = _tile_of(u, bt, B)
         x3, xf3 = _scratch(xs, C, nb)
         o3, of3 = _scratch(os_, C, nb)
         _gather(x16, kind, a, b0, nb, x3)
-        _softmax_tile(x3, xf3, o3, of3, log, 0, np.uint64(0), np.uint64(nb), R, cc, wk)
+        _softmax_tile(x3, xf3, o3, of3, log, 0, np.uint64(0), nb, R, cc, wk)
+        _scatter(o3, kind, a, b0, nb, out16)
+
+
+@_jit_tiles
+def softmax_backward_tiles16(g16, y16, kind, out16, log, bt, R, cc, lo, hi):
+    """:func:`softmax_backward_tiles` on 16-bit ``g16``, ``y16`` into ``out16`` (uint16 bits of
+    ``kind``), each tile gathered into float32 scratch."""
+    C = g16.shape[1]
+    B = g16.shape[2]
+    gs = np.empty(C * bt, np.float32)
+    ys = np.empty(C * bt, np.float32)
+    os_ = np.empty(C * bt, np.float32)
+    ones, zeros = np.ones(C, np.float32), np.zeros(bt, np.float32)
+    part = np.empty(bt, np.float32)
+    acc = np.empty(bt, np.float64)
+    for u in range(lo, hi):
+        a, b0, nb = _tile_of(u, bt, B)
+        g3, _ = _scratch(gs, C, nb)
+        y3, _ = _scratch(ys, C, nb)
+        o3, _ = _scratch(os_, C, nb)
+        _gather(g16, kind, a, b0, nb, g3)
+        _gather(y16, kind, a, b0, nb, y3)
+        _backward_tile(g3, y3, o3, log, 0, np.uint64(0), nb, cc, ones, zeros, part, acc)
         _scatter(o3, kind, a, b0, nb, out16)

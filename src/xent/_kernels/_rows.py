@@ -22,22 +22,28 @@ Safety. A target outside ``[0, C)`` that is not ``ignore_index`` cannot happen a
 but the kernels check it anyway (one comparison per row) and give that row a NaN loss and a NaN
 gradient instead of reading or writing out of bounds.
 
-The ``mode`` argument: 0 forward only (``g`` is a dummy), 1 gradient into ``g``, 2 gradient
-written over ``x`` itself (in place; ``g`` is ``x``). Mode 2 runs the in-place form of each
-writing loop (``_to_and_inplace``): the same source compiled with its output being its input.
+Arguments and switches: the cross-entropy row functions take their options by name
+(``IndexTargets``, ``ProbTargets``, ``Options``: named tuples typed field by field) and three
+switches, ``grad`` (a gradient is written), ``inplace`` (over ``x`` itself) and ``capped``
+(soft-capping), that are constants of each compiled driver (``CE_ROWS``, ``ROWWISE_ROWS``:
+one definition, one compiled variant per combination, on first use). In place, each writing
+loop runs its in-place form (``_to_and_inplace``): the same source compiled with its output
+being its input.
 
-16-bit rows (``*_rows16``: bfloat16 or float16 as their tag views, see ``_half.py``): every
-loop reads its elements through ``_half.load`` and writes them through ``_half.put``, so the
-same row functions compile for 16-bit storage too: pass 1 reads the 16-bit row from memory,
-converting each element as it loads, and stores its exps in a per-thread float32 scratch row
-(128 KiB for C = 32768, it stays in L2); the pass that writes the result rounds it to nearest
-even straight into the 16-bit row. The math is the float32 kernel's, not a copy of it, and a
-16-bit row takes no more passes than a float32 one.
+16-bit rows (bfloat16 or float16 as their tag views, see ``_half.py``): every loop reads
+its elements through ``_half.load`` and writes them through ``_half.put``, so the same drivers
+and row functions compile for 16-bit storage too (``_half.is_tagged`` is a constant of the
+types): pass 1 reads the 16-bit row from memory, converting each element as it loads, and
+stores its exps in a per-thread float32 scratch row (128 KiB for C = 32768, it stays in L2);
+the pass that writes the result rounds it to nearest even straight into the 16-bit row. The
+math is the float32 kernel's, not a copy of it, and a 16-bit row takes no more passes than a
+float32 one.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -45,8 +51,8 @@ from numba import types
 from numba.extending import overload
 
 from .._thresholds import ROW_BLOCK, ROW_BLOCK16
-from ._exp import _i32_as_f32, _i64_as_f64, exp_shifted, vtanh
-from ._half import bits_to_f32, compute, key16, load, put, wide
+from ._exp import _i32_as_f32, _i64_as_f64, exp_shifted, vexp, vtanh
+from ._half import bits_to_f32, compute, is_tagged, key16, load, put, wide
 
 # The loops that evaluate exp or tanh call ``_half.wide()``: 512-bit vectors for them only (LLVM
 # prefers 256-bit vectors on AVX-512 hosts; these loops are compute-bound and run about 15-25%
@@ -176,20 +182,91 @@ def _sum_exp(r, m):
     return s
 
 
-@_jit
-def _max_sum_exp(r):
+@_jit_inline
+def _online_max_sum_exp(r, out, store, copy, inplace, mblk, bl):
     """One read of the row: (m, s) with m = max_c r_c and s = Σ_c exp(r_c - m).
 
-    Online over blocks of ``_BLOCK`` (as in "online normaliser calculation for softmax",
-    Milakov and Gimelshein 2018): each block's max, then its exps against the running max, the
-    running sum rescaled by exp(m_old - m_new) when the max grows. The block is re-read from L1,
-    so the row crosses memory once and its exps overlap the memory traffic.
+    Online over blocks of ``bl`` (as in "online normaliser calculation for softmax", Milakov
+    and Gimelshein 2018): each block's max, then its exps against the running max, the running
+    sum rescaled by exp(m_old - m_new) when the max grows. The block is re-read from L1, so the
+    row crosses memory once and its exps overlap the memory traffic. On the way, with
+    ``store``: out[block] = exp(r - m_b), m_b (the running max when the block was
+    exponentiated) saved in mblk[k] (``inplace``: out is r itself); the final
+    e_c = exp(r_c - m) is out_c·exp(m_b - m), which :func:`_finish_blocks` folds into its
+    scale, so every exp is computed once. With ``copy``: out = r (the row's output is then
+    written while the row is read from memory, and the second pass runs in the cache). ``r``
+    may be a 16-bit tag view (read on the fly); a stored ``out`` is in the compute dtype.
+    The switches are constants at every call site (this function is inlined).
 
     Non-finite rows: returns s = NaN when the row has a NaN or a +inf, or is all -inf (the rows
     for which PyTorch's log_softmax is NaN). A block that is all -inf adds exactly 0.
-    (The one implementation is :func:`_max_sum_exp_copy`, here without the copy.)
     """
-    return _max_sum_exp_copy(r, r, False)
+    C = r.shape[0]
+    m = compute(r, -np.inf)
+    s = compute(r, 0)
+    for k in range((C + bl - 1) // bl):
+        lo = k * bl
+        hi = min(lo + bl, C)
+        blk = r[lo:hi]
+        mb = _max(blk)
+        if mb != mb or mb == np.inf:
+            return mb, compute(r, np.nan)
+        if mb == -np.inf:  # exp(-inf) = 0 whatever the shift; a NaN hidden among them counts
+            if _has_nan(blk):
+                return mb, compute(r, np.nan)
+            if store:
+                _fill(out[lo:hi], 0.0)
+                mblk[k] = -np.inf
+            elif copy:
+                _copy(blk, out[lo:hi])
+            continue
+        if mb > m:
+            s = s * compute(r, math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
+            m = mb
+        if store and inplace:
+            s += _exp_inplace(out[lo:hi], out[lo:hi], m)
+        elif store:
+            s += _exp_store(blk, out[lo:hi], m)
+        elif copy:
+            s += _copy_sum_exp(blk, out[lo:hi], m)
+        else:
+            s += _sum_exp(blk, m)
+        if store:
+            mblk[k] = m
+    if m == -np.inf:
+        return m, compute(r, np.nan)
+    return m, s
+
+
+@_jit_inline
+def _max_sum_exp(r, mbuf):
+    """:func:`_online_max_sum_exp` alone (``mbuf`` is not written)."""
+    return _online_max_sum_exp(r, r, False, False, False, mbuf, _BLOCK)
+
+
+@_jit_inline
+def _max_sum_exp_copy(r, out, copy, mbuf):
+    """:func:`_online_max_sum_exp` copying the row into ``out`` with ``copy``."""
+    return _online_max_sum_exp(r, out, False, copy, False, mbuf, _BLOCK)
+
+
+@_jit_inline
+def _max_sum_exp_store(r, out, inplace, mblk, bl):
+    """:func:`_online_max_sum_exp` storing the blocks' exps in ``out`` (blocks of ``bl``,
+    ``_store_block(r)``; ``mblk`` has one entry per block)."""
+    return _online_max_sum_exp(r, out, True, False, inplace, mblk, bl)
+
+
+@_jit
+def _log_sum(s, rest, n):
+    """lse - m = log s for s = Σ_c exp(x_c - m) of a row (or position) with maximum m: log s
+    where s >= 2 (as exact as log1p(s - 1) there), else log1p(rest + (n - 1)), ``rest`` the sum
+    without the n terms equal to the max (each exactly 1), so terms below the float's resolution
+    at 1 count: log1p(e^-40) = 4.25e-18 for [0, -40], where log s is 0 (SciPy's logsumexp since
+    gh-18295). The row and K-dimensional kernels both take their log-sum from here."""
+    if s >= 2:
+        return math.log(np.float64(s))
+    return math.log1p(np.float64(rest) + (np.float64(n) - 1.0))
 
 
 # Loops that write a row come in two compiled forms from one source: into another array, and
@@ -249,45 +326,6 @@ _scale_sub_to, _scale_sub_inplace = _to_and_inplace(_make_scale_sub)
 
 
 @_jit_inline
-def _max_sum_exp_store(r, out, inplace, mblk, bl):
-    """:func:`_max_sum_exp` that also stores each block's exps: out[block] = exp(r - m_b), over
-    blocks of ``bl`` (``_store_block(r)``; ``mblk`` has one entry per block).
-
-    m_b, the running max when the block was exponentiated, is saved in ``mblk``; the final
-    e_c = exp(r_c - m) is out_c·exp(m_b - m), which :func:`_finish_blocks` folds into its scale,
-    so every exp is computed once. ``inplace``: out is r itself. ``r`` may be a 16-bit tag
-    view (read on the fly); ``out`` is in the compute dtype.
-    """
-    C = r.shape[0]
-    m = compute(r, -np.inf)
-    s = compute(r, 0)
-    for k in range(mblk.shape[0]):
-        lo = k * bl
-        blk = r[lo : min(lo + bl, C)]
-        ob = out[lo : min(lo + bl, C)]
-        mb = _max(blk)
-        if mb != mb or mb == np.inf:
-            return mb, compute(r, np.nan)
-        if mb == -np.inf:  # exp(-inf) = 0 whatever the shift; a NaN hidden among them counts
-            if _has_nan(blk):
-                return mb, compute(r, np.nan)
-            _fill(ob, 0.0)
-            mblk[k] = -np.inf
-            continue
-        if mb > m:
-            s = s * compute(r, math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
-            m = mb
-        if inplace:
-            s += _exp_inplace(ob, ob, m)
-        else:
-            s += _exp_store(blk, ob, m)
-        mblk[k] = m
-    if m == -np.inf:
-        return m, compute(r, np.nan)
-    return m, s
-
-
-@_jit_inline
 def _finish_range(g, out, inplace, m, mblk, bl, c, b, w, smooth, lo, hi):
     """out_c = g_c·c·exp(m_b - m) (- b·w_c if smooth) for c in [lo, hi) within one block b;
     ``inplace``: out is g itself (else out may be a 16-bit tag view, rounded on the store)."""
@@ -315,10 +353,19 @@ def _finish_blocks(g, out, inplace, m, mblk, bl, c, b, w, smooth):
 
 @_jit_fast
 def _dot(r, w):
-    """Σ_c r_c·w_c."""
+    """Σ_c r_c·w_c (``w`` may be a 16-bit tag view too)."""
     s = compute(r, 0)
     for j in range(r.shape[0]):
-        s += load(r, j) * w[j]
+        s += load(r, j) * load(w, j)
+    return s
+
+
+@_jit_fast
+def _sum(r):
+    """Σ_c r_c."""
+    s = compute(r, 0)
+    for j in range(r.shape[0]):
+        s += load(r, j)
     return s
 
 
@@ -450,34 +497,58 @@ def _nonfinite_lse(r):
 
 
 # ---------------------------------------------------------------------------------------------
-# One row of each operation: pass 1 = _max_sum_exp (from memory), pass 2 = write (from L2).
+# One row of each operation: pass 1 = the online max and sum of exps (from memory), pass 2 =
+# write (from L2).
 #
-# ``mode``: 0 forward only (``g`` is a dummy); 1 gradient into ``g`` (float32/float64 rows);
-# 2 gradient over ``x`` itself (``g`` is ``x``); 3 gradient into ``g`` of 16-bit storage (``x``
-# and ``g`` are 16-bit tag views, see _half.py; ``g`` may be ``x``). Row ``ei`` of ``e`` holds
-# what a row derives in the compute dtype (its exps, or its capped logits): ``g[i]`` in mode 1,
-# ``x[i]`` in mode 2, else a per-thread scratch row. A 16-bit row is thus read once from memory
-# by pass 1, converted element by element as it loads, and its result is rounded into ``g`` by
-# the pass that writes it: no separate conversion pass.
+# Arguments by name: the cross-entropy options arrive as the named tuples ``IndexTargets``,
+# ``ProbTargets`` and ``Options`` (typed field by field), the outputs as ``g`` (the gradient
+# rows: a dummy without ``grad``, ``x`` itself in place) and ``loss``/``lse``. The switches
+# ``grad`` (a gradient is written), ``inplace`` (``g`` is ``x``, float rows) and ``capped``
+# (soft-capping) are constants of each compiled driver (``_variants``), so every branch on them
+# is decided at compile time. 16-bit storage is a property of the types (tag views,
+# ``is_tagged``): ``work`` is then a per-thread float32 scratch row that holds what the row
+# derives in the compute dtype (its exps or its capped logits), rounded into ``g`` by the pass
+# that writes it; for float rows ``work`` is ``g[i]`` itself (the scratch with no gradient).
 # ---------------------------------------------------------------------------------------------
-@_jit
-def _nan_row(i, x, g, mode, loss):
-    """A non-finite row (or an impossible target): NaN loss and NaN gradient."""
-    loss[i] = np.nan
-    if mode == 1 or mode == 3:
-        _fill(g[i], np.nan)
-    elif mode == 2:
-        _fill(x[i], np.nan)
+class IndexTargets(NamedTuple):
+    """Class-index targets: ``target`` int64 (M,), each in [0, C) or ``ignore_index``;
+    ``ignored_lse``: an ignored row is still read for its lse."""
+
+    target: np.ndarray
+    ignore_index: np.int64
+    ignored_lse: bool
+
+
+class ProbTargets(NamedTuple):
+    """Probability targets ``y`` (M, C) (compute dtype or a 16-bit tag view) and label
+    smoothing as y' = a1·y + a0 (a1 = 1-ε, a0 = ε/C, compute dtype)."""
+
+    y: np.ndarray
+    a1: np.floating
+    a0: np.floating
+
+
+class Options(NamedTuple):
+    """The cross-entropy options: class weights (C,) (ones without) and their sum, label
+    smoothing ε, the z-loss scale ζ, the soft-cap (used only by the capped drivers), and the
+    rows' gradient scales s (M,) and z-loss scales s^z (M,) (zeros without a z-loss)."""
+
+    weight: np.ndarray
+    weight_sum: float
+    label_smoothing: float
+    lse_square_scale: float
+    softcap: float
+    row_scale: np.ndarray
+    z_row_scale: np.ndarray
 
 
 @_jit
-def _zero_row(i, x, g, mode, loss):
-    """An ignored row: loss 0 and gradient 0."""
-    loss[i] = 0
-    if mode == 1 or mode == 3:
-        _fill(g[i], 0.0)
-    elif mode == 2:
-        _fill(x[i], 0.0)
+def _fill_row(i, g, grad, loss, v):
+    """loss[i] = v and, with ``grad``, the gradient row g[i] = v: a non-finite row or an
+    impossible target (NaN), or an ignored row (0)."""
+    loss[i] = v
+    if grad:
+        _fill(g[i], v)
 
 
 @_jit
@@ -491,86 +562,88 @@ def _cap_row(r, z, inplace, cap):
 
 
 @_jit_inline
-def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
-                  sce, sz, g, mode, loss, lse_out, e, ei, mbuf):
-    """Cross-entropy of row i with class index target[i] and the options; see ``ce_index``.
+def _ce_index_row(i, x, targets, options, g, loss, lse_out, work, mbuf, grad, inplace, capped):
+    """Cross-entropy of row i with class index targets.target[i] and the options; see
+    ``ce_index``.
 
-    Without a cap, pass 1 stores the exponentials in ``e[ei]`` (where the gradient goes, or the
-    16-bit row's scratch) and pass 2 scales them into the gradient (every exp computed once).
-    With a cap, the capped row is formed first in ``e[ei]``, pass 1 reads it for (m, s) and
-    pass 2 recomputes exp while writing the gradient, with the cap's factor, over it (then
-    rounded into a 16-bit ``g``).
+    Without a cap, pass 1 stores the exponentials in ``work`` (the gradient row, or the 16-bit
+    row's scratch) and pass 2 scales them into the gradient (every exp computed once). With a
+    cap, the capped row is formed first in ``work``, pass 1 reads it for (m, s) and pass 2
+    recomputes exp while writing the gradient, with the cap's factor, over it (then rounded
+    into a 16-bit ``g``).
     """
     C = x.shape[1]
+    tg = targets
+    o = options
+    w = o.weight
+    wsum = o.weight_sum
+    eps = o.label_smoothing
     dt = w.dtype.type  # the compute dtype
-    t = target[i]
-    valid = t != ignore_index
+    half = is_tagged(x)
+    t = tg.target[i]
+    valid = t != tg.ignore_index
     if valid and (t < 0 or t >= C):  # impossible after validation; never index out of bounds
-        _nan_row(i, x, g, mode, loss)
+        _fill_row(i, g, grad, loss, np.nan)
         lse_out[i] = np.nan
         return
-    if not valid and not want_lse:
-        _zero_row(i, x, g, mode, loss)
+    if not valid and not tg.ignored_lse:
+        _fill_row(i, g, grad, loss, 0.0)
         return
     tt = t if valid else 0
     r = x[i]
     bl = _store_block(r)
-    er = e[ei]
-    if has_cap:
-        _cap_row(r, er, mode == 2, cap)
+    er = work
+    mblk = mbuf[: (C + bl - 1) // bl]
+    if capped:
+        _cap_row(r, er, inplace, o.softcap)
         z_t = np.float64(er[tt])
-        m, s = _max_sum_exp(er)
-        mblk = mbuf[:0]
+        m, s = _max_sum_exp(er, mbuf)
     else:
         z_t = np.float64(load(r, tt))  # read before an in-place overwrite
         if valid and eps > 0:  # Σ_c w_c·(x_c - m), read before an in-place overwrite
             wd = np.float64(_dot_shift(r, w, _max(r)))  # the same max as the pass below
-        if mode == 0 or not valid:
-            m, s = _max_sum_exp(r)
-            mblk = mbuf[:0]
+        if not grad or not valid:
+            m, s = _max_sum_exp(r, mbuf)
         else:
-            mblk = mbuf[: (C + bl - 1) // bl]
-            m, s = _max_sum_exp_store(r, er, mode == 2, mblk, bl)
+            m, s = _max_sum_exp_store(r, er, inplace, mblk, bl)
     if not math.isfinite(s):
-        lse_out[i] = _nonfinite_lse(er) if has_cap else _nonfinite_lse(r)
-        if valid:
-            _nan_row(i, x, g, mode, loss)
-        else:
-            _zero_row(i, x, g, mode, loss)
+        lse_out[i] = _nonfinite_lse(er) if capped else _nonfinite_lse(r)
+        _fill_row(i, g, grad, loss, np.nan if valid else 0.0)
         return
     log_s = math.log(np.float64(s))  # lse - m
     lse = np.float64(m) + log_s
     lse_out[i] = lse
     if not valid:
-        _zero_row(i, x, g, mode, loss)
+        _fill_row(i, g, grad, loss, 0.0)
         return
     # Everything in coordinates shifted by the row max m (d = z - m, lse - m = log s), so
     # (lse - z_t) and Σ_c w_c (lse - z_c) lose nothing to cancellation at large logits.
     w_t = np.float64(w[t])
-    if mode != 0:
-        sc = np.float64(sce[i])
+    if grad:
+        sc = np.float64(o.row_scale[i])
         a = (1.0 - eps) * w_t * sc  # coefficient of (p - onehot)
         b = (eps / C) * sc  # coefficient of (W·p - w)
         coef = a + b * wsum
-        if zscale:
-            coef += np.float64(sz[i]) * (2.0 * zscale) * lse
+        if o.lse_square_scale:
+            coef += np.float64(o.z_row_scale[i]) * (2.0 * o.lse_square_scale) * lse
         c = coef / np.float64(s)
-        if has_cap:
+        if capped:
+            cap = o.softcap
             wd = np.float64(_grad_index_cap(er, w, m, dt(c), dt(b), dt(1.0 / cap)))
             q = z_t / cap
             er[t] -= dt(a * (1.0 - q * q))
-            if mode == 3:
+            if half:
                 _copy(er, g[i])  # rounded into the 16-bit gradient
         else:
             # er holds exp(x - m_b) per block: scale to p·coef, subtract b·w, a at the target.
             gr = g[i]
-            _finish_blocks(er, gr, mode != 3, m, mblk, bl, c, b, w, eps > 0)
-            if mode == 3:  # the target's entry finished in er too, then rounded once
+            _finish_blocks(er, gr, not half, m, mblk, bl, c, b, w, eps > 0)
+            if half:  # the target's entry finished in er too, then rounded once
                 _finish_range(er, er, True, m, mblk, bl, c, b, w, eps > 0, t, t + 1)
                 put(gr, t, er[t] - dt(a))
             else:
                 er[t] -= dt(a)
-    elif has_cap and eps > 0:
+    elif capped and eps > 0:
         wd = np.float64(_dot_shift(er, w, m))
     li = w_t * (log_s - (z_t - np.float64(m)))
     if eps > 0:
@@ -579,45 +652,51 @@ def _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap
 
 
 @_jit_inline
-def _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss,
-                 lse_out, e, ei):
-    """Cross-entropy of row i with probability targets y[i] and the options; see ``ce_prob``.
+def _ce_prob_row(i, x, targets, options, g, loss, lse_out, work, mbuf, grad, inplace, capped):
+    """Cross-entropy of row i with probability targets targets.y[i] and the options; see
+    ``ce_prob``.
 
     One pass after (m, s): the gradient is written (rounded into a 16-bit ``g``) while the loss
-    is summed; with a cap, over the capped row in ``e[ei]``.
+    is summed; with a cap, over the capped row in ``work``.
     """
-    yr = y[i]
+    pt = targets
+    o = options
+    w = o.weight
+    a1 = pt.a1
+    a0 = pt.a0
+    yr = pt.y[i]
     dt = w.dtype.type
+    half = is_tagged(x)
     r = x[i]
-    er = e[ei]
-    if has_cap:
-        _cap_row(r, er, mode == 2, cap)
-        m, s = _max_sum_exp(er)
+    er = work
+    if capped:
+        _cap_row(r, er, inplace, o.softcap)
+        m, s = _max_sum_exp(er, mbuf)
     else:
-        m, s = _max_sum_exp(r)
+        m, s = _max_sum_exp(r, mbuf)
     if not math.isfinite(s):
-        lse_out[i] = _nonfinite_lse(er) if has_cap else _nonfinite_lse(r)
-        _nan_row(i, x, g, mode, loss)
+        lse_out[i] = _nonfinite_lse(er) if capped else _nonfinite_lse(r)
+        _fill_row(i, g, grad, loss, np.nan)
         return
     log_s = math.log(np.float64(s))
     lse = np.float64(m) + log_s
     lse_out[i] = lse
     # loss = -Σ w y' (z - m - log s) = T·log s - Σ w y' (z - m), T = Σ w y'. The large term
     # Σ w y' (z - m) is summed from exact per-element differences.
-    tot = np.float64(a1) * np.float64(_dot(yr, w)) + np.float64(a0) * wsum
-    if mode == 0:
-        acc = _prob_loss(er, yr, w, m, a1, a0) if has_cap else _prob_loss(r, yr, w, m, a1, a0)
+    tot = np.float64(a1) * np.float64(_dot(yr, w)) + np.float64(a0) * o.weight_sum
+    if not grad:
+        acc = _prob_loss(er, yr, w, m, a1, a0) if capped else _prob_loss(r, yr, w, m, a1, a0)
     else:
-        sc = np.float64(sce[i])
+        sc = np.float64(o.row_scale[i])
         coef = sc * tot
-        if zscale:
-            coef += np.float64(sz[i]) * (2.0 * zscale) * lse
+        if o.lse_square_scale:
+            coef += np.float64(o.z_row_scale[i]) * (2.0 * o.lse_square_scale) * lse
         c = dt(coef / np.float64(s))
-        if has_cap:
-            acc = _grad_prob_cap(er, yr, w, m, a1, a0, c, dt(sc), dt(1.0 / cap))
-            if mode == 3:
+        if capped:
+            acc = _grad_prob_cap(er, yr, w, m, a1, a0, c, dt(sc), dt(1.0 / o.softcap))
+            if half:
                 _copy(er, g[i])  # rounded into the 16-bit gradient
-        elif mode == 2:
+        elif inplace:
             acc = _prob_grad_inplace(r, yr, w, m, a1, a0, c, dt(sc), r)
         else:
             acc = _prob_grad_to(r, yr, w, m, a1, a0, c, dt(sc), g[i])
@@ -659,65 +738,30 @@ def _copy(r, out):
 
 
 @_jit
-def _max_sum_exp_copy(r, out, copy):
-    """:func:`_max_sum_exp`'s online pass that, with ``copy``, also copies the row into out on
-    the way: the row's output is then written while the row is read from memory, and the second
-    pass runs in the cache."""
-    C = r.shape[0]
-    m = compute(r, -np.inf)
-    s = compute(r, 0)
-    for lo in range(0, C, _BLOCK):
-        hi = min(lo + _BLOCK, C)
-        blk = r[lo:hi]
-        mb = _max(blk)
-        if mb != mb or mb == np.inf:
-            return mb, compute(r, np.nan)
-        if mb == -np.inf:  # adds exactly 0, unless a (negative) NaN hides among the -inf
-            if _has_nan(blk):
-                return mb, compute(r, np.nan)
-            if copy:
-                _copy(blk, out[lo:hi])
-            continue
-        if mb > m:
-            s = s * compute(r, math.exp(np.float64(m) - np.float64(mb)))  # s = 0 while m = -inf
-            m = mb
-        if copy:
-            s += _copy_sum_exp(blk, out[lo:hi], m)
-        else:
-            s += _sum_exp(blk, m)
-    if m == -np.inf:
-        return m, compute(r, np.nan)
-    return m, s
-
-
-@_jit
 def _log1p_rest(r, m, s):
     """lse - m = log1p(s') for a row with max m and s = Σ_c exp(r_c - m) (finite), s' the sum
-    without the max's own 1, so terms below the float's resolution at 1 count: log1p(e^-40) =
-    4.25e-18 for [0, -40], where log s is 0 (SciPy's logsumexp since gh-18295).
-
-    Where s >= 2, log s is as exact as log1p(s') and is used; where s < 2 (one max, the rest
-    below 1 together) the rest is summed again without the max's term (from the cache).
-    """
+    without the max's own 1 (:func:`_log_sum`); where s < 2 the rest is summed again without
+    the max's terms (from the cache)."""
     if s >= 2:
-        return math.log(np.float64(s))
+        return _log_sum(s, 0.0, 0.0)
     rest, n = _sum_exp_rest(r, m)
-    return math.log1p(np.float64(rest) + (np.float64(n) - 1.0))
+    return _log_sum(s, rest, n)
 
 
 @_jit_inline
-def _log_softmax_row(i, x, out, inplace, copy):
+def _log_softmax_row(i, x, out, mbuf, inplace):
     """out[i] = (x[i] - m) - log1p(s'), s' = Σ exp(x[i] - m) without the max's own 1.
 
-    Pass 1 (:func:`_max_sum_exp_copy`) reads the row from memory and, with ``copy``, copies it
-    into out; pass 2 shifts out in place, in the cache: writing out only in pass 2 would make
-    that pass wait on memory for every line of out it first touches (measured ~15% slower,
-    single thread). 16-bit rows (tag views) are not copied: pass 2 re-reads x[i] (from L2) and
-    writes the rounded result.
+    Pass 1 reads the row from memory and (float rows, not in place) copies it into out; pass 2
+    shifts out in place, in the cache: writing out only in pass 2 would make that pass wait on
+    memory for every line of out it first touches (measured ~15% slower, single thread). 16-bit
+    rows (tag views) are not copied: pass 2 re-reads x[i] (from L2) and writes the rounded
+    result.
     """
     r = x[i]
-    o = r if inplace else out[i]
-    m, s = _max_sum_exp_copy(r, o, copy)
+    o = out[i]  # x[i] itself in place
+    copy = not inplace and not is_tagged(x)
+    m, s = _max_sum_exp_copy(r, o, copy, mbuf)
     if not math.isfinite(s):
         _fill(o, np.nan)
         return
@@ -729,27 +773,61 @@ def _log_softmax_row(i, x, out, inplace, copy):
 
 
 @_jit_inline
-def _softmax_row(i, x, out, inplace, e, ei, direct, mbuf):
-    """out[i] = exp(x[i] - m) / Σ exp(x[i] - m): pass 1 stores the exps in e[ei] (``direct``:
-    that is out[i] itself; else a compute-dtype scratch row for 16-bit storage), pass 2 scales
-    them into out[i]."""
+def _softmax_row(i, x, out, work, mbuf, inplace):
+    """out[i] = exp(x[i] - m) / Σ exp(x[i] - m): pass 1 stores the exps in ``work`` (out[i]
+    itself for float rows; a float32 scratch row for 16-bit storage), pass 2 scales them into
+    out[i]."""
     r = x[i]
     C = r.shape[0]
-    o = r if inplace else out[i]
-    er = e[ei]
+    o = out[i]  # x[i] itself in place
+    direct = not is_tagged(x)
     bl = _store_block(r)
     mblk = mbuf[: (C + bl - 1) // bl]
-    m, s = _max_sum_exp_store(r, er, inplace and direct, mblk, bl)
+    m, s = _max_sum_exp_store(r, work, inplace and direct, mblk, bl)
     if not math.isfinite(s):
         _fill(o, np.nan)
         return
-    _finish_blocks(er, o, direct, m, mblk, bl, 1.0 / np.float64(s), 0.0, er, False)
+    _finish_blocks(work, o, direct, m, mblk, bl, 1.0 / np.float64(s), 0.0, work, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The vector-Jacobian products of softmax and log_softmax from the forward's output: one
+# reduction pass (g and y from memory), one writing pass (from L2), one gradient written.
+# ---------------------------------------------------------------------------------------------
+@_jit_vec
+def _softmax_grad_to(g, y, out, d):
+    """out_c = y_c·(g_c - d)."""
+    for j in range(g.shape[0]):
+        put(out, j, load(y, j) * (load(g, j) - d))
+
+
+@_jit_vec
+def _log_softmax_grad_to(g, z, out, s):
+    """out_c = g_c - exp(z_c)·s (``z`` any value: the full-range :func:`vexp`)."""
+    wide()
+    for j in range(g.shape[0]):
+        put(out, j, load(g, j) - vexp(load(z, j)) * s)
+
+
+@_jit_inline
+def _softmax_backward_row(i, g, y, out):
+    """out[i] = y[i]·(g[i] - <g[i], y[i]>)."""
+    gr = g[i]
+    yr = y[i]
+    _softmax_grad_to(gr, yr, out[i], _dot(gr, yr))
+
+
+@_jit_inline
+def _log_softmax_backward_row(i, g, z, out):
+    """out[i] = g[i] - exp(z[i])·Σ_c g[i, c]."""
+    gr = g[i]
+    _log_softmax_grad_to(gr, z[i], out[i], _sum(gr))
 
 
 # ---------------------------------------------------------------------------------------------
 # Drivers: rows [lo, hi), with the GIL released, so that the host function can run blocks of
-# rows on several threads at once (see xent._kernels._threads). The ``*16`` drivers take 16-bit
-# tag views (``_half.tagged``) and give each thread its float32 scratch row.
+# rows on several threads at once (see xent._kernels._threads). Each gives its thread the
+# compute-dtype scratch row its rows need (16-bit tag views, or a capped forward pass).
 # ---------------------------------------------------------------------------------------------
 _jit_rows = numba.njit(nogil=True, cache=True)
 
@@ -762,70 +840,92 @@ def _block_maxima(x):
     return np.empty(max(1, (x.shape[1] + bl - 1) // bl))
 
 
-@_jit_rows
-def ce_index_rows(x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse, sce, sz,
-                  g, mode, loss, lse, lo, hi):
-    work = np.empty((1, x.shape[1] if (has_cap and mode == 0) else 0), x.dtype)
-    e = g if mode == 1 else (x if mode == 2 else work)
-    mbuf = _block_maxima(x)
-    for i in range(lo, hi):
-        _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
-                      sce, sz, g, mode, loss, lse, e, i if mode != 0 else 0, mbuf)
+def _scratch(x, n):
+    """``np.empty((1, n))`` in the compute dtype of rows ``x`` (float32 for 16-bit tag views)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(_scratch, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+def _scratch_overload(x, n):
+    if x.dtype in (types.uint16, types.int16):
+        return lambda x, n: np.empty((1, n), np.float32)
+    return lambda x, n: np.empty((1, n), x.dtype)
+
+
+def _work_row(g, i, scratch):
+    """The compute-dtype row where row i derives its exps or capped logits: the gradient row
+    g[i] itself for float rows, the scratch row for 16-bit tag views."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(_work_row, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]
+def _work_row_overload(g, i, scratch):
+    if g.dtype in (types.uint16, types.int16):
+        return lambda g, i, scratch: scratch[0]
+    return lambda g, i, scratch: g[i]
+
+
+def _variants(make):
+    """{(index, grad, inplace, capped): driver} from one definition ``make(index, grad, inplace,
+    capped)``: each combination of the switches is its own compiled driver (compiled on first
+    use), its switches constants. ``inplace`` only with ``grad``."""
+    return {(index, grad, inplace, capped): make(index, grad, inplace, capped)
+            for index in (True, False) for grad in (False, True)
+            for inplace in ((False, True) if grad else (False,)) for capped in (False, True)}
+
+
+def _make_ce_rows(index, grad, inplace, capped):
+    @_jit_rows
+    def ce_rows(x, targets, options, g, loss, lse, lo, hi):
+        """Cross-entropy of rows [lo, hi) (float rows or 16-bit tag views): ``targets`` an
+        IndexTargets (``index``) or a ProbTargets. ``index`` is a constant, so the other row
+        function's call is pruned before typing."""
+        half = is_tagged(x)
+        work = _scratch(x, x.shape[1] if (capped or grad) and (half or not grad) else 0)
+        mbuf = _block_maxima(x)
+        for i in range(lo, hi):
+            er = _work_row(g, i, work) if grad else work[0]
+            if index:
+                _ce_index_row(i, x, targets, options, g, loss, lse, er, mbuf, grad, inplace,
+                              capped)
+            else:
+                _ce_prob_row(i, x, targets, options, g, loss, lse, er, mbuf, grad, inplace,
+                             capped)
+
+    return ce_rows
+
+
+def _make_rowwise_rows(log, inplace):
+    @_jit_rows
+    def rowwise_rows(x, out, lo, hi):
+        """softmax (log_softmax with ``log``) of rows [lo, hi) into ``out`` (x in place)."""
+        work = _scratch(x, 0 if log or not is_tagged(x) else x.shape[1])
+        mbuf = _block_maxima(x)
+        for i in range(lo, hi):
+            if log:
+                _log_softmax_row(i, x, out, mbuf, inplace)
+            else:
+                _softmax_row(i, x, out, _work_row(out, i, work), mbuf, inplace)
+
+    return rowwise_rows
+
+
+#: The cross-entropy drivers, by (index targets, grad, inplace, capped).
+CE_ROWS = _variants(_make_ce_rows)
+#: softmax and log_softmax, by (log, inplace).
+ROWWISE_ROWS = {(log, inplace): _make_rowwise_rows(log, inplace)
+                for log in (False, True) for inplace in (False, True)}
 
 
 @_jit_rows
-def ce_prob_rows(x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse, lo,
-                 hi):
-    work = np.empty((1, x.shape[1] if (has_cap and mode == 0) else 0), x.dtype)
-    e = g if mode == 1 else (x if mode == 2 else work)
+def softmax_backward_rows(g, y, out, lo, hi):
+    """:func:`_softmax_backward_row` over rows [lo, hi) (float rows or 16-bit tag views)."""
     for i in range(lo, hi):
-        _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse,
-                     e, i if mode != 0 else 0)
+        _softmax_backward_row(i, g, y, out)
 
 
 @_jit_rows
-def log_softmax_rows(x, out, inplace, lo, hi):
+def log_softmax_backward_rows(g, z, out, lo, hi):
+    """:func:`_log_softmax_backward_row` over rows [lo, hi) (float rows or 16-bit tag views)."""
     for i in range(lo, hi):
-        _log_softmax_row(i, x, out, inplace, not inplace)
-
-
-@_jit_rows
-def softmax_rows(x, out, inplace, lo, hi):
-    e = x if inplace else out
-    mbuf = _block_maxima(x)
-    for i in range(lo, hi):
-        _softmax_row(i, x, out, inplace, e, i, True, mbuf)
-
-
-@_jit_rows
-def ce_index_rows16(x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse, sce,
-                    sz, g, mode, loss, lse, lo, hi):
-    """``ce_index_rows`` on 16-bit tag views; ``mode`` 0 or 3."""
-    work = np.empty((1, x.shape[1] if (has_cap or mode == 3) else 0), np.float32)
-    mbuf = _block_maxima(x)
-    for i in range(lo, hi):
-        _ce_index_row(i, x, target, w, wsum, ignore_index, eps, zscale, cap, has_cap, want_lse,
-                      sce, sz, g, mode, loss, lse, work, 0, mbuf)
-
-
-@_jit_rows
-def ce_prob_rows16(x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse, lo,
-                   hi):
-    """``ce_prob_rows`` on a 16-bit tag view ``x`` (``y``: a tag view or float32); ``mode`` 0
-    or 3."""
-    work = np.empty((1, x.shape[1] if has_cap else 0), np.float32)
-    for i in range(lo, hi):
-        _ce_prob_row(i, x, y, w, wsum, a1, a0, zscale, cap, has_cap, sce, sz, g, mode, loss, lse,
-                     work, 0)
-
-
-@_jit_rows
-def rowwise_rows16(x, out, log, inplace, lo, hi):
-    """log_softmax (``log``) or softmax of 16-bit tag-view rows into ``out`` (``inplace``: x)."""
-    work = np.empty((1, 0 if log else x.shape[1]), np.float32)
-    mbuf = _block_maxima(x)
-    for i in range(lo, hi):
-        if log:
-            _log_softmax_row(i, x, out, inplace, False)
-        else:
-            _softmax_row(i, x, out, inplace, work, 0, False, mbuf)
+        _log_softmax_backward_row(i, g, z, out)
