@@ -31,9 +31,11 @@ Call = Callable[[], object]
 
 
 def calls() -> Iterator[tuple[str, Call]]:
-    """``(label, call)`` for each compiled variant: every public function on the kernels, in
-    every storage dtype, rows and K-dimensional layouts, index and probability targets, and
-    each option that selects its own compiled code."""
+    """``(label, call)`` for each compiled variant a training or evaluation call meets: every
+    public function on the kernels, in every storage dtype, rows and K-dimensional layouts,
+    index and probability targets, with and without the gradient, with and without
+    soft-capping (the compile-time switches of the row kernels). ``inplace=True`` compiles its
+    own variants on first use."""
     rng = np.random.default_rng(0)
     rows, kdim = (6, 40), (2, 40, 3)
     for dt in _dtypes():
@@ -54,6 +56,9 @@ def calls() -> Iterator[tuple[str, Call]]:
             for kind, target in (("", t), (" probabilities", y)):
                 yield (f"cross_entropy {name}{kind}{label}",
                        _call(_cross_entropy.cross_entropy, x, target, return_grad=True, **kw))
+                if label != " smoothing, weight":  # forward only: its own compiled loop
+                    yield (f"cross_entropy {name}{kind}{label}, forward only",
+                           _call(_cross_entropy.cross_entropy, x, target, **kw))
         yield (f"cross_entropy {name} (N, C, d)",
                _call(_cross_entropy.cross_entropy, xk, tk, return_grad=True))
         yield (f"cross_entropy {name} (N, C, d) probabilities",
