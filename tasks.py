@@ -69,6 +69,9 @@ def ensure_env(extras: str) -> Path:
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in EXTRAS:
         print(__doc__.strip())
+        if argv:
+            print(f"\ntasks.py: unknown task {argv[0]!r}; expected one of "
+                  f"{', '.join(EXTRAS)}", file=sys.stderr)
         return 2
     task, rest = argv[0], argv[1:]
     py = str(ensure_env(EXTRAS[task]))

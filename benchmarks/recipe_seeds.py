@@ -32,8 +32,18 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
     p.add_argument("--recipe", choices=["default", "tutorial", "both"], default="both")
     p.add_argument("--epochs", type=int, help="override the recipes' number of epochs")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a field of the recipes (e.g. patience=30), to measure a "
+                   "neighbour of the default")
     args = p.parse_args()
+    changes = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        changes[key] = (None if value == "None" else int(value) if value.isdigit()
+                        else float(value) if value.replace(".", "", 1).isdigit() else value)
     recipes = ["default", "tutorial"] if args.recipe == "both" else [args.recipe]
+    if changes:
+        print(f"# the recipes with {changes}")
     seeds = list(range(args.seeds))
     print(f"# {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; Python {platform.python_version()}, torch {torch.__version__}"
@@ -51,6 +61,7 @@ def main() -> None:
             recipe = _train.recipe_for(name, _train.train_rows(len(table.X), 0.2))
             if args.epochs:
                 recipe = dataclasses.replace(recipe, epochs=args.epochs)
+            recipe = dataclasses.replace(recipe, **changes)
             accs, losses, secs, before, after, temps = [], [], [], [], [], []
             for seed in seeds:
                 t0 = time.perf_counter()

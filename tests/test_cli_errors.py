@@ -25,14 +25,16 @@ def xent(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 BAD_CSV = {
     "non-numeric": (GOOD.replace("5,6,cat", "5,six,cat"), "label",
                     ["data.csv, row 3 (line 4), column 'b'", "expected a number", "'six'"]),
-    "missing value": (GOOD.replace("5,6,cat", "5,,cat"), "label",
-                      ["data.csv, row 3 (line 4), column 'b'", "missing value"]),
-    "nan": (GOOD.replace("7,8", "NaN,8"), "label",
-            ["data.csv, row 4 (line 5), column 'a'", "finite number", "'NaN'"]),
+    "decimal comma": (GOOD.replace("1.5,", '"1,5",').replace("3,4", '"3,25",4'), "label",
+                      ["data.csv, row 1 (line 2), column 'a'", "decimal comma", "--decimal"]),
     "inf": (GOOD.replace("9,10", "9,-inf"), "label",
             ["data.csv, row 5 (line 6), column 'b'", "finite number", "'-inf'"]),
-    "missing label": (GOOD.replace("3,4,dog", "3,4,"), "label",
-                      ["data.csv, row 2 (line 3), column 'label'", "missing class label"]),
+    "every label missing": ("a,b,label\n1,2,NA\n3,4,\n", "label",
+                            ["data.csv", "0 data row(s) with a label"]),
+    "long row": (GOOD.replace("7,8,dog", "7,8,dog,x"), "label",
+                 ["data.csv, row 4 (line 5)", "expected 3 fields", "found 4"]),
+    "unnamed middle column": ("a,,label\n1,2,x\n3,4,y\n", "label",
+                              ["data.csv", "column 2 of the header has no name"]),
     "single class": (GOOD.replace("dog", "cat"), "label",
                      ["data.csv", "column 'label'", "single class", "'cat'"]),
     "missing target column": (GOOD, "species",
@@ -94,7 +96,7 @@ def test_bad_options(tmp_path, args, fragments):
 
 
 def test_task_that_does_not_fit_the_data(tmp_path):
-    text = "a,label\n" + "".join(f"{i},{'xyz'[i % 3]}\n" for i in range(12))
+    text = "a,label\n" + "".join(f"{i % 5},{'xyz'[i % 3]}\n" for i in range(12))
     (tmp_path / "data.csv").write_text(text)
     one_line_error(xent("train", "--data", "data.csv", "--target", "label", "--task", "binary",
                         cwd=tmp_path), "--task binary needs 2 classes", "has 3")
@@ -112,3 +114,44 @@ def test_help_is_not_an_error(tmp_path):
     for args in (["--help"], ["train", "--help"], ["predict", "--help"]):
         proc = xent(*args, cwd=tmp_path)
         assert proc.returncode == 0 and "usage: xent" in proc.stdout
+
+
+@pytest.mark.parametrize("variable, value", [("XENT_BACKEND", "fast"),
+                                             ("XENT_CACHE_LIMIT", "lots")])
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["examples"],
+                                     ["explain", "1", "2", "--target", "0"],
+                                     ["predict", "--model", "m", "--data", "d.csv"]])
+def test_invalid_environment_is_one_line_in_every_command(tmp_path, variable, value, command):
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "xent", *command], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, variable: value})
+    one_line_error(proc, f"environment variable {variable}", repr(value))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_help_lists_every_file_it_writes(tmp_path):
+    out = xent("train", "--help", cwd=tmp_path).stdout
+    for name in ("model.safetensors", "model.json", "loss_curves.png", "reliability.png"):
+        assert name in " ".join(out.split()), name
+
+
+def test_a_diverged_run_leaves_no_new_folder(tmp_path):
+    one_line_error(xent("train", "--task", "binary", "--lr", "1e6", "--optimizer", "sgd",
+                        "--out", "new/deeper/model", cwd=tmp_path),
+                   "diverged", "nothing was written")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    one_line_error(xent("train", "--task", "binary", "--lr", "1e6", "--optimizer", "sgd",
+                        "--out", "kept/model", cwd=tmp_path), "diverged")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any(
+        (tmp_path / "kept").iterdir())
+
+
+def test_tasks_py_names_an_unknown_task():
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "tasks.py"), "trian"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown task 'trian'" in proc.stderr and "train" in proc.stderr

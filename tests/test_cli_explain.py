@@ -319,3 +319,16 @@ def test_subprocess_no_warnings():
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
     assert proc.stderr == "xent: error: logit 2: expected a number, found 'nope'\n"
+
+
+def test_logits_after_target_are_logits(capsys):
+    """`--target 0 2.0 1.0 0.1` (issue 20): argparse gives every number to --target; they are
+    taken back as the logits, the first being the class (with --binary, half are labels)."""
+    assert explain(capsys, "--target", "0", "2.0", "1.0", "0.1") == explain(
+        capsys, "2.0", "1.0", "0.1", "--target", "0")
+    assert explain(capsys, "--binary", "--target", "1", "0", "2.0", "-1.0") == explain(
+        capsys, "--binary", "2.0", "-1.0", "--target", "1", "0")
+    assert main(["explain", "--binary", "--target", "1", "0", "2.0"]) == 2
+    assert "one label per logit" in capsys.readouterr().err
+    assert main(["explain", "--target", "0"]) == 2
+    assert "required: Z" in capsys.readouterr().err

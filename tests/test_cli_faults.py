@@ -525,7 +525,7 @@ def test_semicolon_and_tab_files_read_as_comma_files(tmp_path, delimiter, option
     table = _data.read_training_csv(labelled_csv(tmp_path / "d.csv", delimiter), "species",
                                     given)
     assert table.features == ["a", "b", "c"] and table.classes == ["setosa", "virginica"]
-    np.testing.assert_array_equal(table.X, reference.X)
+    np.testing.assert_array_equal(table.frame.to_numpy(float), reference.frame.to_numpy(float))
     np.testing.assert_array_equal(table.y, reference.y)
 
 

@@ -323,3 +323,35 @@ def test_import_xent_needs_only_numpy():
     code = ("import sys, xent; bad = [m for m in ('sklearn', 'torch', 'xent.sklearn') "
             "if m in sys.modules]; sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_dataframes_as_scikit_learn_estimators_take_them():
+    """feature_names_in_, string labels, names checked at predict; text columns refused with a
+    message naming them; the ColumnTransformer pipeline of docs/cli.md on categories and NaN."""
+    pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_iris
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    data = load_iris(as_frame=True)
+    X = data.data
+    y = data.target.map(dict(enumerate(data.target_names)))
+    clf = XentClassifier(epochs=5).fit(X, y)
+    assert list(clf.feature_names_in_) == list(X.columns)
+    assert list(clf.classes_) == ["setosa", "versicolor", "virginica"]
+    assert set(clf.predict(X.iloc[:5])) <= set(clf.classes_)
+    with pytest.raises(ValueError, match="feature names"):
+        clf.predict(X.rename(columns={X.columns[0]: "other"}))
+    with pytest.raises(ValueError, match=r"'colour'.*ColumnTransformer"):
+        XentClassifier(epochs=5).fit(X.assign(colour="red"), y)
+    messy = X.assign(colour=np.where(np.arange(len(X)) % 3, "red", "blue"))
+    messy.iloc[::7, 0] = np.nan
+    pipe = make_pipeline(
+        ColumnTransformer([
+            ("num", make_pipeline(SimpleImputer(strategy="median", add_indicator=True),
+                                  StandardScaler()), list(X.columns)),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["colour"])]),
+        XentClassifier(epochs=30, scaler="none"))
+    assert pipe.fit(messy, y).score(messy, y) > 0.8

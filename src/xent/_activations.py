@@ -91,15 +91,11 @@ def _along(op: str, arrays: tuple[np.ndarray, ...], ax: int, rdt: np.dtype) -> n
 def _inner_axis(op: str, arrays: tuple[np.ndarray, ...], ax: int) -> np.ndarray | None:
     """``op`` along an axis that is not last, by a kernel on the (A, C, B) views, or None.
 
-    None (the caller moves the axis last instead) unless more than one position follows the axis
-    and the dispatcher picks the kernels for ``op + '_kdim'`` at this size (A·B·C elements).
+    None (the caller moves the axis last instead) where `_dispatch.kdim_kernel` says so.
     """
     arr = arrays[0]
     A, C, B = math.prod(arr.shape[:ax]), arr.shape[ax], math.prod(arr.shape[ax + 1 :])
-    if B <= 1:
-        return None
-    name = op + "_kdim"
-    fn = getattr(_dispatch.backend_for(name, A * B, C, arr.dtype), name, None)
+    fn = _dispatch.kdim_kernel(op, A, C, B, arr.dtype)
     if fn is None:
         return None
     out = _buffers.empty(arr.shape, arr.dtype)

@@ -103,7 +103,12 @@ _idle: list[np.ndarray] = []  # uint8 storage, oldest first
 _idle_bytes = 0
 _hits = 0
 _misses = 0
-_limit = _parse_limit(os.environ.get("XENT_CACHE_LIMIT", DEFAULT_LIMIT), "XENT_CACHE_LIMIT")
+ENV_ERRORS: list[str] = []  # an invalid XENT_CACHE_LIMIT (the command line reports it)
+try:
+    _limit = _parse_limit(os.environ.get("XENT_CACHE_LIMIT", DEFAULT_LIMIT), "XENT_CACHE_LIMIT")
+except ValueError as _e:  # the default is kept; `xent` commands stop with one line
+    ENV_ERRORS.append(f"environment variable {_e}")
+    _limit = DEFAULT_LIMIT
 
 
 class _Block:
@@ -211,11 +216,18 @@ def set_cache_limit(nbytes: int | str) -> None:
     limit = _parse_limit(nbytes, "cache limit")
     with _lock:
         _limit = limit
+        ENV_ERRORS.clear()
         _trim(limit)
 
 
 def get_cache_limit() -> int:
-    """The most idle bytes the output-buffer cache keeps (see :func:`set_cache_limit`)."""
+    """The most idle bytes the output-buffer cache keeps (see :func:`set_cache_limit`).
+
+    Raises ValueError while an invalid ``XENT_CACHE_LIMIT`` is in force (the cache then keeps
+    the default limit), until :func:`set_cache_limit` sets one.
+    """
+    if ENV_ERRORS:
+        raise ValueError(ENV_ERRORS[0].removeprefix("environment variable "))
     return _limit
 
 

@@ -26,6 +26,7 @@ import importlib
 import os
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +49,20 @@ def _check(name: object) -> str:
     return str(name)
 
 
+def _env_backend() -> str:
+    """``XENT_BACKEND``, or 'auto' when it names no backend (recorded in `ENV_ERRORS`, which the
+    command line reports as one line; the backends differ in speed, not in results)."""
+    value = os.environ.get("XENT_BACKEND", "auto") or "auto"
+    if value in BACKENDS:
+        return value
+    ENV_ERRORS.append(f"environment variable XENT_BACKEND={value!r}: expected one of "
+                      f"{', '.join(BACKENDS)}")
+    return "auto"
+
+
+ENV_ERRORS: list[str] = []  # invalid environment settings met at import (see `_env_backend`)
 _current: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "xent_backend", default=_check(os.environ.get("XENT_BACKEND", "auto") or "auto")  # noqa: B039
+    "xent_backend", default=_env_backend()  # noqa: B039
 )
 _kernels: ModuleType | None = None
 _kernels_error: BaseException | None = None
@@ -111,3 +124,18 @@ def backend_for(op: str, rows: int, cols: int, dtype: np.dtype) -> ModuleType:
     if not hasattr(kernels, op):
         return _backend_numpy
     return kernels
+
+
+def kdim_kernel(op: str, A: int, C: int, B: int, dtype: np.dtype) -> Any:
+    """The layout decision, made here only: the kernel ``op + '_kdim'`` that runs ``op`` along
+    the class axis of an ``(A, C, B)`` view (the axis not last, B positions after it), or None,
+    and the caller moves the class axis last and runs the row function ``op`` instead.
+
+    The ``(A, C, B)`` kernels run where more than one position follows the axis (with B = 1 the
+    rows are already contiguous) and `backend_for` picks the kernels at this size (A·B·C
+    elements, as for the rows); NumPy has no such kernels.
+    """
+    if B <= 1:
+        return None
+    name = op + "_kdim"
+    return getattr(backend_for(name, A * B, C, dtype), name, None)

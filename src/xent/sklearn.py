@@ -56,6 +56,25 @@ def _value_errors() -> Iterator[None]:
         raise ValueError(str(e)) from None
 
 
+def _numeric_frame(X: Any) -> None:
+    """Refuse a DataFrame with text columns with a message that names them and the way
+    forward (scikit-learn's ``ColumnTransformer`` before the classifier)."""
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is None or not hasattr(X, "columns"):
+        return
+    try:
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+    except ImportError:  # pragma: no cover
+        return
+    text = [str(c) for c, t in zip(X.columns, dtypes, strict=True)
+            if not (is_numeric_dtype(t) or is_bool_dtype(t))]
+    if text:
+        raise ValueError(f"XentClassifier takes numeric features; the column(s) "
+                         f"{', '.join(map(repr, text))} are not numbers: encode them before it "
+                         "(sklearn.compose.ColumnTransformer with OneHotEncoder; missing values: "
+                         "SimpleImputer), or train with 'xent train', which does so itself")
+
+
 class XentClassifier(ClassifierMixin, BaseEstimator):
     r"""The tutorials' network classifier (``xent train``) as a scikit-learn estimator.
 
@@ -114,10 +133,14 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
     Shapes: ``X`` is ``(n_samples, n_features)``, finite numbers; ``y`` is ``(n_samples,)``
     labels of any kind scikit-learn classifies (integers, strings), at least two distinct.
 
-    scikit-learn's ``check_estimator`` passes in full (scikit-learn 1.9.1: 54 checks pass, 2
-    are skipped for want of pandas or an array-API setup); `EXPECTED_FAILED_CHECKS`, the list of
-    checks it cannot pass, is empty. There is no ``sample_weight``, ``partial_fit`` or
-    ``decision_function``.
+    A pandas ``DataFrame`` is accepted as scikit-learn's estimators accept it: its column names
+    become ``feature_names_in_`` (and must match at ``predict``); its columns must be numeric
+    (text columns are a ``ValueError`` naming them: encode them in a ``ColumnTransformer``
+    before the classifier, as scikit-learn's conventions say).
+
+    scikit-learn's ``check_estimator`` passes in full (scikit-learn 1.9.1);
+    `EXPECTED_FAILED_CHECKS`, the list of checks it cannot pass, is empty. There is no
+    ``sample_weight``, ``partial_fit`` or ``decision_function``.
 
     Edge cases: a ``y`` with one class, continuous ``y``, NaN or inf in ``X`` or ``y``, sparse
     ``X`` and a wrong number of features are ``ValueError`` (``TypeError`` for sparse), as
@@ -252,6 +275,7 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
         """
         from xent.cli import _data, _model, _train
 
+        _numeric_frame(X)
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         recipe = self._recipe(len(y))
@@ -301,6 +325,7 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
         from xent.cli import _data, _predict
 
         check_is_fitted(self)
+        _numeric_frame(X)
         X = validate_data(self, X, dtype=np.float64, reset=False)
         with _value_errors():  # a value beyond float32 once scaled, or a non-finite output
             proba = _predict.checked_proba(self.model_, _data.Table(

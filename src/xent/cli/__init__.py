@@ -112,6 +112,31 @@ def _delimiter(s: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _na_values(s: str) -> list[str]:
+    return [v.strip() for v in s.split(",")] if "," in s else [s]
+
+
+def _decimal(s: str) -> str:
+    if s not in (".", ","):
+        raise argparse.ArgumentTypeError(f"expected '.' or ',', found {s!r}")
+    return s
+
+
+def _reading_options(p: argparse.ArgumentParser, predict: bool = False) -> None:
+    """--decimal, --encoding and --na-values (train and predict)."""
+    default = ("default: as the model's training file was read" if predict else None)
+    p.add_argument("--decimal", type=_decimal, metavar="C",
+                   help="the decimal mark of numbers: '.' or ',' (a decimal comma, usually with "
+                   f"--delimiter ';'); {default or 'default: .'}")
+    p.add_argument("--encoding", metavar="NAME",
+                   help="the file's text encoding, e.g. latin-1 or cp1252; "
+                   f"{default or 'default: utf-8 (a byte-order mark is skipped)'}")
+    p.add_argument("--na-values", type=_na_values, action="append", metavar="V[,V...]",
+                   help="more cell values that mean 'missing', besides the usual markers "
+                   "(empty, NA, N/A, n/a, NaN, nan, NAN, null, NULL, None, ?, #N/A); "
+                   f"repeatable{'; ' + default if default else ''}")
+
+
 _DELIMITER_HELP = ("the CSV delimiter: ',', ';' or 'tab' (also '\\t'); default: detected from "
                    "the file (comma, semicolon or tab)")
 
@@ -127,16 +152,32 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train the tutorials' networks (the main job)",
         description="Train NeuralNet1 (binary: sigmoid + binary cross-entropy) and/or NeuralNet2 "
         "(multi-class: softmax cross-entropy) with xent's losses through xent.torch, on the "
-        "tutorials' built-in data or on a CSV file; write the weights (safetensors), model.json "
-        "and loss_curves.png to --out.")
+        "tutorials' built-in data or on a CSV file; write model.safetensors (the weights), "
+        "model.json, loss_curves.png and reliability.png to --out.")
     t.add_argument("--task", choices=["binary", "multiclass", "both"], default=None,
                    help="built-in data: which network to train (default: both); with --data: "
                    "binary or multiclass (default: binary for 2 classes, else multiclass)")
-    t.add_argument("--data", metavar="CSV", help="train on this CSV file (header row; numeric "
-                   "feature columns and the --target column)")
+    t.add_argument("--data", metavar="CSV", help="train on this CSV file (a header row; "
+                   "numeric and text columns, missing cells allowed, and the --target column)")
     t.add_argument("--delimiter", type=_delimiter, metavar="D", help=_DELIMITER_HELP)
+    _reading_options(t)
     t.add_argument("--target", metavar="COLUMN",
-                   help="the --data column that holds the class labels (strings or integers)")
+                   help="the --data column that holds the class labels (strings, integers or "
+                   "booleans, kept as spelled); rows whose label is missing are dropped and "
+                   "counted (--drop-unlabeled, the default)")
+    t.add_argument("--drop-unlabeled", action="store_true", default=True,
+                   help="drop the rows whose label is missing (the default; there is no other "
+                   "choice: a missing label is never a class)")
+    t.add_argument("--ignore", action="append", metavar="COLUMN",
+                   help="leave this column out of the features (an identifier, a leak); "
+                   "repeatable")
+    t.add_argument("--categorical", action="append", metavar="COLUMN",
+                   help="one-hot encode this column even if its values are numbers (codes); "
+                   "text columns are categorical anyway; repeatable")
+    t.add_argument("--keep-feature", action="append", metavar="COLUMN",
+                   help="use this column as a feature although it looks like an identifier "
+                   "(equal to the row number, named like id, or text with every value "
+                   "distinct); repeatable")
     t.add_argument("--recipe", choices=["default", "default-large", "tutorial"],
                    default="default",
                    help="default: AdamW (lr 0.01, weight decay 0.03), 32 hidden units, 200 epochs "
@@ -191,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rows to predict: the model's feature columns (any order; other "
                     "columns, such as the target, are ignored with a note)")
     pr.add_argument("--delimiter", type=_delimiter, metavar="D", help=_DELIMITER_HELP)
+    _reading_options(pr, predict=True)
     pr.add_argument("--keep", action="append", metavar="COLUMN",
                     help="copy this column of --data (an ID, say) into the output, before the "
                     "predictions; repeatable, in the order given. Other columns than the "
@@ -210,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lse - z[t], the gradient softmax - one-hot), each computed by xent, beside the "
         "tutorials' naive NumPy formula. --binary: sigmoid and binary cross-entropy, one label "
         "per logit.")
-    ex.add_argument("logits", nargs="+", metavar="Z", help="the logits (finite numbers)")
+    ex.add_argument("logits", nargs="*", metavar="Z", help="the logits (finite numbers; "
+                    "before or after the options)")
     ex.add_argument("--target", nargs="+", metavar="T", help="the true class index (0 to C-1); "
                     "with --binary, one label 0 or 1 per logit")
     ex.add_argument("--binary", action="store_true", help="sigmoid and binary cross-entropy "
@@ -235,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        _check_environment()
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as e:  # --help and --version exit 0 through argparse
@@ -275,6 +319,15 @@ def main(argv: list[str] | None = None) -> int:
 
         _fail(str(os_error(e.filename or "xent", "cannot use the file", e)))
         return 2
+
+
+def _check_environment() -> None:
+    """An invalid ``XENT_BACKEND`` or ``XENT_CACHE_LIMIT`` is bad input: one line, exit 2."""
+    from xent import _buffers, _dispatch
+
+    errors = [*_dispatch.ENV_ERRORS, *_buffers.ENV_ERRORS]
+    if errors:
+        raise CLIError("; ".join(errors))
 
 
 def _fail(message: str) -> None:

@@ -467,8 +467,32 @@ def explain_binary(z: np.ndarray, y: np.ndarray, eps: float | None = None,
     return "\n".join(L)
 
 
+def _unswallow(args) -> None:
+    """``--target 0 2.0 1.0 0.1``: argparse gives every number to ``--target`` (it takes one
+    or more values) and none to the logits. Take them back: the first value is the class (with
+    ``--binary``, the first half are the labels, one per logit)."""
+    if args.logits or not args.target:
+        if not args.logits:
+            raise CLIError("the following arguments are required: Z (the logits; see "
+                           "'xent explain --help')")
+        return
+    values = list(args.target)
+    if args.binary:
+        if len(values) % 2:
+            raise CLIError(f"--target took all {len(values)} numbers; with --binary give the "
+                           "logits first, then --target with one label per logit")
+        half = len(values) // 2
+        args.target, args.logits = values[:half], values[half:]
+    elif len(values) > 1:
+        args.target, args.logits = values[:1], values[1:]
+    else:
+        raise CLIError("the following arguments are required: Z (the logits; see "
+                       "'xent explain --help')")
+
+
 def run(args) -> int:
     """The `xent explain` command."""
+    _unswallow(args)
     z = _logits(args.logits, args.binary)
     eps = args.label_smoothing
     if args.binary:

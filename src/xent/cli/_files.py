@@ -145,6 +145,35 @@ def read_regular(path: str | os.PathLike, what: str, limit: int, *,
         os.close(fd)
 
 
+def open_regular(path: str | os.PathLike, what: str, limit: int):
+    """``path`` opened for binary reading if it is a regular file of at most ``limit`` bytes
+    (the checks of `read_regular`, without reading it: for a reader that streams the file).
+
+    Raises `CLIError` naming the file and the reason, as `read_regular` does.
+    """
+    name = short(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise CLIError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise CLIError(f"{name}: is a directory; expected {what}") from None
+    except OSError as e:
+        raise os_error(name, "cannot open", e) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CLIError(f"{name}: is {_kind(st.st_mode)}; expected {what}")
+        if st.st_size > limit:
+            raise CLIError(f"{name}: {st.st_size} bytes, more than the {limit} accepted for "
+                           f"{what}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether ``a`` and ``b`` name the same file (hard links and symlinks included), or would:
     two paths that do not exist yet are compared by their resolved form.

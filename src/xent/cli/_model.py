@@ -85,6 +85,7 @@ class Classifier:
     mean: np.ndarray
     scale: np.ndarray
     temperature: float = 1.0  # probabilities are softmax(logits / T): temperature scaling
+    encoder: Any = None  # `_columns.Encoder`: the file's columns -> the features (None: as is)
 
     def scaled(self, X: np.ndarray) -> np.ndarray:
         """Standardise raw features ``(N, D)`` with the stored scaler, as float32 (unchecked:
@@ -428,5 +429,50 @@ def load(model_dir: str | Path | ModelFiles) -> tuple[Classifier, dict]:
     net.eval()
     temperature = _temperature(meta, p)
     clf = Classifier(task=task, net=net, features=list(features), target=target,
-                     classes=list(classes), mean=mean, scale=scale, temperature=temperature)
+                     classes=list(classes), mean=mean, scale=scale, temperature=temperature,
+                     encoder=encoder(meta, p))
     return clf, meta
+
+
+def _strings(values: Any, path: Path, name: str, n: int | None = None,
+             nullable: bool = False) -> list:
+    ok = isinstance(values, list) and (n is None or len(values) == n) and all(
+        isinstance(v, str) or nullable and v is None for v in values)
+    if not ok:
+        size = "" if n is None else f" of {n}"
+        raise _bad(path, f"field {name!r} must be a list{size} of strings")
+    return list(values)
+
+
+def encoder(meta: dict, path: Path):
+    """The `_columns.Encoder` of ``model.json``'s ``columns`` (None for a model without one:
+    its features are numeric columns of the file), checked against ``features``."""
+    from ._columns import Encoder
+
+    cols = meta.get("columns")
+    if cols is None:
+        return None
+    if not isinstance(cols, dict):
+        raise _bad(path, "field 'columns' must be an object")
+    num = _get(cols, "numeric", dict, path, "columns.")
+    cat = _get(cols, "categorical", dict, path, "columns.")
+    numeric = _strings(num.get("columns"), path, "columns.numeric.columns")
+    medians = _floats(num.get("medians"), len(numeric), path, "columns.numeric.medians")
+    indicators = _strings(num.get("missing_indicator"), path,
+                          "columns.numeric.missing_indicator")
+    categorical = _strings(cat.get("columns"), path, "columns.categorical.columns")
+    categories = cat.get("categories")
+    if not isinstance(categories, list) or len(categories) != len(categorical):
+        raise _bad(path, f"field 'columns.categorical.categories' must list "
+                         f"{len(categorical)} lists of categories")
+    categories = [_strings(c, path, "columns.categorical.categories", nullable=True)
+                  for c in categories]
+    if not set(indicators) <= set(numeric) or len(set(numeric + categorical)) != len(
+            numeric + categorical):
+        raise _bad(path, "fields 'columns.numeric' and 'columns.categorical' are inconsistent "
+                         "(repeated columns, or an indicator of no numeric column)")
+    enc = Encoder(numeric=numeric, medians=[float(v) for v in medians], indicators=indicators,
+                  categorical=categorical, categories=categories)
+    if enc.names() != meta.get("features"):
+        raise _bad(path, "field 'features' does not match the encoding in 'columns'")
+    return enc

@@ -96,6 +96,27 @@ def _write_output(out: Path, data: bytes) -> None:
         raise _files.os_error(out, "cannot write", e) from None
 
 
+def read_options(meta: dict, args) -> _data.CsvOptions:
+    """How to read the rows: the options given, else those the model's training file was read
+    with (decimal mark, encoding, missing-value markers; the delimiter is detected again)."""
+    read = meta.get("columns", {}).get("read", {}) if isinstance(meta.get("columns"),
+                                                                  dict) else {}
+    read = read if isinstance(read, dict) else {}
+
+    def stored(key: str, default):
+        v = read.get(key)
+        return v if isinstance(v, type(default)) else default
+
+    given = getattr(args, "na_values", None)
+    na = None if given is None else [v for item in given for v in item]
+    return _data.CsvOptions(
+        delimiter=getattr(args, "delimiter", None),
+        decimal=getattr(args, "decimal", None) or stored("decimal", "."),
+        encoding=getattr(args, "encoding", None) or stored("encoding", "utf-8"),
+        na_values=tuple(na) if na is not None else tuple(
+            v for v in stored("na_values", []) if isinstance(v, str)))
+
+
 def run(args) -> int:
     """The `xent predict` command."""
     require("torch", "safetensors")
@@ -115,10 +136,11 @@ def run(args) -> int:
         if not args.quiet:
             print(f"xent: note: {message}", file=sys.stderr, flush=True)
 
+    encoder = _model.encoder(files.meta, files.meta_path)
     table = _data.read_prediction_csv(args.data, features,
                                       target if isinstance(target, str) else None,
-                                      delimiter=getattr(args, "delimiter", None), keep=keep,
-                                      note=note)
+                                      keep=keep, note=note, encoder=encoder,
+                                      options=read_options(files.meta, args))
     clf, _ = _model.load(files)
     text = predictions_csv(clf, table)
     if out is None:

@@ -101,17 +101,19 @@ def summary(result, paths: dict[str, Path], quiet: bool = False) -> str:
                        else f"; the model is epoch {m['kept_epoch']}'s (no early stopping)")]
     else:
         schedule = ["  validation none (--val-size 0): the last epoch's weights, no temperature"]
-    n = len(result.table.X)
+    n = result.table.n_rows
     lines = [
         f"{arch} ({result.task}): {len(clf.features)} features -> {r.hidden} hidden (ReLU) "
         f"-> {out}",
         f"  data       {result.table.source}",
         f"             {n} rows, classes {_fmt_classes(clf.classes)}; "
         f"{m['train_rows']} train / {m['test_rows']} test",
+        *_columns_lines(result.table),
         f"  recipe     {r.name}: {r.optimizer} lr {r.lr:g}{wd}, {r.epochs} epochs, {batch}, "
         f"seed {result.seed}, loss {result.objective} ({result.loss})",
         *schedule,
         f"  accuracy   train {m['train_accuracy']:.4f}   test {m['test_accuracy']:.4f}",
+        *_balance_lines(result),
         f"  log loss   train {m['train_log_loss']:.4f}   test {m['test_log_loss']:.4f}",
         *_calibration(m["calibration"], val_rows),
         "  confusion matrix (test rows)",
@@ -123,6 +125,42 @@ def summary(result, paths: dict[str, Path], quiet: bool = False) -> str:
         f"  time       {result.seconds:.2f} s (training and evaluation)",
     ]
     return "\n".join(lines)
+
+
+RARE_CLASS = 0.10  # a class under this share of the rows: the report shows balanced accuracy
+
+
+def _balance_lines(result) -> list[str]:
+    """Balanced accuracy (the mean of the per-class recalls) and the hint for
+    ``--class-weight balanced`` when the smallest class is under `RARE_CLASS` of the rows."""
+    y = result.table.y
+    counts = np.bincount(y, minlength=len(result.classifier.classes))
+    k = int(np.argmin(counts))
+    share = counts[k] / len(y)
+    if share >= RARE_CLASS:
+        return []
+    m = result.metrics
+    line = (f"  balanced   test {m['test_balanced_accuracy']:.4f} (class "
+            f"{result.classifier.classes[k]}: {share:.1%} of the rows")
+    if result.recipe.class_weight != "balanced":
+        line += "; try --class-weight balanced"
+    line += ")"
+    return [line]
+
+
+def _columns_lines(table) -> list[str]:
+    """The table of the file's columns: role and what was done (CSV data only)."""
+    if not table.roles:
+        return []
+    name_w = max(len("column"), *(len(r.column) for r in table.roles))
+    role_w = max(len("identifier"), *(len(r.role) for r in table.roles))
+    lines = [f"  columns    {'column':<{name_w}}  {'role':<{role_w}}  what was done"]
+    for r in table.roles:
+        lines.append(f"             {r.column:<{name_w}}  {r.role:<{role_w}}  {r.done}")
+    if table.unlabeled:
+        lines.append(f"  labels     {table.unlabeled} row(s) with a missing label in "
+                     f"{table.target!r} dropped (--drop-unlabeled, the default)")
+    return lines
 
 
 def data_name(result) -> str:

@@ -67,6 +67,7 @@ class Recipe:
     patience: int | None = None
     class_weight: str | None = None
     label_smoothing: float = 0.0
+    selection: str = "val_loss"  # the best epoch: lowest 'val_loss', or 'calibrated' (after T)
 
 
 # Chosen from measurements over seeds 0-9 (benchmarks/recipe_seeds.py; docs/cli.md has the
@@ -127,11 +128,17 @@ class Split:
 
 
 def split(table: _data.Table, test_size: float, scaler: str) -> Split:
-    """Split 80/20 (or ``test_size``) with ``random_state=42`` and standardise the features."""
+    """Split 80/20 (or ``test_size``) with ``random_state=42`` and standardise the features.
+
+    For a CSV (``table.frame``) the encoding (`_columns.fit_encoder`: scikit-learn's
+    ``ColumnTransformer`` of median imputation with missing-indicators, the standard scaler and
+    one-hot categories) is fitted on the training rows (on every row for ``scaler='all'``) and
+    sets ``table.X``, ``table.features`` and ``table.encoder``.
+    """
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    n, y = len(table.X), table.y
+    n, y = table.n_rows, table.y
     if y is None:
         raise CLIError(f"{table.source}: no class labels to train on (expected a target column)")
     try:
@@ -143,9 +150,20 @@ def split(table: _data.Table, test_size: float, scaler: str) -> Split:
     if len(np.unique(y[i_train])) < 2:
         raise CLIError(f"{table.source}: the training split ({len(i_train)} rows) holds a single "
                        "class; expected at least 2 (add rows or lower --test-size)")
-    fitted = StandardScaler().fit(table.X if scaler == "all" else table.X[i_train])
-    mean = np.asarray(fitted.mean_, dtype=np.float64)
-    scale = np.asarray(fitted.scale_, dtype=np.float64)  # 1 for constant columns
+    if table.frame is not None:
+        from . import _columns
+
+        fit_rows = np.arange(n) if scaler == "all" else i_train
+        fitted_on = table.frame.iloc[fit_rows]
+        enc, mean, scale = _columns.fit_encoder(fitted_on, table.numeric, table.categorical)
+        _columns.describe(table.roles, enc, fitted_on)
+        table.encoder = enc
+        table.X = enc.transform(table.frame)
+        table.features = enc.names()
+    else:
+        fitted = StandardScaler().fit(table.X if scaler == "all" else table.X[i_train])
+        mean = np.asarray(fitted.mean_, dtype=np.float64)
+        scale = np.asarray(fitted.scale_, dtype=np.float64)  # 1 for constant columns
 
     # The one scaling formula, with the overflow check naming the file's row and column.
     return Split(_data.standardised(table, mean, scale, rows=i_train),
@@ -279,7 +297,8 @@ def train(table: _data.Table, task: str, recipe: Recipe, *, seed: int = 0,
                       progress=progress, label=label)
     clf = _model.Classifier(task=task, net=fit.net, features=list(table.features),
                             target=table.target or "", classes=list(table.classes),
-                            mean=data.mean, scale=data.scale, temperature=fit.temperature)
+                            mean=data.mean, scale=data.scale, temperature=fit.temperature,
+                            encoder=table.encoder)
     metrics = evaluate(clf, data, fit)
     return Result(task=task, classifier=clf, table=table, split=data, recipe=recipe, seed=seed,
                   loss=loss, objective=fit.objective, test_size=test_size,
@@ -420,8 +439,12 @@ def fit_network(X: np.ndarray, y: np.ndarray, task: str, recipe: Recipe, num_cla
                          if k in evals}
                 bar.set_postfix(loss=f"{total / n:.4f}", **shown, refresh=False)
             if "val" in evals:
-                if history["val_loss"][-1] < best_loss:
-                    best_loss, best_epoch, best_state = history["val_loss"][-1], epoch, _state(net)
+                score = history["val_loss"][-1]
+                if recipe.selection == "calibrated":
+                    score = _calibrated_loss(net, evals["val"][0], y[i_val], task)
+                    history.setdefault("val_calibrated_loss", []).append(score)
+                if score < best_loss:
+                    best_loss, best_epoch, best_state = score, epoch, _state(net)
                 elif recipe.patience is not None and epoch - best_epoch >= recipe.patience:
                     stopped = True
                     break
@@ -440,6 +463,23 @@ def fit_network(X: np.ndarray, y: np.ndarray, task: str, recipe: Recipe, num_cla
                epochs_run=epoch, stopped_early=stopped, temperature=temperature,
                fit_rows=len(i_fit), val_rows=len(i_val),
                class_weights=None if weights is None else [float(v) for v in weights])
+
+
+def _calibrated_loss(net, X, y: np.ndarray, task: str) -> float:
+    """The validation log loss after the temperature fitted on the same rows: what the model's
+    probabilities would score if this epoch were kept (``Recipe.selection='calibrated'``)."""
+    import torch
+
+    import xent
+    from xent.metrics import fit_temperature
+
+    with torch.no_grad():
+        z = net.logits(X).numpy().astype(np.float64)
+    if task == "binary":
+        t = fit_temperature(z[:, 0], y)
+        return float(xent.binary_cross_entropy_with_logits(z[:, 0] / t, y.astype(np.float64)))
+    t = fit_temperature(z, y)
+    return float(xent.cross_entropy(z / t, y))
 
 
 def _diverged(bar, progress: bool, recipe: Recipe, epoch: int, what: str):
@@ -496,7 +536,7 @@ def calibration(clf: _model.Classifier, X: np.ndarray, y: np.ndarray,
 def evaluate(clf: _model.Classifier, data: Split, fit: Fit | None = None) -> dict:
     """Accuracy, log loss, the test confusion matrix (rows: true class, columns: predicted),
     and the test rows' calibration before and after the temperature."""
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
     labels = np.arange(len(clf.classes))
     pred_train = clf.predict(data.raw_train)
@@ -505,6 +545,7 @@ def evaluate(clf: _model.Classifier, data: Split, fit: Fit | None = None) -> dic
     out = {
         "train_accuracy": float(np.mean(pred_train == data.y_train)),
         "test_accuracy": float(np.mean(pred_test == data.y_test)),
+        "test_balanced_accuracy": float(balanced_accuracy_score(data.y_test, pred_test)),
         "train_log_loss": log_loss(clf, data.raw_train, data.y_train),
         "test_log_loss": log_loss(clf, data.raw_test, data.y_test),
         "train_rows": int(len(data.y_train)),
@@ -560,9 +601,12 @@ def metadata(result: Result, weights_sha256: str) -> dict:
         },
         "weights": {"file": _model.WEIGHTS_FILE, "format": "safetensors",
                     "sha256": weights_sha256},
+        **({"columns": columns_json(result.table)} if result.table.encoder is not None
+           else {}),
         "data": {
             "source": result.table.source,
-            "rows": int(len(result.table.X)),
+            "rows": int(result.table.n_rows),
+            "unlabeled_rows_dropped": int(result.table.unlabeled),
             "test_size": result.test_size,
             "split_random_state": SPLIT_RANDOM_STATE,
         },
@@ -582,6 +626,22 @@ def metadata(result: Result, weights_sha256: str) -> dict:
         },
         "metrics": result.metrics,
         "history": result.history,
+    }
+
+
+def columns_json(table: _data.Table) -> dict:
+    """``model.json``'s ``columns``: how the file was read, each column's role, and the fitted
+    encoding `xent predict` applies (`_columns.Encoder`)."""
+    read = table.file.options.to_json() if table.file is not None else {}
+    read["delimiter"] = table.file.delimiter if table.file is not None else None
+    return {
+        "read": read,
+        "roles": [{"column": r.column, "role": r.role, "done": r.done} for r in table.roles],
+        **table.encoder.to_json(),
+        "encoding": "scikit-learn ColumnTransformer fitted on the training rows: numeric "
+                    "columns SimpleImputer(strategy='median', add_indicator=True) then "
+                    "StandardScaler (the scaler below), categorical columns "
+                    "OneHotEncoder(handle_unknown='ignore'), a missing cell a category",
     }
 
 
@@ -649,7 +709,11 @@ def run(args) -> int:
         if args.task == "both":
             raise CLIError("--task both trains the two built-in datasets; with --data the task "
                            "is binary or multiclass (default: from the number of classes)")
-        table = _data.read_training_csv(args.data, args.target, args.delimiter)
+        table = _data.read_training_csv(
+            args.data, args.target, options=csv_options(args),
+            ignore=tuple(getattr(args, "ignore", None) or ()),
+            categorical=tuple(getattr(args, "categorical", None) or ()),
+            keep_feature=tuple(getattr(args, "keep_feature", None) or ()))
         k = len(table.classes)
         task = args.task or ("binary" if k == 2 else "multiclass")
         if task == "binary" and k != 2:
@@ -660,15 +724,55 @@ def run(args) -> int:
     out_root = Path(args.out) if args.out is not None else None
     outs = [Path("runs") / task if out_root is None
             else out_root / task if len(jobs) > 1 else out_root for task, _ in jobs]
+    created = _new_dirs(outs)
     for out in outs:
         _model.make_dir(out)  # before training: a bad --out fails in a second, not a minute
     show_bar = not args.quiet and sys.stderr.isatty()
-    for i, ((task, given), out) in enumerate(zip(jobs, outs, strict=True)):
-        table = _data.builtin(task) if given is None else given
-        recipe = resolve_recipe(args, len(table.X))
-        result = train(table, task, recipe, seed=args.seed, test_size=args.test_size,
-                       loss=args.loss, progress=show_bar)
-        paths = save(result, out)
-        text = _report.summary(result, paths, quiet=args.quiet)
-        print(("\n" if i and not args.quiet else "") + text, flush=True)
+    saved = 0
+    try:
+        for i, ((task, given), out) in enumerate(zip(jobs, outs, strict=True)):
+            table = _data.builtin(task) if given is None else given
+            recipe = resolve_recipe(args, table.n_rows)
+            result = train(table, task, recipe, seed=args.seed, test_size=args.test_size,
+                           loss=args.loss, progress=show_bar)
+            paths = save(result, out)
+            saved += 1
+            text = _report.summary(result, paths, quiet=args.quiet)
+            print(("\n" if i and not args.quiet else "") + text, flush=True)
+    except (CLIError, KeyboardInterrupt):
+        if not saved:
+            _remove_empty(created)  # "nothing was written": no empty folder left either
+        raise
     return 0
+
+
+def csv_options(args) -> _data.CsvOptions:
+    """The reading options of the command line (`_data.CsvOptions`)."""
+    na = [v for item in (getattr(args, "na_values", None) or []) for v in item]
+    return _data.CsvOptions(delimiter=getattr(args, "delimiter", None),
+                            decimal=getattr(args, "decimal", None) or ".",
+                            encoding=getattr(args, "encoding", None) or "utf-8",
+                            na_values=tuple(na))
+
+
+def _new_dirs(outs: list[Path]) -> list[Path]:
+    """The directories ``outs`` and their parents that do not exist yet, deepest first."""
+    new: list[Path] = []
+    for out in outs:
+        p = Path(out).absolute()
+        try:
+            while not p.exists() and p != p.parent:
+                new.append(p)
+                p = p.parent
+        except OSError:  # a name too long, say: `make_dir` says so, with the path as given
+            continue
+    return sorted(set(new), key=lambda q: len(q.parts), reverse=True)
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the directories of ``dirs`` that are empty (deepest first); leave the rest."""
+    import os
+
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            os.rmdir(d)
