@@ -3,14 +3,15 @@
 
 On first use (and whenever ``pyproject.toml`` or ``requirements/constraints.txt`` change) it
 creates ``.venv`` beside this file and installs the package with the extras the task needs,
-pinned by ``requirements/constraints.txt`` (torch's CPU build). It needs only Python 3.11+ and
-the package registry. Afterwards each task runs inside that environment.
+pinned by ``requirements/constraints.txt`` (torch's version; which build pip installs depends
+on the index: README). It needs only Python 3.11+ and the package registry. Afterwards each task runs inside that environment.
 
     python3 tasks.py train [xent train options]   # the main job: train the tutorial classifiers
     python3 tasks.py test [pytest options]        # ruff, mypy, then the whole test suite (CI)
     python3 tasks.py test-fast [pytest options]   # the tests not marked slow (under a minute)
     python3 tasks.py bench [benchmark options]    # kernel benchmark (installs JAX too)
     python3 tasks.py examples                     # the tutorials' worked examples
+    python3 tasks.py warmup                       # compile every kernel variant ahead
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ EXTRAS = {
     "test-fast": "dev",
     "bench": "dev,bench",
     "bench-linear": "dev",
+    "warmup": "all",
     "shell": "dev",
 }
 
@@ -92,6 +94,8 @@ def main(argv: list[str]) -> int:
         cmd = [py, "-m", "xent", "train", *rest]
     elif task == "examples":
         cmd = [py, "-m", "xent", "examples", *rest]
+    elif task == "warmup":
+        cmd = [py, "-m", "xent", "warmup", *rest]
     elif task == "bench":
         cmd = [py, str(ROOT / "benchmarks" / "bench_kernels.py"), *rest]
     elif task == "bench-linear":

@@ -27,3 +27,12 @@ def test_warmup_reaches_every_kernel_function(monkeypatch):
                        "log_softmax", "softmax_kdim", "log_softmax_kdim", "softmax_backward",
                        "log_softmax_backward", "softmax_backward_kdim",
                        "log_softmax_backward_kdim", "bce_logits"}
+
+
+def test_the_command_line_warmup_runs_and_says_how_many(capsys):
+    from xent.cli import main
+
+    assert main(["warmup"]) == 0
+    out = capsys.readouterr()
+    assert out.out == f"compiled or loaded {len(list(_warmup.calls()))} kernel variants\n"
+    assert "compiling xent's kernels" in out.err  # the progress bar
