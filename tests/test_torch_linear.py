@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -476,3 +477,43 @@ def test_kdim_weight_in_bfloat16_is_as_close_to_float64_as_pytorchs(kdim_calls, 
                              truth, strict=True):
         assert o.dtype == torch.bfloat16, name
         assert _rel(o, e) <= _rel(p, e), (name, _rel(o, e), _rel(p, e))
+
+
+def test_soft_cap_new_in_place_and_its_derivative():
+    """`_reference.soft_cap`, the one cap of the torch layer (the reference's differentiable
+    form, the chunked forms' in-place one with 1 - tanh²), against float64 autograd."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 7, generator=g, dtype=torch.float64) * 10
+    xr = x.clone().requires_grad_(True)
+    want = 4.0 * torch.tanh(xr / 4.0)
+    (want_deriv,) = torch.autograd.grad(want.sum(), xr)
+    torch.testing.assert_close(_reference.soft_cap(x, 4.0), want.detach(), rtol=1e-15, atol=0)
+    z, deriv = x.float().clone(), torch.empty(5, 7)
+    out = _reference.soft_cap(z, 4.0, out=z, deriv=deriv)
+    assert out.data_ptr() == z.data_ptr()
+    torch.testing.assert_close(z, want.detach().float(), **TOL[torch.float32])
+    torch.testing.assert_close(deriv, want_deriv.float(), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("kind", ["tensor", "ndarray"])
+def test_row_scales_of_tensors_and_arrays(reduction, kind):
+    """`xent._reduction.row_scales`, the row scales of the core, the linear and the
+    vocabulary-parallel forms: g for 'none' and 'sum', g / D (and g / D_z) for 'mean'."""
+    from xent import _reduction
+
+    g64 = (torch.rand(2, 3, dtype=torch.float64) if reduction == "none"
+           else torch.tensor(0.7, dtype=torch.float64))
+    den, den_z = 2.5, 4.0
+    want = g64.reshape(-1).expand(6) / (den if reduction == "mean" else 1.0)
+    want_z = g64.reshape(-1).expand(6) / (den_z if reduction == "mean" else 1.0)
+    g = g64.float() if kind == "tensor" else g64.float().numpy()
+    s, s_z = _reduction.row_scales(reduction, g, g.dtype.type(den) if kind == "ndarray"
+                                   else torch.tensor(den), den_z, 6)
+    for got, exp in ((s, want), (s_z, want_z)):
+        got = got.clone() if isinstance(got, torch.Tensor) else torch.from_numpy(got.copy())
+        assert got.shape == (6,)
+        torch.testing.assert_close(got.double(), exp, rtol=1e-6, atol=0)
+    s, s_z = _reduction.row_scales(reduction, g, den)
+    assert s_z is None
+    assert np.shape(s) == ((6,) if reduction == "none" else ())

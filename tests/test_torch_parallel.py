@@ -139,3 +139,35 @@ def test_vocab_parallel_validates():
         xt.vocab_parallel_cross_entropy(z, torch.tensor([0, 1, 7]), vocab_start=0, vocab_size=5)
     with pytest.raises(ValueError, match="input batch_size \\(3\\) to match target batch_size"):
         xt.vocab_parallel_cross_entropy(z, torch.tensor([0, 1]), vocab_start=0, vocab_size=5)
+
+
+def test_vocab_parallel_linear_runs_the_linear_forms_chunk_loop(monkeypatch):
+    """One process holding the whole vocabulary: both passes of the parallel linear form are
+    the linear form's chunk loop (`_linear.chunk_loop`), the loss and gradient those of the
+    float64 composition in PyTorch, and its precomputed gradients are handed over once."""
+    from helpers import spy
+    from xent.torch import _linear
+
+    calls: list[str] = []
+    spy(monkeypatch, [(_linear, "chunk_loop", "loop")], calls.append)
+    x, W, b, t, w, _ = _problem(dict(weighted=True))
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        xp = x.clone().requires_grad_(True)
+        loss = xt.vocab_parallel_linear_cross_entropy(
+            xp, W, t, linear_bias=b, weight=w, chunk_size=4, label_smoothing=0.1,
+            lse_square_scale=1e-2, softcap=3.0)
+        assert calls == ["loop", "loop"]
+        loss.backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match="backward ran twice"):
+            loss.backward()
+    finally:
+        dist.destroy_process_group()
+    xr = x.clone().requires_grad_(True)
+    z = 3.0 * torch.tanh(torch.nn.functional.linear(xr, W, b) / 3.0)
+    lse, valid = torch.logsumexp(z, 1), t != -100
+    ref = (torch.nn.functional.cross_entropy(z, t, w, label_smoothing=0.1)
+           + 1e-2 * (lse[valid] ** 2).sum() / valid.sum())
+    ref.backward()
+    torch.testing.assert_close(loss.detach(), ref.detach())
+    torch.testing.assert_close(xp.grad, xr.grad)

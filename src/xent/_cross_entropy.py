@@ -222,10 +222,8 @@ def solve(
         scale = scale_z = grad = None
         if return_grad:
             # One scale per row for 'none', one for every row (a scalar) otherwise.
-            flat = g.reshape(-1) if p.reduction == "none" else g
-            scale = _reduction.row_scale(p.reduction, flat, p.denom)
-            if o.lse_square_scale:
-                scale_z = _reduction.row_scale(p.reduction, flat, p.denom_z)
+            scale, scale_z = _reduction.row_scales(
+                p.reduction, g, p.denom, p.denom_z if o.lse_square_scale else None)
             grad = rows if inplace else _buffers.empty(rows.shape, rows.dtype)
         if kdim is not None and p.prob:
             ce = kdim(rows, p.y.reshape(rows.shape), p.weight, o.label_smoothing, scale, grad)
@@ -258,20 +256,11 @@ def solve(
 
 
 def _kdim_kernel(op: str, x: np.ndarray) -> Callable[..., np.ndarray] | None:
-    """The kernel ``op + '_kdim'`` for ``x`` (N, C, d1, ..., dK) if the dispatcher picks one.
-
-    Only for K >= 1 dimensions after the class axis holding more than one position (with
-    d1·...·dK == 1 the rows are already contiguous), and only where ``backend_for`` chooses the
-    kernels for ``op`` at this size (N·C·d1·...·dK elements, as for the row kernels).
-    """
+    """The kernel ``op + '_kdim'`` for ``x`` (N, C, d1, ..., dK) where `_dispatch.kdim_kernel`
+    picks one."""
     if x.ndim <= 2:
         return None
-    B = math.prod(x.shape[2:])
-    if B <= 1:
-        return None
-    name = op + "_kdim"
-    backend = _dispatch.backend_for(name, x.shape[0] * B, x.shape[1], x.dtype)
-    return getattr(backend, name, None)
+    return _dispatch.kdim_kernel(op, x.shape[0], x.shape[1], math.prod(x.shape[2:]), x.dtype)
 
 
 @overload
@@ -354,8 +343,7 @@ def nll_solve(
                          if p.reduction == "none" else np.asarray(loss, dtype=dt), rdt)
         if not return_grad:
             return loss
-        s = _reduction.row_scale(p.reduction, g.reshape(-1) if p.reduction == "none" else g,
-                                 p.denom)
+        s, _ = _reduction.row_scales(p.reduction, g, p.denom)
         grad = _buffers.zeros(rows.shape, rows.dtype)
         if C:
             grad[ar, ts] = np.where(keep, -w_t * s, dt.type(0))

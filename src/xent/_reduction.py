@@ -77,6 +77,28 @@ def row_scale(reduction: str, g: Any, denom: Any) -> Any:
     return mean_scale(g, denom) if reduction == "mean" else g
 
 
+def row_scales(reduction: str, g: Any, denom: Any, denom_z: Any = None,
+               positions: int | None = None) -> tuple[Any, Any]:
+    """The gradient scales of a call's positions: ``(s, s_z)``, `row_scale` of the upstream
+    gradient ``g`` (the loss's shape for ``'none'``, flattened here; a scalar otherwise) with
+    the cross-entropy's denominator and with the z-loss's (``s_z`` None when ``denom_z`` is).
+    ``positions``: both broadcast to ``(positions,)`` (read-only views), for callers that slice
+    them by rows; otherwise a scalar for ``'mean'``/``'sum'``, as the kernels take it."""
+    if reduction == "none":
+        g = g.reshape(-1)
+    s = row_scale(reduction, g, denom)
+    s_z = None if denom_z is None else row_scale(reduction, g, denom_z)
+    if positions is None:
+        return s, s_z
+    return _broadcast(s, positions), None if s_z is None else _broadcast(s_z, positions)
+
+
+def _broadcast(a: Any, n: int) -> Any:
+    """``a`` (a scalar or ``(n,)``) as an ``(n,)`` view: a tensor's ``expand``, NumPy's
+    ``broadcast_to`` otherwise."""
+    return a.expand(n) if hasattr(a, "expand") else np.broadcast_to(a, (n,))
+
+
 def reduce(rows: Any, reduction: str, denom: Any) -> Any:
     """The reduced loss of the unreduced ``rows`` (see the module docstring)."""
     if reduction == "none":
@@ -90,10 +112,14 @@ def reduce(rows: Any, reduction: str, denom: Any) -> Any:
 
 def z_loss_rows(lse: Any, scale: float, valid: Any = None) -> Any:
     """The z-loss ``scale·lse²`` of each position, exactly 0 where ``valid`` is False (an
-    ignored position contributes nothing, even with a non-finite lse)."""
+    ignored position contributes nothing, even with a non-finite lse). A tensor's is a new
+    tensor (``masked_fill``: differentiable, traceable); an array's is masked in place."""
     zl = scale * lse * lse
-    if valid is not None:
-        zl[~valid] = 0
+    if valid is None:
+        return zl
+    if hasattr(zl, "masked_fill"):
+        return zl.masked_fill(~valid, 0)
+    zl[~valid] = 0
     return zl
 
 

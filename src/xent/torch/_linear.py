@@ -9,7 +9,9 @@ d loss / d logits in place; then ``grad_x[i:i+m] = dz @ W``, ``grad_W += dz.T @ 
 and ``grad_b += dz.sum(0)``. The gradients are computed in the forward pass (as Liger-Kernel
 and PyTorch's chunked path do) so that ``backward`` is a scale by ``grad_output``; for
 ``reduction='none'`` the chunks are recomputed in ``backward`` with each row's
-``grad_output``.
+``grad_output``. The chunk loop (`chunk_loop`, the products included) and the autograd
+(`ChunkedLinear`) are also those of the vocabulary-parallel linear form (`xent.torch._parallel`),
+which passes its own per-chunk step.
 
 PyTorch 2.13's K-dimensional weight ``(C, d1, ..., dK, H)`` is its ``(C·D, H)`` view: each
 chunk's ``(m, C·D)`` buffer, viewed ``(m, C, D)``, goes to the core's K-dimensional kernel
@@ -23,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +38,7 @@ from xent import _cross_entropy, _dispatch, _reduction
 from xent._problem import Problem, check_options
 from xent._thresholds import DEFAULT_CHUNK_BYTES, GW_BLOCK_BYTES, MIN_CHUNK_ROWS
 
-from . import _bridge, _functional, _reference
+from . import _bridge, _reference, _route
 
 # (the default chunk's bytes and least rows: `xent._thresholds`)
 _MIN_CHUNK_ROWS = MIN_CHUNK_ROWS
@@ -54,7 +56,8 @@ def default_chunk_size(num_classes: int, itemsize: int = 4) -> int:
 
 @dataclass
 class _Spec:
-    """Everything about a call but the differentiable tensors."""
+    """Everything about a call but the differentiable tensors; its passes for
+    `ChunkedLinear`."""
 
     problem: Problem  # the validated call, logits (N, C, d1, ..., dK) or (N, C)
     target: np.ndarray  # (N·D,) int64 or (N, C, D) probabilities, as the kernels take them
@@ -62,6 +65,21 @@ class _Spec:
     allow_retain_graph: bool
     positions: int = 1  # D = d1·...·dK: class-axis positions per row of the (N, C·D) logits
     compact: bool = False  # 16-bit grad_W accumulated in its dtype (options' acc_policy)
+    consumed = ("xent.torch.linear_cross_entropy: backward ran a second time through a graph "
+                "whose precomputed gradients were already consumed; pass "
+                "allow_retain_graph=True to keep them (one more copy of each gradient)")
+
+    def forward(self, x, W, b, need):
+        """`ChunkedLinear`'s pass: (loss, lse, [gx, gW, gb] or None, state)."""
+        scales = _row_scales(self.problem, None) if need else (None, None)
+        ce, lse, *grads = _run_chunks(x, W, b, self, *scales, need or (False,) * 3)
+        return (_loss(self, ce, lse, x.dtype), _lse(self, lse, x.dtype),
+                grads if need else None, None)
+
+    def backward(self, x, W, b, need, grad_output, state):
+        """`ChunkedLinear`'s recomputed gradients for ``reduction='none'``."""
+        g = _bridge.as_numpy(grad_output.to(_TORCH[self.problem.dtype]).contiguous())
+        return _run_chunks(x, W, b, self, *_row_scales(self.problem, g), need)[2:]
 
 
 def _chunk_ce(spec: _Spec, z: np.ndarray, tgt: np.ndarray, rs, rz, grad: np.ndarray | None,
@@ -104,14 +122,60 @@ def _chunk_ce(spec: _Spec, z: np.ndarray, tgt: np.ndarray, rs, rz, grad: np.ndar
     return ce, lse, z
 
 
-def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
-    """One pass over the chunks. ``W`` (C·D, H), ``b`` (C·D,) or None; ``row_scale``,
-    ``z_row_scale``: (N·D,) per-position scales of the cross-entropy and of the z-loss, or None
-    for forward only. ``need``: which of (gx, gW, gb) to compute. Returns (ce, lse, gx, gW, gb);
-    ce and lse are (N·D,) NumPy arrays in the compute dtype.
+def chunk_logits(out: torch.Tensor, x: torch.Tensor, W: torch.Tensor,
+                 b: torch.Tensor | None) -> torch.Tensor:
+    """The logits ``x @ W.T + b`` of a chunk of rows, into ``out``, in the input's dtype
+    (bfloat16: oneDNN's bf16 product, float32 accumulation inside it)."""
+    if b is None:
+        return torch.mm(x, W.t(), out=out)
+    return torch.addmm(b, x, W.t(), out=out)
 
-    The products run in the input's dtype (bfloat16: oneDNN's bf16 matmul, float32
-    accumulation inside each product); ``grad_b`` accumulates in the compute dtype.
+
+def chunk_loop(
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, buf: torch.Tensor,
+    on_chunk: Callable[[int, int, torch.Tensor], torch.Tensor | None],
+    need: tuple[bool, ...] = (False, False, False), *, compact: bool = False,
+    gb_dtype: torch.dtype | None = None, recompute: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The chunk loop of the linear forms (this module's and the vocabulary-parallel one).
+
+    For each chunk of rows ``s:e`` (``buf``'s row count at a time): its logits into
+    ``z = buf[:e-s]`` (`chunk_logits`; left as they are when not ``recompute``, ``buf`` then
+    holding them already), then ``dz = on_chunk(s, e, z)``, the chunk's d loss / d logits
+    (``z`` itself or another (e-s, V) tensor) or None; from each ``dz`` the products that
+    ``need`` asks for: ``grad_x[s:e] = dz @ W``, ``grad_W += dz.T @ x[s:e]`` (`_GradW`,
+    ``compact``) and ``grad_b += dz.sum(0)`` (accumulated in ``gb_dtype``, default the
+    input's, returned in the input's). Returns (grad_x, grad_W, grad_b), None where not needed.
+    """
+    n, v = x.shape[0], W.shape[0]
+    chunk = buf.shape[0]
+    gx = torch.empty_like(x) if need[0] else None
+    gW = _GradW(W, n > chunk, compact) if need[1] else None
+    gb = torch.zeros(v, dtype=gb_dtype or x.dtype) if need[2] else None
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        xs = x[s:e]
+        z = buf[: e - s]
+        if recompute:
+            chunk_logits(z, xs, W, b)
+        dz = on_chunk(s, e, z)
+        if dz is None:
+            continue
+        if gx is not None:
+            torch.mm(dz, W, out=gx[s:e])
+        if gW is not None:
+            gW.add(dz, xs)
+        if gb is not None:
+            gb += dz.sum(0, dtype=gb.dtype)
+    return gx, None if gW is None else gW.result(), None if gb is None else gb.to(x.dtype)
+
+
+def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
+    """One pass of `chunk_loop` with the core's kernels on each chunk (`_chunk_ce`). ``W``
+    (C·D, H), ``b`` (C·D,) or None; ``row_scale``, ``z_row_scale``: (N·D,) per-position scales
+    of the cross-entropy and of the z-loss, or None for forward only. ``need``: which of
+    (gx, gW, gb) to compute. Returns (ce, lse, gx, gW, gb); ce and lse are (N·D,) NumPy arrays
+    in the compute dtype; ``grad_b`` accumulates in the compute dtype.
     """
     n, v = x.shape[0], W.shape[0]
     d = spec.positions
@@ -124,17 +188,8 @@ def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
     spare_t = torch.empty(chunk, v, dtype=dt) if d > 1 else None
     spare = None if spare_t is None else _bridge.as_numpy(spare_t)
     ce, lse = np.empty(n * d, cdt), np.full(n * d, np.nan, cdt)
-    gx = torch.empty_like(x) if (want_grad and need[0]) else None
-    gW = _GradW(W, n > chunk, spec.compact) if (want_grad and need[1]) else None
-    gb = torch.zeros(v, dtype=_TORCH[cdt]) if (want_grad and need[2]) else None
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        xs = x[s:e]
-        z = buf[: e - s]
-        if b is None:
-            torch.mm(xs, W.t(), out=z)
-        else:
-            torch.addmm(b, xs, W.t(), out=z)
+
+    def on_chunk(s: int, e: int, z: torch.Tensor) -> torch.Tensor | None:
         zn = bufn[: e - s]
         pos = slice(s * d, e * d)
         tgt = spec.target[s:e] if spec.problem.prob else spec.target[pos]
@@ -145,17 +200,12 @@ def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
         if lse_c is not None:
             lse[pos] = lse_c
         if not want_grad:
-            continue
-        dz = z if gn is zn else spare_t[: e - s]
-        if gx is not None:
-            torch.mm(dz, W, out=gx[s:e])
-        if gW is not None:
-            gW.add(dz, xs)
-        if gb is not None:
-            gb += dz.sum(0, dtype=gb.dtype)
-    if gb is not None:
-        gb = gb.to(dt)
-    return ce, lse, gx, None if gW is None else gW.result(), gb
+            return None
+        return z if gn is zn else spare_t[: e - s]
+
+    gx, gW, gb = chunk_loop(x, W, b, buf, on_chunk, need if want_grad else (False,) * 3,
+                            compact=spec.compact, gb_dtype=_TORCH[cdt])
+    return ce, lse, gx, gW, gb
 
 
 _GW_BLOCK_BYTES = GW_BLOCK_BYTES  # (one vocabulary block of a chunk's gradient: `_GradW`)
@@ -215,15 +265,12 @@ def _bf16_float32_matmuls(on: bool) -> Iterator[None]:
 def _row_scales(p: Problem, grad_output: np.ndarray | None):
     """(N·D,) scales of the cross-entropy positions and of the z-loss (None without z-loss)."""
     g: Any
-    m = p.positions
     if p.reduction == "none":
-        g = grad_output.reshape(m).astype(p.dtype)
+        g = grad_output.astype(p.dtype)
     else:
         g = p.dtype.type(1) if grad_output is None else grad_output.reshape(()).astype(p.dtype)
-    rs = np.broadcast_to(_reduction.row_scale(p.reduction, g, p.denom), (m,))
-    if not p.options.lse_square_scale:
-        return rs, None
-    return rs, np.broadcast_to(_reduction.row_scale(p.reduction, g, p.denom_z), (m,))
+    return _reduction.row_scales(p.reduction, g, p.denom,
+                                 p.denom_z if p.options.lse_square_scale else None, p.positions)
 
 
 def _loss(spec: _Spec, ce: np.ndarray, lse: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -241,24 +288,30 @@ def _lse(spec: _Spec, lse: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(lse).reshape(spec.problem.loss_shape).to(dtype)
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
+class ChunkedLinear(torch.autograd.Function):
+    """The autograd of the chunked linear forms (this module's `_Spec`, the vocabulary-parallel
+    ``_ParallelSpec``), ``apply(x, W, b, spec)`` -> (loss, lse (not differentiable)).
+
+    ``spec.forward(x, W, b, need)`` -> (loss, lse, grads, state) runs the forward pass, with
+    the gradients ``need`` asks for (x, W, b) computed in it for a ``grad_output`` of 1 when
+    ``need`` is given (``reduction`` other than ``'none'``; ``grads`` None otherwise);
+    ``backward`` then scales them. For ``'none'`` it calls ``spec.backward(x, W, b, need,
+    grad_output, state)``, which recomputes the chunks with each row's ``grad_output``.
+    ``spec.allow_retain_graph``: keep the precomputed gradients for another backward (a
+    copy each); otherwise they are handed over and a second backward raises
+    ``spec.consumed``.
+    """
+
     @staticmethod
     def forward(ctx, x, W, b, spec):  # noqa: D102
         need = tuple(ctx.needs_input_grad[:3])
-        ctx.spec = spec
-        ctx.need = need
-        if spec.problem.reduction != "none" and any(need):
-            ce, lse, gx, gW, gb = _run_chunks(x, W, b, spec, *_row_scales(spec.problem, None),
-                                              need)
-            ctx.grads = [gx, gW, gb]
-        else:
-            ce, lse, *_ = _run_chunks(x, W, b, spec, None, None, need)
-            ctx.grads = None
-            if any(need):
-                ctx.save_for_backward(x, W, b)
-        lse_t = _lse(spec, lse, x.dtype)
-        ctx.mark_non_differentiable(lse_t)
-        return _loss(spec, ce, lse, x.dtype), lse_t
+        eager = any(need) and spec.problem.reduction != "none"
+        loss, lse, ctx.grads, ctx.state = spec.forward(x, W, b, need if eager else None)
+        ctx.spec, ctx.need = spec, need
+        if any(need) and not eager:
+            ctx.save_for_backward(x, W, b)
+        ctx.mark_non_differentiable(lse)
+        return loss, lse
 
     @staticmethod
     @once_differentiable
@@ -266,15 +319,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         spec = ctx.spec
         if spec.problem.reduction == "none":
             x, W, b = ctx.saved_tensors
-            g = _bridge.as_numpy(grad_loss.to(_TORCH[spec.problem.dtype]).contiguous())
-            _, _, gx, gW, gb = _run_chunks(x, W, b, spec, *_row_scales(spec.problem, g), ctx.need)
+            gx, gW, gb = spec.backward(x, W, b, ctx.need, grad_loss, ctx.state)
             return gx, gW, gb, None
         grads = ctx.grads
         if grads is None:
-            raise RuntimeError(
-                "xent.torch.linear_cross_entropy: backward ran a second time through a graph "
-                "whose precomputed gradients were already consumed; pass "
-                "allow_retain_graph=True to keep them (one more copy of each gradient)")
+            raise RuntimeError(spec.consumed)
         if not spec.allow_retain_graph:
             ctx.grads = None  # hand the buffers to autograd: no copy of grad_W
         one = bool(grad_loss == 1)
@@ -418,11 +467,11 @@ def linear_cross_entropy(
     ii = -100 if ignore_index is None else ignore_index
     fallback = (input, linear_weight, target, linear_bias, weight, reduction, ignore_index, opts,
                 options)
-    if (_bridge.tracing() or not isinstance(input, torch.Tensor) or input.dim() not in (1, 2)
+    if (_route.tracing() or not isinstance(input, torch.Tensor) or input.dim() not in (1, 2)
             or not isinstance(linear_weight, torch.Tensor) or linear_weight.dim() < 2
             or (linear_weight.dim() > 2 and input.dim() != 2)):
         return _fallback(*fallback)  # PyTorch's own checks and errors
-    if _bridge.autocasting():
+    if _route.autocasting():
         if torch.get_autocast_dtype("cpu") != torch.bfloat16:
             return _fallback(*fallback)
         return _autocast_bf16(input, linear_weight, target, linear_bias, dict(
@@ -442,7 +491,7 @@ def linear_cross_entropy(
         raise ValueError(f"linear_bias must have shape {(C, *out)} (linear_weight's shape "
                          f"without its last dimension), got {tuple(linear_bias.shape)}")
     shape = (C,) if single else (input.shape[0], C, *out)
-    problem = _functional.problem_for(input, target, weight, ii, reduction, opts, shape=shape)
+    problem = _bridge.problem_for(input, target, weight, ii, reduction, opts, shape=shape)
     if problem.prob and ignore_index is not None:
         raise ValueError(f"ignore_index={ignore_index} cannot be given with class-probability "
                          "targets (as torch.nn.functional.linear_cross_entropy)")
@@ -466,12 +515,11 @@ def linear_cross_entropy(
         input.requires_grad or linear_weight.requires_grad
         or (linear_bias is not None and linear_bias.requires_grad))
     if grad_on:
-        loss, lse = _LinearCrossEntropy.apply(xc, Wc, bc, spec)
+        loss, lse = ChunkedLinear.apply(xc, Wc, bc, spec)
     else:
         with torch.no_grad():
-            ce, lse_n, *_ = _run_chunks(xc.detach(), Wc.detach(), None if bc is None
-                                        else bc.detach(), spec, None, None, (False,) * 3)
-            loss, lse = _loss(spec, ce, lse_n, x.dtype), _lse(spec, lse_n, x.dtype)
+            loss, lse, *_ = spec.forward(xc.detach(), Wc.detach(), None if bc is None
+                                         else bc.detach(), None)
     return (loss, lse) if return_lse else loss
 
 
@@ -544,9 +592,9 @@ def _eligible(input, linear_weight, linear_bias, target, weight, prob: bool) -> 
     if dt not in _CORE_DTYPES and not (dt == torch.bfloat16 and _bf16_on_the_kernels()):
         return False
     for t in (input, linear_weight, linear_bias):
-        if t is not None and (not _bridge.plain_cpu(t) or t.dtype != dt):
+        if t is not None and (not _route.plain_cpu(t) or t.dtype != dt):
             return False
     for t in (target, weight):
-        if t is not None and (not _bridge.plain_cpu(t) or t.requires_grad):
+        if t is not None and (not _route.plain_cpu(t) or t.requires_grad):
             return False
     return not prob or target.dtype in _CORE_DTYPES

@@ -10,75 +10,27 @@ label smoothing) of ``Σ_c w_c z_c``; then two collectives of O(N) each combine 
     lse = M + log S[0]                                        # collective 2: (k·N + 1,)
 
 after which every rank knows each row's loss, and the gradient of its own slice is local:
-``p - e_t`` restricted to the slice (plus the smoothing and z-loss terms). Every rank returns the
-same loss; ``backward`` on each rank fills the gradient of that rank's shard.
+``p - e_t`` restricted to the slice (plus the smoothing and z-loss terms). Both are the formulas
+of `xent.torch._reference` (``index_loss``, ``index_grad_``, ``soft_cap``) on the combined
+statistics; the reduction is ``xent._reduction``'s, and the linear form runs the chunk loop of
+`xent.torch._linear` (``chunk_loop``). Every rank returns the same loss; ``backward`` on each
+rank fills the gradient of that rank's shard.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any
+
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.autograd.function import once_differentiable
 
-from xent import _reduction
+from xent import _cross_entropy, _reduction
 from xent._problem import Problem, check_options, class_weight, cross_entropy_problem
 
 from . import _bridge, _linear
-
-
-# The row math of the shards in PyTorch ops (the shards may live on any device), with
-# ``lse`` the row's global log-sum-exp, ``w`` the class weights (ones when absent), ``eps`` the
-# label smoothing, ζ the z-loss scale::
-#     loss = (1-eps)·w_t·(lse - z_t) + (eps/V)·Σ_c w_c·(lse - z_c)
-#     grad = p·((1-eps)·w_t + (eps/V)·Σ_c w_c + 2ζ·lse) - (1-eps)·w_t·e_t - (eps/V)·w
-# each term summed over the shards by the collectives; through a cap: ·(1 - tanh²(z/cap)).
-def softcap_(z: torch.Tensor, cap: float, aux: torch.Tensor | None) -> None:
-    """``z ← cap·tanh(z/cap)`` in place; ``aux ← 1 - tanh²(z/cap)`` (its derivative) if given."""
-    z.div_(cap).tanh_()
-    if aux is not None:
-        torch.mul(z, z, out=aux)
-        aux.neg_().add_(1.0)
-    z.mul_(cap)
-
-
-def index_loss(
-    lse: torch.Tensor, zt: torch.Tensor, wz: torch.Tensor | None, wt: torch.Tensor,
-    wsum: float | torch.Tensor, valid: torch.Tensor, num_classes: int, eps: float,
-) -> torch.Tensor:
-    """Unreduced cross-entropy of each row from its statistics, z-loss not included."""
-    loss = (1.0 - eps) * wt * (lse - zt)
-    if eps:
-        loss = loss + (eps / num_classes) * (wsum * lse - wz) * valid
-    return loss
-
-
-def index_grad_(
-    z: torch.Tensor, lse: torch.Tensor, tt: torch.Tensor, wt: torch.Tensor, valid: torch.Tensor,
-    weight: torch.Tensor | None, wsum: float | torch.Tensor, num_classes: int, eps: float,
-    zscale: float, scale_ce: torch.Tensor, scale_z: torch.Tensor, owned: torch.Tensor | None = None,
-    col_offset: int = 0,
-) -> None:
-    """Overwrite the (soft-capped) logits ``z`` with d(Σ_i scale_i·loss_i)/dz, before the cap's
-    chain rule. ``owned``/``col_offset`` restrict the one-hot term to the targets that fall in
-    this block's columns (vocabulary shards); ``lse`` is the row's global log-sum-exp."""
-    vf = valid.to(z.dtype)
-    coef = scale_ce * ((1.0 - eps) * wt + (eps / num_classes) * wsum * vf)
-    if zscale:
-        coef = coef + scale_z * (2.0 * zscale) * lse * vf
-    z.sub_(lse[:, None]).exp_().mul_(coef[:, None])
-    onehot = -(scale_ce * (1.0 - eps) * wt)
-    if owned is None:
-        z.scatter_add_(1, tt[:, None], onehot[:, None])
-    else:
-        local = torch.where(owned, tt - col_offset, torch.zeros((), dtype=tt.dtype))
-        z.scatter_add_(1, local[:, None], (onehot * owned.to(z.dtype))[:, None])
-    if eps:
-        a = scale_ce * vf * (eps / num_classes)
-        if weight is None:
-            z.sub_(a[:, None])
-        else:
-            z.addr_(a, weight, alpha=-1.0)
+from ._reference import index_grad_, index_loss, soft_cap
 
 
 def _vocab_range(local: int, vocab_start, vocab_size, group) -> tuple[int, int]:
@@ -118,11 +70,13 @@ class _Stats:
         if self.wz is not None:
             self.wz[s:e] = z.sum(1) if self.weight is None else torch.mv(z, self.weight)
 
-    def counts(self, problem: Problem, dt):
-        """The mean's denominators (after `combine`): the problem's, except the weighted one,
-        which sums the row weights the collectives gathered from the shards."""
+    def counts(self, problem: Problem, dt) -> Problem:
+        """``problem`` with the mean's denominators as tensors of ``dt`` (after `combine`): the
+        problem's, except the weighted one, which sums the row weights the collectives gathered
+        from the shards."""
         count_z = torch.tensor(float(problem.denom_z), dtype=dt)
-        return (count_z if self.weight is None else self.wt.sum()), count_z
+        return replace(problem, denom=count_z if self.weight is None else self.wt.sum(),
+                       denom_z=count_z)
 
     def combine(self, group):
         """The two collectives; afterwards lse, zt, wt, wz, wsum are global."""
@@ -142,31 +96,41 @@ class _Stats:
             self.wz = rows[3]
         self.wsum = packed[-1]
 
-    def grad_(self, s, e, z, num_classes, zscale, scale_ce, scale_z, aux):
-        """Overwrite this slice's logits ``z`` of rows ``s:e`` with the gradient."""
+    def grad_(self, s, e, z, problem: Problem, scales, aux):
+        """Overwrite this slice's logits ``z`` of rows ``s:e`` with the gradient; ``scales``:
+        the (N,) row scales of the cross-entropy and of the z-loss (`_scales`)."""
+        sce, sz = scales
         index_grad_(z, self.lse[s:e], self.tt[s:e], self.wt[s:e], self.valid[s:e],
-                    self.weight, self.wsum, num_classes, self.eps, zscale, scale_ce, scale_z,
+                    self.weight, self.wsum, problem.num_classes, self.eps,
+                    problem.options.lse_square_scale, sce[s:e], None if sz is None else sz[s:e],
                     owned=self.owned[s:e], col_offset=self.start)
         if aux is not None:
             z.mul_(aux)
 
 
-def _scales(problem: Problem, n, dt, count_ce, count_z, grad_output=None):
-    """(N,) scales of the cross-entropy rows and of the z-loss rows (``xent._reduction``)."""
+def _scales(problem: Problem, n, dt, grad_output=None):
+    """(N,) scales of the cross-entropy rows and of the z-loss rows (None without z-loss), from
+    ``problem``'s denominators (`_Stats.counts`)."""
     if problem.reduction == "none":
-        g = torch.ones(n, dtype=dt) if grad_output is None else grad_output.reshape(n).to(dt)
-        return g, g
-    g = torch.ones((), dtype=dt) if grad_output is None else grad_output.reshape(()).to(dt)
-    return (_reduction.row_scale(problem.reduction, g, count_ce).expand(n),
-            _reduction.row_scale(problem.reduction, g, count_z).expand(n))
+        g = torch.ones(n, dtype=dt) if grad_output is None else grad_output.to(dt)
+    else:
+        g = torch.ones((), dtype=dt) if grad_output is None else grad_output.reshape(()).to(dt)
+    zl = problem.options.lse_square_scale
+    return _reduction.row_scales(problem.reduction, g, problem.denom,
+                                 problem.denom_z if zl else None, n)
 
 
-def _loss(problem: Problem, st: _Stats, count_ce, count_z) -> torch.Tensor:
-    zscale = problem.options.lse_square_scale
+def _loss(problem: Problem, st: _Stats) -> torch.Tensor:
+    """The loss from the combined statistics, with ``problem``'s denominators."""
     ce = index_loss(st.lse, st.zt, st.wz, st.wt, st.wsum, st.valid, problem.num_classes,
                     problem.options.label_smoothing)
-    zl = _reduction.z_loss_rows(st.lse, zscale, st.valid) if zscale else None
-    return _reduction.total(problem.reduction, ce, count_ce, zl, count_z)
+    return _cross_entropy.rows_loss(problem, ce, st.lse, st.valid)
+
+
+def _soft_cap(z: torch.Tensor, cap: float | None, aux: torch.Tensor | None) -> None:
+    """The cap in place on ``z`` (nothing without one), its derivative into ``aux``."""
+    if cap is not None:
+        soft_cap(z, cap, out=z, deriv=aux)
 
 
 def _problem(logits_shape, target, weight, ignore_index, reduction, options, dt, start, local):
@@ -251,19 +215,17 @@ def vocab_parallel_cross_entropy(
     holder = {}
 
     def compute():
-        if cap is not None:
-            softcap_(z, cap, aux)
+        _soft_cap(z, cap, aux)
         st = _Stats(n, dt, target, w, problem.ignore_index, start, local,
                     options.label_smoothing)
         st.add_chunk(0, n, z)
         st.combine(group)
-        count_ce, count_z = st.counts(problem, dt)
+        counted = st.counts(problem, dt)
         holder["lse"] = st.lse
-        loss = _loss(problem, st, count_ce, count_z).to(logits.dtype)
+        loss = _loss(counted, st).to(logits.dtype)
         if not want_grad:
             return loss, None
-        sce, sz = _scales(problem, n, dt, count_ce, count_z)
-        st.grad_(0, n, z, vocab, options.lse_square_scale, sce, sz, aux)
+        st.grad_(0, n, z, counted, _scales(counted, n, dt), aux)
         return loss, z.to(logits.dtype)
 
     if want_grad:
@@ -273,107 +235,73 @@ def vocab_parallel_cross_entropy(
     return (loss, holder["lse"].to(logits.dtype)) if return_lse else loss
 
 
-class _ParallelLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, W, b, cfg):  # noqa: D102
-        need = tuple(ctx.needs_input_grad[:3])
-        n, dt = x.shape[0], x.dtype
-        local = W.shape[0]
-        chunk = max(1, min(cfg["chunk"], n))
-        single = chunk >= n
-        buf = torch.empty(chunk, local, dtype=dt)
-        cap = cfg["softcap"]
-        problem = cfg["problem"]
-        st = _Stats(n, dt, cfg["target"], cfg["weight"], problem.ignore_index, cfg["start"],
-                    local, cfg["eps"])
-        want_grad = any(need)
-        aux = torch.empty(chunk, local, dtype=dt) if (want_grad and cap is not None) else None
+@dataclass
+class _ParallelSpec:
+    """Everything about a vocabulary-parallel linear call but the differentiable tensors; its
+    passes for `_linear.ChunkedLinear`."""
 
-        def logits(s, e):
-            z = buf[: e - s]
-            if b is None:
-                torch.mm(x[s:e], W.t(), out=z)
-            else:
-                torch.addmm(b, x[s:e], W.t(), out=z)
-            if cap is not None:
-                softcap_(z, cap, None if aux is None else aux[: e - s])
+    problem: Problem  # the validated call over the whole vocabulary (N, V)
+    target: torch.Tensor  # (N,) int64 global class indices
+    weight: torch.Tensor | None  # this shard's class weights (V_r,) in the input's dtype
+    start: int  # this shard's first class
+    group: Any  # the process group (None: the world)
+    chunk: int  # rows per chunk
+    reduce_input_grad: bool  # all_reduce grad_x over the group
+    allow_retain_graph = False
+    consumed = ("vocab_parallel_linear_cross_entropy: backward ran twice through a graph whose "
+                "precomputed gradients were already consumed")
+
+    def forward(self, x, W, b, need):
+        """Pass 1 (statistics), the collectives, and with ``need`` pass 2 (the gradients).
+        Returns (loss, lse or an empty tensor, grads, (statistics, counted problem))."""
+        p = self.problem
+        n, dt, local = x.shape[0], x.dtype, W.shape[0]
+        buf = torch.empty(max(1, min(self.chunk, n)), local, dtype=dt)
+        cap = p.options.softcap
+        aux = torch.empty_like(buf) if (need and cap is not None) else None
+        st = _Stats(n, dt, self.target, self.weight, p.ignore_index, self.start, local,
+                    p.options.label_smoothing)
+
+        def statistics(s: int, e: int, z: torch.Tensor) -> None:
+            _soft_cap(z, cap, None if aux is None else aux[: e - s])
+            st.add_chunk(s, e, z)
+
+        _linear.chunk_loop(x, W, b, buf, statistics)
+        st.combine(self.group)
+        counted = st.counts(p, dt)
+        grads = None
+        if need:  # one chunk covering every row: its logits (and aux) are still in the buffers
+            grads = self._grads(x, W, b, st, counted, need, buf, aux, None,
+                                recompute=buf.shape[0] < n)
+        lse = st.lse.clone() if p.options.return_lse else torch.empty(0, dtype=dt)
+        return _loss(counted, st), lse, grads, (st, counted)
+
+    def backward(self, x, W, b, need, grad_output, state):
+        """Pass 2 with each row's ``grad_output`` (``reduction='none'``)."""
+        buf = torch.empty(max(1, min(self.chunk, x.shape[0])), W.shape[0], dtype=x.dtype)
+        aux = torch.empty_like(buf) if self.problem.options.softcap is not None else None
+        return self._grads(x, W, b, *state, need, buf, aux, grad_output, recompute=True)
+
+    def _grads(self, x, W, b, st: _Stats, counted: Problem, need, buf, aux, grad_output,
+               recompute: bool):
+        """Pass 2 (`_linear.chunk_loop`): each chunk's logits (recomputed unless ``buf`` holds
+        them) turned into the gradient in place, and the three products; ``grad_W`` and
+        ``grad_b`` accumulate in the input's dtype."""
+        scales = _scales(counted, x.shape[0], x.dtype, grad_output)
+        cap = self.problem.options.softcap
+
+        def gradient(s: int, e: int, z: torch.Tensor) -> torch.Tensor:
+            a = None if aux is None else aux[: e - s]
+            if recompute:
+                _soft_cap(z, cap, a)
+            st.grad_(s, e, z, counted, scales, a)
             return z
 
-        for s in range(0, n, chunk):  # pass 1: statistics only
-            st.add_chunk(s, min(n, s + chunk), logits(s, min(n, s + chunk)))
-        st.combine(cfg["group"])
-        count_ce, count_z = st.counts(problem, dt)
-        loss = _loss(problem, st, count_ce, count_z)
-        ctx.cfg, ctx.need, ctx.st = cfg, need, st
-        ctx.counts = (count_ce, count_z)
-        ctx.grads = None
-        if want_grad and cfg["reduction"] != "none":
-            sce, sz = _scales(problem, n, dt, count_ce, count_z)
-            ctx.grads = _ParallelLinear._grads(x, W, b, st, cfg, need, sce, sz, chunk, buf, aux,
-                                               logits, reuse=single)
-        elif want_grad:
-            ctx.save_for_backward(x, W, b)
-        lse = st.lse.clone() if cfg["return_lse"] else torch.empty(0, dtype=dt)
-        ctx.mark_non_differentiable(lse)
-        return loss, lse
-
-    @staticmethod
-    def _grads(x, W, b, st, cfg, need, sce, sz, chunk, buf, aux, logits, reuse):
-        """Pass 2: recompute each chunk's logits (kept when one chunk covers every row), turn
-        them into the gradient in place, and accumulate the three products."""
-        n = x.shape[0]
-        gx = torch.empty_like(x) if need[0] else None
-        gW = torch.zeros_like(W) if need[1] else None
-        gb = torch.zeros(W.shape[0], dtype=x.dtype) if need[2] else None
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            z = buf[: e - s] if reuse else logits(s, e)
-            st.grad_(s, e, z, cfg["vocab"], cfg["zscale"], sce[s:e], sz[s:e],
-                     None if aux is None else aux[: e - s])
-            if gx is not None:
-                torch.mm(z, W, out=gx[s:e])
-            if gW is not None:
-                gW.addmm_(z.t(), x[s:e])
-            if gb is not None:
-                gb += z.sum(0)
-        if gx is not None and cfg["reduce_input_grad"]:
-            dist.all_reduce(gx, op=dist.ReduceOp.SUM, group=cfg["group"])
+        gx, gW, gb = _linear.chunk_loop(x, W, b, buf, gradient, need, compact=True,
+                                        recompute=recompute)
+        if gx is not None and self.reduce_input_grad:
+            dist.all_reduce(gx, op=dist.ReduceOp.SUM, group=self.group)
         return [gx, gW, gb]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss, grad_lse):  # noqa: D102
-        cfg = ctx.cfg
-        if cfg["reduction"] == "none":
-            x, W, b = ctx.saved_tensors
-            n, dt = x.shape[0], x.dtype
-            chunk = max(1, min(cfg["chunk"], n))
-            buf = torch.empty(chunk, W.shape[0], dtype=dt)
-            cap = cfg["softcap"]
-            aux = torch.empty_like(buf) if cap is not None else None
-
-            def logits(s, e):
-                z = buf[: e - s]
-                if b is None:
-                    torch.mm(x[s:e], W.t(), out=z)
-                else:
-                    torch.addmm(b, x[s:e], W.t(), out=z)
-                if cap is not None:
-                    softcap_(z, cap, aux[: e - s])
-                return z
-
-            sce, sz = _scales(cfg["problem"], n, dt, *ctx.counts, grad_output=grad_loss)
-            grads = _ParallelLinear._grads(x, W, b, ctx.st, cfg, ctx.need, sce, sz, chunk, buf,
-                                           aux, logits, reuse=False)
-            return grads[0], grads[1], grads[2], None
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError("vocab_parallel_linear_cross_entropy: backward ran twice through "
-                               "a graph whose precomputed gradients were already consumed")
-        ctx.grads = None
-        if not bool(grad_loss == 1):
-            grads = [None if g is None else g.mul_(grad_loss) for g in grads]
-        return grads[0], grads[1], grads[2], None
 
 
 def vocab_parallel_linear_cross_entropy(
@@ -443,20 +371,17 @@ def vocab_parallel_linear_cross_entropy(
                           local)
     if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
-    cfg = dict(
-        problem=problem, target=target, weight=w, start=start, vocab=vocab,
-        eps=options.label_smoothing, zscale=options.lse_square_scale, softcap=options.softcap,
-        reduction=problem.reduction, group=group,
+    spec = _ParallelSpec(
+        problem=problem, target=target, weight=w, start=start, group=group,
         chunk=int(chunk_size) if chunk_size else _linear.default_chunk_size(
             local, input.element_size()),
-        return_lse=options.return_lse, reduce_input_grad=reduce_input_grad,
-    )
+        reduce_input_grad=reduce_input_grad)
     x, W = input.contiguous(), linear_weight.contiguous()
     if torch.is_grad_enabled() and (input.requires_grad or linear_weight.requires_grad or (
             linear_bias is not None and linear_bias.requires_grad)):
-        loss, lse = _ParallelLinear.apply(x, W, linear_bias, cfg)
+        loss, lse = _linear.ChunkedLinear.apply(x, W, linear_bias, spec)
     else:
         with torch.no_grad():
-            loss, lse = _ParallelLinear.apply(x.detach(), W.detach(), None if linear_bias is None
-                                              else linear_bias.detach(), cfg)
+            loss, lse, *_ = spec.forward(x.detach(), W.detach(), None if linear_bias is None
+                                         else linear_bias.detach(), None)
     return (loss, lse) if return_lse else loss
