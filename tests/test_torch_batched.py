@@ -119,3 +119,20 @@ def test_is_grads_batched_and_vectorized_jacobian_equal_pytorchs(case):
     torch.testing.assert_close(ours, ref)
     jac = torch.autograd.functional.jacobian(fn, x, vectorize=True)
     torch.testing.assert_close(jac, torch.autograd.functional.jacobian(ref_fn, x))
+
+
+def test_linear_cross_entropy_batched_gradients_equal_pytorchs():
+    """The chunked linear form's backward under vmap (reduced losses): PyTorch's results."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 6, 3, -100, 2, 1])
+    v = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    ours = torch.autograd.grad(xt.linear_cross_entropy(x, w, t, chunk_size=4), (x, w), v,
+                               is_grads_batched=True, allow_unused=True)
+    ref = torch.autograd.grad(F.linear_cross_entropy(x, w, t), (x, w), v,
+                              is_grads_batched=True)
+    torch.testing.assert_close(ours, ref)
+    assert torch.autograd.gradcheck(
+        lambda x, w: xt.linear_cross_entropy(x, w, t, chunk_size=4, allow_retain_graph=True),
+        (x, w), check_batched_grad=True)

@@ -185,8 +185,8 @@ def test_float16_falls_back_to_torch(monkeypatch):
 
 
 def _bf16_on_the_kernels() -> bool:
-    from xent.torch import _linear
-    return _linear._bf16_on_the_kernels()
+    from xent.torch import _route
+    return torch.bfloat16 in _route.fast_dtypes()
 
 
 def _rel(a, b):
@@ -517,3 +517,20 @@ def test_row_scales_of_tensors_and_arrays(reduction, kind):
     s, s_z = _reduction.row_scales(reduction, g, den)
     assert s_z is None
     assert np.shape(s) == ((6,) if reduction == "none" else ())
+
+
+def test_autocast_loss_is_reduced_in_float32():
+    """Under bf16 autocast the loss is float32 as PyTorch's (cross_entropy on its float32 list),
+    computed from the bf16 logits without a bf16 rounding of the loss itself (one bf16 ulp
+    near 20 is 0.125)."""
+    if not _bf16_on_the_kernels():
+        pytest.skip("bfloat16 needs ml_dtypes")
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(64, 32, generator=g), torch.randn(1000, 32, generator=g)
+    t = torch.randint(0, 1000, (64,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = xt.linear_cross_entropy(x, w, t)
+    logits = (x.bfloat16().double() @ w.bfloat16().double().T)  # bf16 operands, exact products
+    ref = F.cross_entropy(logits.bfloat16().double(), t)
+    assert ours.dtype == torch.float32
+    assert abs(ours.item() - ref.item()) < 1e-5 * ref.item()

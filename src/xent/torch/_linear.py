@@ -23,7 +23,6 @@ chunk's ``(m, C·D)`` buffer, viewed ``(m, C, D)``, goes to the core's K-dimensi
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ class _Spec:
     allow_retain_graph: bool
     positions: int = 1  # D = d1·...·dK: class-axis positions per row of the (N, C·D) logits
     compact: bool = False  # 16-bit grad_W accumulated in its dtype (options' acc_policy)
+    loss_dtype: torch.dtype | None = None  # the loss's and lse's dtype; None: the input's
     consumed = ("xent.torch.linear_cross_entropy: backward ran a second time through a graph "
                 "whose precomputed gradients were already consumed; pass "
                 "allow_retain_graph=True to keep them (one more copy of each gradient)")
@@ -73,8 +73,8 @@ class _Spec:
         """`ChunkedLinear`'s pass: (loss, lse, [gx, gW, gb] or None, state)."""
         scales = _row_scales(self.problem, None) if need else (None, None)
         ce, lse, *grads = _run_chunks(x, W, b, self, *scales, need or (False,) * 3)
-        return (_loss(self, ce, lse, x.dtype), _lse(self, lse, x.dtype),
-                grads if need else None, None)
+        dt = self.loss_dtype or x.dtype
+        return _loss(self, ce, lse, dt), _lse(self, lse, dt), grads if need else None, None
 
     def backward(self, x, W, b, need, grad_output, state):
         """`ChunkedLinear`'s recomputed gradients for ``reduction='none'``."""
@@ -324,6 +324,8 @@ class ChunkedLinear(torch.autograd.Function):
         grads = ctx.grads
         if grads is None:
             raise RuntimeError(spec.consumed)
+        if not _route.plain_cpu(grad_loss):  # batched gradients (vmap over backward): torch ops
+            return tuple(None if g is None else g * grad_loss for g in grads) + (None,)
         if not spec.allow_retain_graph:
             ctx.grads = None  # hand the buffers to autograd: no copy of grad_W
         one = bool(grad_loss == 1)
@@ -379,6 +381,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     return_lse: bool = False,
     allow_retain_graph: bool = False,
+    _loss_dtype: torch.dtype | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Cross-entropy of a linear layer's output, chunked: a drop-in for
     `torch.nn.functional.linear_cross_entropy` that never holds the ``(N, V)`` logits.
@@ -427,6 +430,8 @@ def linear_cross_entropy(
         allow_retain_graph: keep the precomputed gradients after ``backward`` so that it can
             run again (``retain_graph=True``, gradcheck); by default they are handed to autograd
             without a copy and a second backward raises.
+        _loss_dtype: private, for CPU autocast: the loss and lse reduced in this dtype
+            (float32) rather than the input's.
 
     Returns:
         The loss (0-d, or the target's shape for ``'none'``) in the input's dtype, and the lse
@@ -467,11 +472,15 @@ def linear_cross_entropy(
     ii = -100 if ignore_index is None else ignore_index
     fallback = (input, linear_weight, target, linear_bias, weight, reduction, ignore_index, opts,
                 options)
-    if (_route.tracing() or not isinstance(input, torch.Tensor) or input.dim() not in (1, 2)
+    if (not isinstance(input, torch.Tensor) or input.dim() not in (1, 2)
             or not isinstance(linear_weight, torch.Tensor) or linear_weight.dim() < 2
             or (linear_weight.dim() > 2 and input.dim() != 2)):
         return _fallback(*fallback)  # PyTorch's own checks and errors
-    if _route.autocasting():
+    # The plan: the chunks on xent's kernels at every size (no small-size cut-off: extended),
+    # no custom operator (under graph capture PyTorch's function is traced)
+    route = _route.plan(input, target, weight, params=(linear_weight, linear_bias),
+                        extended=True, custom_op=False)
+    if route is _route.Route.CUSTOM_OP:  # CPU autocast
         if torch.get_autocast_dtype("cpu") != torch.bfloat16:
             return _fallback(*fallback)
         return _autocast_bf16(input, linear_weight, target, linear_bias, dict(
@@ -479,6 +488,8 @@ def linear_cross_entropy(
             label_smoothing=label_smoothing, options=options, chunk_size=chunk_size,
             lse_square_scale=lse_square_scale, softcap=softcap, return_lse=return_lse,
             allow_retain_graph=allow_retain_graph))
+    if route is not _route.Route.CORE:
+        return _fallback(*fallback)
     single = input.dim() == 1
     h, C, out = input.shape[-1], linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
     d = math.prod(out)
@@ -495,7 +506,7 @@ def linear_cross_entropy(
     if problem.prob and ignore_index is not None:
         raise ValueError(f"ignore_index={ignore_index} cannot be given with class-probability "
                          "targets (as torch.nn.functional.linear_cross_entropy)")
-    if not _eligible(input, linear_weight, linear_bias, target, weight, problem.prob):
+    if not _kernel_dtypes(input, target, problem.prob):
         return _fallback(*fallback)
     x = input[None] if single else input
     n = x.shape[0]
@@ -507,7 +518,8 @@ def linear_cross_entropy(
     compact = getattr(options, "acc_policy", None) == "compact"
     spec = _Spec(problem=problem, target=np.ascontiguousarray(rows),
                  chunk=chunk or _default_chunk(v, d, x, compact),
-                 allow_retain_graph=allow_retain_graph, positions=d, compact=compact)
+                 allow_retain_graph=allow_retain_graph, positions=d, compact=compact,
+                 loss_dtype=_loss_dtype)
     xc = x.contiguous()
     Wc = (linear_weight if not out else linear_weight.reshape(v, h)).contiguous()
     bc = None if linear_bias is None else linear_bias.reshape(v)
@@ -534,7 +546,8 @@ def _autocast_bf16(input, linear_weight, target, linear_bias, kwargs):
 
     with torch.autocast("cpu", enabled=False):
         out = linear_cross_entropy(cast(input), cast(linear_weight), target,
-                                   linear_bias=cast(linear_bias), **kwargs)
+                                   linear_bias=cast(linear_bias), **kwargs,
+                                   _loss_dtype=torch.float32)  # (reduced in float32: no bf16)
     if isinstance(out, tuple):
         return tuple(o.float() for o in out)
     return out.float()
@@ -568,33 +581,9 @@ def _chunk_size(chunk_size: int | None, options: Any, n: int, h: int, v: int,
 _CORE_DTYPES = (torch.float32, torch.float64)
 
 
-@functools.cache
-def _bf16_on_the_kernels() -> bool:
-    """Whether the core takes bfloat16 arrays zero-copy (``xent._validation.is_half``) and the
-    bridge views bfloat16 tensors as ``ml_dtypes.bfloat16`` arrays."""
-    from xent import _validation
-
-    is_half = getattr(_validation, "is_half", None)
-    if is_half is None:
-        return False
-    try:
-        a = _bridge.as_numpy(torch.zeros(1, dtype=torch.bfloat16))
-    except (TypeError, RuntimeError):
-        return False
-    return bool(is_half(a.dtype))
-
-
-def _eligible(input, linear_weight, linear_bias, target, weight, prob: bool) -> bool:
-    """Whether the chunked path on xent's kernels runs: plain CPU tensors of one dtype, float32,
-    float64 or bfloat16 (when the core takes it); ``target`` and ``weight`` not requiring grad;
-    probability targets in float32/float64."""
-    dt = input.dtype
-    if dt not in _CORE_DTYPES and not (dt == torch.bfloat16 and _bf16_on_the_kernels()):
-        return False
-    for t in (input, linear_weight, linear_bias):
-        if t is not None and (not _route.plain_cpu(t) or t.dtype != dt):
-            return False
-    for t in (target, weight):
-        if t is not None and (not _route.plain_cpu(t) or t.requires_grad):
-            return False
-    return not prob or target.dtype in _CORE_DTYPES
+def _kernel_dtypes(input: torch.Tensor, target: torch.Tensor, prob: bool) -> bool:
+    """What the chunked path adds to the plan's test (`_route.kernels_take`): the input in
+    float32, float64 or bfloat16 (float16 runs PyTorch's function), probability targets in
+    float32/float64."""
+    return (input.dtype in _CORE_DTYPES or input.dtype is torch.bfloat16) and (
+        not prob or target.dtype in _CORE_DTYPES)
