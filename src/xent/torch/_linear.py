@@ -100,9 +100,8 @@ def _chunk_ce(spec: _Spec, z: np.ndarray, tgt: np.ndarray, rs, rz, grad: np.ndar
         return ce, lse, grad
     m, C = z.shape[0], p.num_classes
     z3 = z.reshape(m, C, d)
-    name = ("ce_prob" if p.prob else "ce_index") + "_kdim"
-    kdim = None if p.options.extended else getattr(
-        _dispatch.backend_for(name, m * d, C, z.dtype), name, None)
+    kdim = None if p.options.extended else _dispatch.kdim_kernel(
+        "ce_prob" if p.prob else "ce_index", m, C, d, z.dtype)
     eps = p.options.label_smoothing
     if kdim is not None:
         g3 = None if grad is None else spare.reshape(m, C, d)
