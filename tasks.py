@@ -4,7 +4,8 @@
 On first use (and whenever ``pyproject.toml`` or ``requirements/constraints.txt`` change) it
 creates ``.venv`` beside this file and installs the package with the extras the task needs,
 pinned by ``requirements/constraints.txt`` (torch's version; which build pip installs depends
-on the index: README). It needs only Python 3.11+ and the package registry. Afterwards each task runs inside that environment.
+on the index: README). It needs only Python 3.11+ and the package registry. Afterwards each
+task runs inside that environment.
 
     python3 tasks.py train [xent train options]   # the main job: train the tutorial classifiers
     python3 tasks.py test [pytest options]        # ruff, mypy, then the whole test suite (CI)

@@ -3,9 +3,9 @@ every route shares.
 
 `normalise_*` turn what xent accepts and PyTorch's op does not (integer targets of any width,
 float operands of another dtype) into what both take, so that every route (`_route.plan`) gets
-the same arguments; `problem_for` is the core's validation step on tensors;
-`torch_op_with_core_errors` runs PyTorch's op and, where it raises, raises the core's error for
-the same mistake; `as_numpy` / `from_numpy` share memory with the tensors; `SavedGrad` is the
+the same arguments; `problem_for` is the core's validation step on tensors; `torch_op` runs
+PyTorch's op (16-bit input in float32) and, where it raises, raises the core's error for the
+same mistake; `as_numpy` / `from_numpy` share memory with the tensors; `SavedGrad` is the
 `torch.autograd.Function` that hands the gradient the core computed in the forward pass to
 ``backward``; `run_core` wires a core call into it.
 """
@@ -67,6 +67,8 @@ def normalise_float(input: Any, t: Any) -> Any:
 def normalise_class_operands(input: Any, target: Any, weight: Any) -> tuple[Any, Any]:
     """``(target, weight)`` of a cross-entropy / NLL call: indices as int64, probabilities and
     weights in the input's dtype."""
+    if weight is None and type(target) is torch.Tensor and target.dtype is torch.int64:
+        return target, None  # (the usual call, at the cost of three tests)
     if isinstance(target, torch.Tensor) and target.is_floating_point():
         target = normalise_float(input, target)
     else:
@@ -74,29 +76,26 @@ def normalise_class_operands(input: Any, target: Any, weight: Any) -> tuple[Any,
     return target, normalise_float(input, weight)
 
 
-def upcast_half(op: Callable[..., torch.Tensor], input: torch.Tensor,
-                *operands: Any) -> torch.Tensor:
-    """``op(input, *operands)`` computed as xent computes 16-bit input, in float32 with the
-    result rounded once to the input's dtype (PyTorch's CPU losses round intermediate results to
-    16 bits); the gradient flows back through the casts."""
-    if input.dtype not in _HALF:
-        return op(input, *operands)
-    up = [t.float() if isinstance(t, torch.Tensor) and t.dtype is input.dtype else t
-          for t in operands]
-    out = op(input.float(), *up)
-    return out.to(input.dtype)
+def torch_op(op: Callable[..., torch.Tensor], validate: Callable[[], object],
+             input: torch.Tensor, *operands: Any, **kwargs: Any) -> torch.Tensor:
+    """`_route.Route.TORCH`: ``op(input, *operands, **kwargs)``, PyTorch's op on the normalised
+    arguments, with two things of xent's.
 
-
-def torch_op_with_core_errors(op: Callable[[], torch.Tensor],
-                              validate: Callable[[], object]) -> torch.Tensor:
-    """``op()`` (PyTorch's op, `_route.Route.TORCH`), raising the core's error where it fails:
-    when PyTorch raises, ``validate()`` (the core's validation step of the same call) runs and
-    raises its own error naming the argument; if the core finds nothing wrong, PyTorch's error
-    stands. A valid call costs PyTorch's time alone: validating first cost 13-28 µs timed
-    alone and about 45 µs inside a training loop, 8% of PyTorch's forward+backward at 2^19
-    elements on the AMD EPYC host (benchmarks/README.md)."""
+    - 16-bit input is computed as xent computes it: in float32 (the operands of the input's
+      dtype too), the result rounded once to the input's dtype (PyTorch's CPU losses round
+      their intermediate results to 16 bits); the gradient flows back through the casts.
+    - Where PyTorch raises, ``validate()`` (the core's validation step of the same call) runs and
+      raises its own error naming the argument, not chained to PyTorch's; if the core finds
+      nothing wrong, PyTorch's error stands. A valid call costs PyTorch's time alone:
+      validating first cost 13-28 µs timed alone and about 45 µs inside a training loop, 8% of
+      PyTorch's forward+backward at 2^19 elements on the AMD EPYC host (benchmarks/README.md).
+    """
     try:
-        return op()
+        if input.dtype not in _HALF:
+            return op(input, *operands, **kwargs)
+        up = [t.float() if isinstance(t, torch.Tensor) and t.dtype is input.dtype else t
+              for t in operands]
+        return op(input.float(), *up, **kwargs).to(input.dtype)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         error = exc
     validate()  # (outside the handler: the core's error is not chained to PyTorch's)

@@ -116,12 +116,9 @@ def cross_entropy(
                 target.is_floating_point()):
             validate()  # (PyTorch ignores a negative ignore_index with probabilities; xent refuses)
 
-        def torch_ce(x, t, w):
-            return F.cross_entropy(x, t, w, ignore_index=ignore_index, reduction=reduction,
-                                   label_smoothing=options.label_smoothing)
-
-        return _bridge.torch_op_with_core_errors(
-            lambda: _bridge.upcast_half(torch_ce, input, target, weight), validate)
+        return _bridge.torch_op(F.cross_entropy, validate, input, target, weight,
+                                ignore_index=ignore_index, reduction=reduction,
+                                label_smoothing=options.label_smoothing)
     if route is Route.CUSTOM_OP:
         return _ops.cross_entropy(input, target, weight, ignore_index, reduction, options)
 
@@ -198,11 +195,8 @@ def nll_loss(
 
     route = plan(input, target, weight, rows=True)
     if route is Route.TORCH:
-        return _bridge.torch_op_with_core_errors(
-            lambda: _bridge.upcast_half(
-                lambda x, w: F.nll_loss(x, target, w, ignore_index=ignore_index,
-                                        reduction=reduction), input, weight),
-            validate)
+        return _bridge.torch_op(F.nll_loss, validate, input, target, weight,
+                                ignore_index=ignore_index, reduction=reduction)
     if route is Route.CUSTOM_OP:
         return _ops.nll_loss(input, target, weight, ignore_index, reduction)
     problem = validate()
@@ -273,11 +267,8 @@ def binary_cross_entropy(
     if route is Route.TORCH:
         if isinstance(target, torch.Tensor) and not bool(((target >= 0) & (target <= 1)).all()):
             validate()  # (PyTorch does not check the target's values; xent does)
-        return _bridge.torch_op_with_core_errors(
-            lambda: _bridge.upcast_half(
-                lambda x, t, w: F.binary_cross_entropy(x, t, w, reduction=reduction),
-                input, target, weight),
-            validate)
+        return _bridge.torch_op(F.binary_cross_entropy, validate, input, target, weight,
+                                reduction=reduction)
     if route is Route.CUSTOM_OP:
         return _ops.binary_cross_entropy(input, target, weight, reduction)
     x, y, w = _bridge.as_numpy(input), _bridge.as_numpy(target), _bridge.as_numpy(weight)
@@ -338,12 +329,8 @@ def binary_cross_entropy_with_logits(
 
     route = _bce_route(input, target, weight, pos_weight)
     if route is Route.TORCH:
-        return _bridge.torch_op_with_core_errors(
-            lambda: _bridge.upcast_half(
-                lambda x, t, w, pw: F.binary_cross_entropy_with_logits(
-                    x, t, w, reduction=reduction, pos_weight=pw),
-                input, target, weight, pos_weight),
-            validate)
+        return _bridge.torch_op(F.binary_cross_entropy_with_logits, validate, input, target,
+                                weight, reduction=reduction, pos_weight=pos_weight)
     if route is Route.CUSTOM_OP:
         return _ops.binary_cross_entropy_with_logits(input, target, weight, pos_weight,
                                                      reduction)

@@ -13,7 +13,7 @@ arguments, ask `plan`, run the route it names. There are four routes:
                    PyTorch's op takes (integer targets of any width to int64, float operands to
                    the input's dtype; 16-bit input is computed in float32 and rounded once), and
                    when PyTorch raises, the core's validation raises its own error for the same
-                   mistake (`_bridge.torch_op_with_core_errors`).
+                   mistake (`_bridge.torch_op`).
 `Route.CORE`       xent's core on zero-copy NumPy views of CPU tensors (the fused kernels for large
                    inputs), through `_bridge.SavedGrad`.
 `Route.CUSTOM_OP`  xent's `torch.library` operators (`_ops`): under ``torch.compile`` /
