@@ -19,10 +19,19 @@ from xent import _binary
 from xent._problem import check_options
 
 from . import _bridge, _ops, _reference
-from ._route import Route, plan
+from ._route import Route, plan, torch_by_size
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "nll_loss"]
+
+
+def _plain_small_call(input: Any, target: Any) -> bool:
+    """A CE / NLL call whose normalisation changes nothing (float32 or float64 logits: no
+    16-bit upcast; int64 class indices) and whose route is `Route.TORCH` by size."""
+    return (type(input) is torch.Tensor and type(target) is torch.Tensor
+            and target.dtype is torch.int64
+            and (input.dtype is torch.float32 or input.dtype is torch.float64)
+            and torch_by_size(input, True))
 
 
 def _tensor(t: Any, name: str) -> torch.Tensor:
@@ -102,6 +111,19 @@ def cross_entropy(
     References: PyTorch ``torch.nn.functional.cross_entropy``; z-loss: Chowdhery et al., PaLM
     (2022), §5; soft-capping: Gemma 2 (2024).
     """
+    if (weight is None and size_average is None and reduce is None and softcap is None
+            and return_lse is False and type(lse_square_scale) is float and lse_square_scale == 0
+            and type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0
+            and _plain_small_call(input, target)):
+        # The usual small call: its arguments are normalised already (float32/float64 logits,
+        # int64 class indices, no weight, no option of xent's) and the plan's answer is
+        # Route.TORCH by size: PyTorch's op, at PyTorch's cost (a call it refuses continues
+        # below, to raise the core's error)
+        try:
+            return F.cross_entropy(input, target, None, None, ignore_index, None, reduction,
+                                   label_smoothing)
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            pass
     _tensor(input, "input")
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
     options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
@@ -182,6 +204,12 @@ def nll_loss(
         >>> round(nll_loss(logp, torch.tensor([0, 2])).item(), 4)
         0.1755
     """
+    if (weight is None and size_average is None and reduce is None
+            and _plain_small_call(input, target)):  # (see cross_entropy)
+        try:
+            return F.nll_loss(input, target, None, None, ignore_index, None, reduction)
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            pass
     _tensor(input, "input")
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
     target, weight = _bridge.normalise_index(target), _bridge.normalise_float(input, weight)

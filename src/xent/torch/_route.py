@@ -189,6 +189,14 @@ def small(input: torch.Tensor, rows: bool) -> bool:
                                  and input.shape[1] < _thresholds.MIN_CLASSES)
 
 
+def torch_by_size(input: torch.Tensor, rows: bool) -> bool:
+    """Whether `plan` answers `Route.TORCH` by size alone: a `small` call outside tracing
+    (under ``torch.compile`` / ``torch.export`` every size runs the custom operators, which
+    validate the values as the eager core does). The drop-ins' first test for the usual small
+    call, whose arguments need no normalisation."""
+    return small(input, rows) and not tracing()
+
+
 # -- the plan -------------------------------------------------------------------------------------
 
 def plan(input: torch.Tensor, *others: torch.Tensor | None, rows: bool = False,
@@ -213,13 +221,13 @@ def plan(input: torch.Tensor, *others: torch.Tensor | None, rows: bool = False,
         <Route.TORCH: 'torch'>
     """
     other = Route.COMPOSED if extended else Route.TORCH
+    if not extended and torch_by_size(input, rows):  # (the common small call: cheap tests)
+        return Route.TORCH
     if tracing():
         if (custom_op and graph_capture()
                 and kernels_take(input, *others, params=params, compiling=True)):
             return Route.CUSTOM_OP
         return other
-    if not extended and small(input, rows):  # (the common small call: two cheap tests)
-        return Route.TORCH
     if not kernels_take(input, *others, params=params):
         return other
     return Route.CUSTOM_OP if autocasting() else Route.CORE
