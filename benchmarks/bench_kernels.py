@@ -3,7 +3,7 @@
     python3 tasks.py bench              # the full sweep (a few minutes on 2 cores)
     python3 tasks.py bench --quick      # a smoke run (seconds)
     python3 tasks.py bench --crossover  # also the NumPy/kernel sweep behind _dispatch's threshold
-    python3 tasks.py bench --only half  # one section: core, half, compile, small, linear
+    python3 tasks.py bench --only half  # sections: core half torch_softmax compile small linear
 
 One process, one run: every contender is timed on the same inputs, interleaved repeat by repeat
 in a rotating order with a short pause before each call (so load from other processes, and other
@@ -655,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
 #: Sections in their own scripts (each has ``run(repeats, quick)``), run after the core tables.
 SECTIONS = {
     "half": "bench_half",
+    "torch_softmax": "bench_torch_softmax",
     "compile": "bench_compile",
     "small": "bench_small",
     "linear": "bench_linear",
