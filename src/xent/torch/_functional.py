@@ -88,9 +88,10 @@ def cross_entropy(
         input's dtype; with ``return_lse`` a pair ``(loss, lse)``.
 
     Edge cases: everything ignored gives a NaN mean and a zero gradient, as in PyTorch; ``-inf``
-    logits are fine as long as a row has one finite entry. The fast path covers CPU float32 and
-    float64 with only ``input`` requiring grad; the rest runs PyTorch's ops (with the options
-    composed from them), so CUDA and bfloat16 work, at PyTorch's speed.
+    logits are fine as long as a row has one finite entry. The route (`_route.plan`):
+    xent's kernels for CPU float32, float64, float16 and bfloat16 from the cut-offs on (and at
+    every size with an xent-only option), PyTorch's op below them and on CUDA (16-bit input
+    computed in float32 there too), the same result or error either way.
 
     Example:
         >>> import torch

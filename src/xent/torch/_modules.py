@@ -2,7 +2,7 @@
 constructor signatures, the legacy ``size_average``/``reduce`` handling, the registered
 ``weight``/``pos_weight`` buffers, ``state_dict`` and ``repr`` are PyTorch's, and
 ``isinstance(m, torch.nn.CrossEntropyLoss)`` holds. Only ``forward`` differs: one call into
-`xent.torch`'s functional form, which falls back to PyTorch where xent's kernels do not apply.
+`xent.torch`'s functional form, which asks the plan (`_route.plan`) which code computes the call.
 """
 
 from __future__ import annotations
