@@ -35,7 +35,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._errors import CLIError
 
@@ -109,6 +109,28 @@ def read_regular(path: str | os.PathLike, what: str, limit: int, *,
     xent.cli._errors.CLIError: /dev/zero: is a character device; expected a CSV file
     """
     name = short(label if label is not None else path)
+    fd = _open_checked(path, name, what, limit, dir_fd)
+    try:
+        chunks, left = [], limit + 1  # one byte more: a file that grew past the limit is caught
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise CLIError(f"{name}: more than the {limit} bytes accepted for {what}")
+        return data
+    except OSError as e:
+        raise os_error(name, "cannot read", e) from None
+    finally:
+        os.close(fd)
+
+
+def _open_checked(path: Any, name: str, what: str, limit: int, dir_fd: int | None) -> int:
+    """A blocking descriptor of ``path`` if it is a regular file of at most ``limit`` bytes
+    (opened without blocking, so that a FIFO cannot hang the check); `CLIError` otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0),
                      dir_fd=dir_fd)
@@ -128,21 +150,13 @@ def read_regular(path: str | os.PathLike, what: str, limit: int, *,
             raise CLIError(f"{name}: {st.st_size} bytes, more than the {limit} accepted for "
                            f"{what}")
         os.set_blocking(fd, True)
-        chunks, left = [], limit + 1  # one byte more: a file that grew past the limit is caught
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > limit:
-            raise CLIError(f"{name}: more than the {limit} bytes accepted for {what}")
-        return data
     except OSError as e:
-        raise os_error(name, "cannot read", e) from None
-    finally:
         os.close(fd)
+        raise os_error(name, "cannot read", e) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def open_regular(path: str | os.PathLike, what: str, limit: int):
@@ -151,23 +165,8 @@ def open_regular(path: str | os.PathLike, what: str, limit: int):
 
     Raises `CLIError` naming the file and the reason, as `read_regular` does.
     """
-    name = short(path)
+    fd = _open_checked(path, short(path), what, limit, None)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise CLIError(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise CLIError(f"{name}: is a directory; expected {what}") from None
-    except OSError as e:
-        raise os_error(name, "cannot open", e) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CLIError(f"{name}: is {_kind(st.st_mode)}; expected {what}")
-        if st.st_size > limit:
-            raise CLIError(f"{name}: {st.st_size} bytes, more than the {limit} accepted for "
-                           f"{what}")
-        os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
