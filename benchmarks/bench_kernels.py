@@ -659,6 +659,12 @@ SECTIONS = {
     "compile": "bench_compile",
     "small": "bench_small",
     "linear": "bench_linear",
+    "entropy": "bench_entropy",
+    "imbalance": "bench_imbalance",
+    "linear_jsd": "bench_linear_jsd",
+    "focal": "bench_focal",
+    "jsd": "bench_jsd",
+    "sparse": "bench_sparse",
 }
 
 

@@ -332,3 +332,90 @@ def test_logits_after_target_are_logits(capsys):
     assert "one label per logit" in capsys.readouterr().err
     assert main(["explain", "--target", "0"]) == 2
     assert "required: Z" in capsys.readouterr().err
+
+
+# --- --focal GAMMA (issue 19, item 7): the focal factor beside cross-entropy -----------------
+
+def _focal_rows(out: str) -> dict[str, np.ndarray]:
+    """The focal table: example name -> (p_t, CE, focal, focal/CE, grad CE, grad focal,
+    grad ratio) as printed."""
+    lines = out.split("Focal loss (Lin et al. 2017)")[1].splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.split()[:2] == ["example", "p_t"]) + 2
+    rows = {}
+    for ln in lines[start:]:
+        if not ln.strip():
+            break
+        name, *nums = ln.strip().rsplit(None, 7)
+        rows[name] = np.array([float(v) for v in nums])
+    return rows
+
+
+def _torch_focal(z: torch.Tensor, t: int, gamma: float):
+    """Cross-entropy and focal loss of one row, and d/dz[t] of each, by torch float64
+    autograd on the definition -(1 - p_t)^gamma log p_t."""
+    out = []
+    for g in (0.0, gamma):
+        x = z.clone().requires_grad_(True)
+        logp = F.log_softmax(x, 0)[t]
+        loss = -((1 - logp.exp()) ** g) * logp
+        loss.backward()
+        out += [loss.item(), x.grad[t].item()]
+    return out
+
+
+@pytest.mark.parametrize("gamma", [2.0, 0.5, 0.0])
+def test_focal_table_matches_pytorch(capsys, gamma):
+    z = [2.0, 1.0, 0.1]
+    out = explain(capsys, *map(str, z), "--target", "0", "--focal", str(gamma))
+    rows = _focal_rows(out)
+    assert len(rows) == 5 and list(rows)[0] == "your logits"
+    for name, r in rows.items():
+        zz = torch.tensor(z, dtype=torch.float64)
+        if name != "your logits":  # z[t]=VALUE: the target's logit moved
+            zz[0] = float(name.split("=")[1])
+        p_t = torch.softmax(zz, 0)[0].item()
+        ce, g_ce, fl, g_fl = _torch_focal(zz, 0, gamma)
+        # (printed to 4 significant digits)
+        np.testing.assert_allclose(r, [p_t, ce, fl, fl / ce, g_ce, g_fl, g_fl / g_ce],
+                                   rtol=6e-4, atol=0, err_msg=name)
+        # hand math: the loss ratio is (1 - p_t)^gamma, the gradient ratio the printed factor
+        np.testing.assert_allclose(r[3], (1 - p_t) ** gamma, rtol=6e-4)
+        factor = (1 - p_t) ** gamma - gamma * p_t * (1 - p_t) ** (gamma - 1) * np.log(p_t)
+        np.testing.assert_allclose(r[6], factor, rtol=6e-4)
+    # the extra examples sit at the p_t they name
+    np.testing.assert_allclose([r[0] for r in list(rows.values())[1:]], [0.1, 0.5, 0.9, 0.99],
+                               rtol=1e-12)
+    if gamma == 0:  # gamma 0 is cross-entropy itself
+        for r in rows.values():
+            assert r[2] == r[1] and r[3] == 1 and r[6] == 1
+
+
+def test_focal_binary_table_matches_torchvision_formula(capsys):
+    """--binary: one example per logit; torchvision's sigmoid_focal_loss with alpha < 0 in
+    torch float64 (BCE-with-logits times (1 - p_t)^gamma), and its autograd gradient."""
+    z, y = [3.0, -1.0, 0.2, -2.5], [1, 1, 0, 1]
+    out = explain(capsys, "--binary", *map(str, z), "--target", *map(str, y), "--focal", "2")
+    rows = list(_focal_rows(out).values())
+    assert len(rows) == 4
+    for r, zi, yi in zip(rows, z, y, strict=True):
+        vals = []
+        for g in (0.0, 2.0):
+            x = torch.tensor(zi, dtype=torch.float64, requires_grad=True)
+            t = torch.tensor(float(yi), dtype=torch.float64)
+            p = torch.sigmoid(x)
+            ce = F.binary_cross_entropy_with_logits(x, t)
+            p_t = p * t + (1 - p) * (1 - t)
+            loss = ce * (1 - p_t) ** g
+            loss.backward()
+            vals += [loss.item(), x.grad.item()]
+        ce, g_ce, fl, g_fl = vals
+        p_t = 1 / (1 + np.exp(-zi)) if yi else 1 / (1 + np.exp(zi))
+        np.testing.assert_allclose(r, [p_t, ce, fl, fl / ce, g_ce, g_fl, g_fl / g_ce],
+                                   rtol=6e-4, atol=0)
+
+
+def test_focal_negative_gamma_is_one_line(capsys):
+    assert main(["explain", "1.0", "2.0", "--target", "0", "--focal", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--focal" in err and "expected a number >= 0" in err and "\n" == err[-1]
+    assert err.count("\n") == 1

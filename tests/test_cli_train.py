@@ -534,3 +534,112 @@ def test_a_class_too_rare_for_a_stratified_validation_split_is_one_line(tmp_path
     assert len(err) == 1 and "stratified validation split" in err[0] and "--val-size 0" in err[0]
     assert main(["train", "--data", "rare.csv", "--target", "label", "--val-size", "0",
                  "--epochs", "2", "--out", "r", "--quiet"]) == 0
+
+
+# --- --loss focal / poly1 (issue 19, item 6) ---------------------------------------------------
+
+def _focal_reference(z, y, task: str, loss: str, option: float):
+    """The loss of logits ``z`` (torch, float32 -> float64) against class indices ``y`` from
+    the papers' formulas written here in torch float64: multi-class focal
+    ``-(1 - p_t)^gamma log p_t`` and poly-1 ``-log p_t + eps (1 - p_t)``; binary focal is
+    torchvision's ``sigmoid_focal_loss`` with alpha < 0 (BCE-with-logits times
+    ``(1 - p_t)^gamma``), binary poly-1 BCE + eps (1 - p_t). Means over the rows."""
+    import torch
+    import torch.nn.functional as F
+
+    z = z.double()
+    yt = torch.tensor(y)
+    if task == "binary":
+        logit, target = z[:, 0], yt.double()
+        p = torch.sigmoid(logit)
+        p_t = p * target + (1 - p) * (1 - target)
+        ce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    else:
+        logp_t = torch.log_softmax(z, 1).gather(1, yt[:, None])[:, 0]
+        p_t, ce = logp_t.exp(), -logp_t
+    rows = ce * (1 - p_t) ** option if loss == "focal" else ce + option * (1 - p_t)
+    return rows.mean().item()
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+@pytest.mark.parametrize(("loss", "flag", "field", "value"), [
+    ("focal", "--focal-gamma", "focal_gamma", 3.0),
+    ("poly1", "--poly-epsilon", "poly_epsilon", 0.5),
+])
+def test_loss_focal_and_poly1_train_the_papers_losses(tmp_path, monkeypatch, task, loss, flag,
+                                                     field, value):
+    """The recorded loss is the paper's loss of the saved network (reference formulas in torch
+    float64); model.json records the loss and its option, and no other loss's option."""
+    from xent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", task, "--loss", loss, flag, str(value), "--val-size", "0",
+                 "--epochs", "1", "--out", "f", "--quiet"]) == 0
+    m = _strict_json(tmp_path / "f")
+    assert m["training"]["loss"] == loss and m["training"][field] == value
+    assert not {"focal_gamma", "poly_epsilon"} - {field} & set(m["training"])
+    name = {"focal": "focal_loss", "poly1": "poly1_cross_entropy"}[loss]
+    assert name in m["training"]["objective"]
+    X_train, y_train, X_test, y_test = _scaled_train_split(task)
+    for X, y, key in ((X_train, y_train, "train_loss"), (X_test, y_test, "test_loss")):
+        expected = _focal_reference(_forward(tmp_path / "f", X), y, task, loss, value)
+        assert m["history"][key][0] == pytest.approx(expected, rel=1e-5), key
+    # xent predict reads the model (and one without the loss fields, as written before them)
+    for k in ("loss", "objective", field):
+        del m["training"][k]
+    (tmp_path / "f" / "model.json").write_text(json.dumps(m))
+    X, _ = builtin(task)
+    write_csv(tmp_path / "new.csv", m["features"], X[:5].tolist())
+    assert main(["predict", "--model", "f", "--data", "new.csv"]) == 0
+
+
+def test_loss_default_records_no_focal_or_poly_option(tmp_path, monkeypatch):
+    """Cross-entropy's model.json is as before: no focal_gamma / poly_epsilon."""
+    from xent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", "binary", "--epochs", "1", "--out", "d", "--quiet"]) == 0
+    training = _strict_json(tmp_path / "d")["training"]
+    assert training["loss"] == "xent" and "focal_gamma" not in training
+    assert "poly_epsilon" not in training
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--focal-gamma", "1"], "--focal-gamma is an option of --loss focal; this run's loss is "
+                             "--loss xent"),
+    (["--loss", "focal", "--poly-epsilon", "1"], "--poly-epsilon is an option of --loss poly1"),
+    (["--loss", "focal", "--focal-gamma", "-1"], "--focal-gamma: expected a number >= 0"),
+    (["--loss", "poly1", "--poly-epsilon", "-2"], "--poly-epsilon: expected a number >= -1"),
+    (["--loss", "hinge"], "--loss: invalid choice: 'hinge'"),
+])
+def test_loss_options_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    from xent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", "binary", "--epochs", "1", "--out", "d", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(("loss", "class_weight", "hint"), [
+    ("xent", None, "; try --class-weight balanced)"),
+    ("focal", None, "; try --class-weight balanced: the focal loss weights hard rows, not rare "
+                    "classes)"),
+    ("focal", "balanced", ")"),
+    ("poly1", None, "; try --class-weight balanced)"),
+])
+def test_rare_class_hint_names_the_option_that_addresses_imbalance(loss, class_weight, hint):
+    """The balanced-accuracy line (smallest class under 10%) names --class-weight balanced,
+    and for a focal run says why the focal loss alone does not address it."""
+    from types import SimpleNamespace
+
+    from xent.cli import _report
+
+    result = SimpleNamespace(
+        table=SimpleNamespace(y=np.array([0] * 95 + [1] * 5)), loss=loss,
+        classifier=SimpleNamespace(classes=["no", "yes"]),
+        metrics={"test_balanced_accuracy": 0.625},
+        recipe=SimpleNamespace(class_weight=class_weight))
+    assert _report._balance_lines(result) == [
+        "  balanced   test 0.6250 (class yes: 5.0% of the rows" + hint]

@@ -355,3 +355,35 @@ def test_dataframes_as_scikit_learn_estimators_take_them():
             ("cat", OneHotEncoder(handle_unknown="ignore"), ["colour"])]),
         XentClassifier(epochs=30, scaler="none"))
     assert pipe.fit(messy, y).score(messy, y) > 0.8
+
+
+# loss='focal' / 'poly1' (issue 19, item 6)
+
+@pytest.mark.parametrize(("loss", "option"), [("focal", {"focal_gamma": 1.5}),
+                                              ("poly1", {"poly_epsilon": 2.0})])
+def test_focal_and_poly1_are_xent_trains(loss, option):
+    """loss='focal' / 'poly1' with their option train the same weights as `xent train --loss
+    focal --focal-gamma 1.5` / `--loss poly1 --poly-epsilon 2`, byte for byte."""
+    from xent.cli import _data, _model, _train
+
+    for task in ("binary", "multiclass"):
+        table = _data.builtin(task)
+        recipe = dataclasses.replace(_train.DEFAULT, epochs=3, **option)
+        cli = _train.train(table, task, recipe, seed=3, loss=loss)
+        est = XentClassifier(epochs=3, random_state=3, loss=loss, **option)
+        est.fit(cli.split.raw_train, cli.split.y_train)
+        assert est.recipe_ == recipe
+        assert _model.weights_bytes(est.model_.net) == _model.weights_bytes(cli.classifier.net)
+        assert est.get_params()[next(iter(option))] == next(iter(option.values()))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"loss": "focal", "focal_gamma": -1.0}, "focal_gamma=-1.0; expected a finite number >= 0"),
+    ({"loss": "focal", "focal_gamma": float("inf")}, "focal_gamma=inf"),
+    ({"loss": "poly1", "poly_epsilon": -1.5}, "poly_epsilon=-1.5; expected a finite number >= -1"),
+    ({"loss": "poly1", "poly_epsilon": "1"}, "poly_epsilon='1'"),
+])
+def test_bad_focal_and_poly_parameters_fail_in_fit(iris, params, message):
+    X, y = iris
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        XentClassifier(**params).fit(X, y)

@@ -466,8 +466,18 @@ MODULES = [
 
 @pytest.mark.parametrize("ours,theirs", MODULES)
 def test_module_signatures_are_torchs(ours, theirs):
-    assert inspect.signature(ours) == inspect.signature(theirs)
+    """PyTorch's parameters, in PyTorch's order and with its defaults; xent's own options
+    (CrossEntropyLoss: temperature, return_entropy, return_argmax) only after them, keyword-only."""
+    mine = list(inspect.signature(ours).parameters.values())
+    torchs = list(inspect.signature(theirs).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in mine[:len(torchs)]] == [
+        (p.name, p.kind, p.default) for p in torchs]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in mine[len(torchs):])
+    assert [p.name for p in mine[len(torchs):]] == EXTRA_MODULE_ARGS.get(ours, [])
     assert isinstance(ours(), theirs)
+
+
+EXTRA_MODULE_ARGS = {xt.CrossEntropyLoss: ["temperature", "return_entropy", "return_argmax"]}
 
 
 @pytest.mark.parametrize("size_average,reduce", [(None, None), (False, None), (True, False),

@@ -26,7 +26,11 @@ def test_warmup_reaches_every_kernel_function(monkeypatch):
     assert reached == {"ce_index", "ce_prob", "ce_index_kdim", "ce_prob_kdim", "softmax",
                        "log_softmax", "softmax_kdim", "log_softmax_kdim", "softmax_backward",
                        "log_softmax_backward", "softmax_backward_kdim",
-                       "log_softmax_backward_kdim", "bce_logits"}
+                       "log_softmax_backward_kdim", "bce_logits", "jsd", "focal_index",
+                       "focal_prob", "sigmoid_focal",
+                       "sparsemax", "entmax15", "entmax_bisect", "sparsemax_backward",
+                       "entmax15_backward", "entmax_bisect_backward", "sparsemax_loss",
+                       "entmax15_loss", "entmax_bisect_loss"}
 
 
 def test_the_command_line_warmup_runs_and_says_how_many(capsys):

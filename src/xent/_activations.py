@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from . import _buffers, _dispatch
-from ._backend_numpy import _QUIET, _sigmoid_neg, _softplus_neg, logsumexp_rows
+from ._backend_numpy import (
+    _QUIET,
+    _sigmoid_neg,
+    _softplus_neg,
+    logsumexp_rows,
+    logsumexp_signed_rows,
+)
 from ._validation import (
     as_float,
     as_float_like,
@@ -234,27 +240,45 @@ def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
     return (normalize_axis(axis, ndim),)
 
 
-def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
-    r"""``log(sum(exp(x)))`` over ``axis`` without overflow, underflow or lost tiny terms.
+def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False, *, b: Any = None,
+              return_sign: bool = False) -> Any:
+    r"""``log(sum(b * exp(x)))`` over ``axis`` without overflow, underflow or lost tiny terms.
 
     .. math:: \mathrm{lse}(x) = m + \log\bigl(1 + \sum_{j \ne j^*} e^{x_j - m}\bigr),
               \quad m = x_{j^*} = \max_j x_j
 
     ``log1p`` of the terms other than the max's own 1 (as SciPy since gh-18295), so
     ``logsumexp([0, -40])`` is ``log1p(e^-40)`` = 4.25e-18, where ``log(1 + e^-40)`` is 0.
+    With scale factors ``b`` (SciPy's ``b``), ``log|Σ_j b_j e^{x_j}|
+    = m + log|b_{j*}| + log|1 + s|``, ``s = Σ_{j≠j*} b_j e^{x_j - m} / b_{j*}``, the max taken
+    over the terms whose factor is not 0.
 
     Args:
         x: array-like of any shape; integers are promoted to float64.
         axis: the reduced axis, a tuple of axes (reduced together, as ``torch.logsumexp``'s
-            ``dim=(0, 1)``), or None for all of them (as SciPy; torch needs ``dim``).
+            ``dim=(0, 1)``), or None for all of them (as SciPy; torch needs ``dim``). The
+            default is the last axis, as torch (SciPy's default is None).
         keepdims: keep the reduced axes with length 1.
+        b: scale factors, broadcast against ``x`` (the result has the broadcast shape's
+            kept axes); they may be negative (a difference of exponentials) or 0 (the term
+            is left out, even where ``x`` is NaN or inf). A float ``b`` is promoted with
+            ``x``'s dtype (float32 ``x``, float64 ``b``: float64, as SciPy); an integer or
+            bool ``b`` keeps ``x``'s dtype.
+        return_sign: return ``(log|sum|, sign)``, the sign +1, 0 or -1 (NaN with a NaN).
+            Without it, a negative sum gives NaN (as SciPy).
 
     Returns:
-        ``x``'s shape without the reduced axes (or with them as 1), ``x``'s float dtype.
+        ``x``'s shape without the reduced axes (or with them as 1), ``x``'s float dtype; with
+        ``return_sign`` a pair of such arrays.
 
-    Edge cases: as ``torch.logsumexp``, an infinite maximum is not subtracted, so a row of
-    ``-inf`` gives ``-inf`` and a row holding ``+inf`` gives ``+inf`` (NaN with a NaN); an
-    empty reduction gives ``-inf`` (the log of an empty sum); a 0-d ``x`` is its own result.
+    Edge cases: as ``torch.logsumexp`` (and SciPy), an infinite maximum is not subtracted, so
+    a row of ``-inf`` gives ``-inf`` and a row holding ``+inf`` gives ``+inf`` (NaN with a
+    NaN); an empty reduction, or one whose factors are all 0, gives ``-inf`` (the log of an
+    empty sum) with sign 0 (SciPy 1.17 gives sign -1 for the empty one, 0 for zero factors;
+    a zero factor next to terms all ``-inf`` leaves ``-inf`` here, NaN in SciPy, whose
+    direct fallback multiplies 0 by the dropped ``exp(inf)``); a sum that cancels to 0 gives
+    ``-inf``, sign 0; a 0-d ``x`` is its own result. 16-bit floats are computed in float32
+    and rounded once.
 
     Example:
         >>> import xent
@@ -264,26 +288,80 @@ def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> np.ndarray:
         4.248354255291589e-18
         >>> print(xent.logsumexp([[0.0, 1.0], [2.0, 3.0]], axis=(0, 1)).round(4))
         3.4402
+        >>> print(xent.logsumexp([1.0, 2.0], b=[1.0, -1.0]))  # log(e - e^2) < 0: NaN
+        nan
+        >>> value, sign = xent.logsumexp([1.0, 2.0], b=[1.0, -1.0], return_sign=True)
+        >>> print(value.round(4), sign)  # log(e^2 - e), and the sum is negative
+        1.5413 -1.0
+        >>> print(xent.logsumexp([0.0, -40.0], b=[-1.0, 1.0], return_sign=True)[0])
+        -4.248354255291589e-18
 
     Reference: ``torch.logsumexp``; ``scipy.special.logsumexp``.
     """
     arr, rdt = _wide(x, "x", False)
-    if arr.ndim == 0:
-        _axes(axis, 1)  # torch accepts dim 0 or -1 for a 0-d input
-        return as_result(arr.copy(), rdt)
-    axes = _axes(axis, arr.ndim)
-    kept = [a for a in range(arr.ndim) if a not in axes]
-    out_shape = tuple(1 if a in axes else n for a, n in enumerate(arr.shape))
+    bw = None
+    if b is not None:
+        arr, bw, rdt = _scale_factors(arr, rdt, b)
+    if arr.ndim == 0:  # a 1-element sum; torch accepts dim 0 or -1 for a 0-d input
+        _axes(axis, 1)
+        out_shape: tuple[int, ...] = ()
+        kept: list[int] = []
+        axes: tuple[int, ...] = (0,)
+        arr = arr.reshape(1)
+        bw = None if bw is None else bw.reshape(1)
+    else:
+        axes = _axes(axis, arr.ndim)
+        kept = [a for a in range(arr.ndim) if a not in axes]
+        out_shape = tuple((1 if a in axes else n for a, n in enumerate(arr.shape)) if keepdims
+                          else (arr.shape[a] for a in kept))
     M = math.prod(arr.shape[a] for a in kept)
     K = math.prod(arr.shape[a] for a in axes)
-    # Rows (M, K): the kept axes first, the reduced ones flattened last (a copy unless they
-    # already are the trailing axes).
-    rows = np.ascontiguousarray(arr.transpose(kept + list(axes))).reshape(M, K)
-    out = np.full(M, -np.inf, arr.dtype) if K == 0 else logsumexp_rows(rows)
-    out = out.reshape(out_shape)
-    if not keepdims:
-        out = out.reshape([arr.shape[a] for a in kept])
-    return as_result(np.asarray(out), rdt)
+
+    def as_rows(a: np.ndarray) -> np.ndarray:
+        # Rows (M, K): the kept axes first, the reduced ones flattened last (a copy unless
+        # they already are the trailing axes).
+        return np.ascontiguousarray(a.transpose(kept + list(axes))).reshape(M, K)
+
+    rows = as_rows(arr)
+    sign = None
+    if K == 0:
+        out = np.full(M, -np.inf, arr.dtype)
+        sign = np.zeros(M, arr.dtype)
+    elif bw is None:
+        out = logsumexp_rows(rows)
+        if return_sign:  # a sum of exponentials is > 0, 0 when all are -inf, NaN with a NaN
+            sign = np.where(out == -np.inf, 0, np.where(np.isnan(out), np.nan, 1)).astype(
+                arr.dtype)
+    else:
+        out, sign = logsumexp_signed_rows(rows, as_rows(bw))
+        if not return_sign:
+            out[sign < 0] = np.nan  # the log of a negative sum
+    result = as_result(out.reshape(out_shape), rdt)
+    if not return_sign:
+        return result
+    return result, as_result(sign.reshape(out_shape), rdt)
+
+
+def _scale_factors(arr: np.ndarray, rdt: np.dtype, b: Any
+                   ) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    """``x`` and the scale factors ``b`` of :func:`logsumexp` broadcast together, in one
+    compute dtype, and the result's dtype: a float ``b`` promotes (as SciPy), an integer or
+    bool one keeps ``x``'s dtype; a 16-bit result is computed in float32."""
+    barr = np.asarray(b)
+    if barr.dtype.kind == "f" or is_half(barr.dtype):
+        bcomp, brdt = _wide(barr, "b", False)
+        rdt = np.result_type(rdt, brdt)
+        cdt = np.result_type(arr.dtype, bcomp.dtype)
+    else:
+        as_float_like(barr, arr.dtype, "b")  # rejects complex, strings, objects
+        bcomp, cdt = barr, arr.dtype
+    try:
+        xa, ba = np.broadcast_arrays(arr, bcomp)
+    except ValueError:
+        raise ValueError(f"b of shape {barr.shape} does not broadcast against x of shape "
+                         f"{arr.shape}; expected shapes that broadcast together (as SciPy's "
+                         "logsumexp)") from None
+    return xa.astype(cdt, copy=False), ba.astype(cdt, copy=False), rdt
 
 
 def sigmoid(x: Any) -> np.ndarray:

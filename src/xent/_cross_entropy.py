@@ -47,6 +47,8 @@ def cross_entropy(
     reduction: str = ..., label_smoothing: float = ..., *,
     lse_square_scale: float = ..., softcap: float | None = ..., return_lse: Literal[False] = ...,
     return_grad: Literal[False] = ..., grad_output: Any = ..., inplace: bool = ...,
+    temperature: float = ..., return_entropy: Literal[False] = ...,
+    return_argmax: Literal[False] = ..., grad_entropy: Any = ...,
 ) -> Array: ...
 @overload
 def cross_entropy(
@@ -54,14 +56,18 @@ def cross_entropy(
     reduction: str = ..., label_smoothing: float = ..., *,
     lse_square_scale: float = ..., softcap: float | None = ..., return_lse: Literal[False] = ...,
     return_grad: Literal[True], grad_output: Any = ..., inplace: bool = ...,
+    temperature: float = ..., return_entropy: Literal[False] = ...,
+    return_argmax: Literal[False] = ..., grad_entropy: Any = ...,
 ) -> tuple[Array, Array]: ...
 @overload
 def cross_entropy(
     input: Any, target: Any, weight: Any = ..., ignore_index: int = ...,
     reduction: str = ..., label_smoothing: float = ..., *,
-    lse_square_scale: float = ..., softcap: float | None = ..., return_lse: Literal[True],
+    lse_square_scale: float = ..., softcap: float | None = ..., return_lse: bool = ...,
     return_grad: bool = ..., grad_output: Any = ..., inplace: bool = ...,
-) -> tuple[Array, ...]: ...
+    temperature: float = ..., return_entropy: bool = ..., return_argmax: bool = ...,
+    grad_entropy: Any = ...,
+) -> Array | tuple[Array, ...]: ...
 def cross_entropy(
     input: Any,
     target: Any,
@@ -76,6 +82,10 @@ def cross_entropy(
     return_grad: bool = False,
     grad_output: Any = None,
     inplace: bool = False,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    return_argmax: bool = False,
+    grad_entropy: Any = None,
 ) -> Array | tuple[Array, ...]:
     r"""Cross-entropy between logits and class indices or class probabilities.
 
@@ -93,6 +103,18 @@ def cross_entropy(
 
     ``mean`` divides the sum by :math:`\sum_n w_{t_n}` over the positions not ignored (index
     targets) or by the number of positions :math:`N d_1 \cdots d_K` (probability targets).
+
+    Here :math:`x` stands for the logits after soft-capping and the temperature
+    :math:`T`: :math:`z = c \tanh(x / c) / T`. With ``return_entropy`` each position's
+    entropy
+
+    .. math::
+        H_n = \mathrm{lse}(z_n) - \sum_c p_{n,c} z_{n,c}, \qquad p_n = \mathrm{softmax}(z_n),
+        \qquad \frac{\partial H_n}{\partial z_n} = -p_n \odot (z_n - \textstyle\sum_c p_{n,c}
+        z_{n,c})
+
+    is returned too, at every position (``ignore_index`` masks the loss, not the distribution),
+    and its gradient, scaled by ``grad_entropy``, is added to the loss's.
 
     Args:
         input: logits, shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``; the class axis is
@@ -120,10 +142,18 @@ def cross_entropy(
             needs ``return_grad=True`` and a writable float (float16, bfloat16, float32 or
             float64) C-contiguous ndarray with the class axis last, i.e. shape ``(C,)`` or
             ``(N, C)``).
+        temperature: :math:`T`, positive and finite: the logits are divided by it after the
+            cap, before everything else (lse, loss, z-loss, entropy, argmax).
+        return_entropy: also return :math:`H_n` of every position (the unreduced loss's shape).
+        return_argmax: also return each position's argmax class (int64, the first on ties as
+            ``torch.argmax``; not differentiable).
+        grad_entropy: the entropy's upstream gradient (the unreduced loss's shape; default 0),
+            with ``return_entropy`` and ``return_grad``.
 
     Returns:
-        ``loss``, then ``lse`` if ``return_lse``, then ``grad_input`` if ``return_grad``, as a
-        tuple when there is more than the loss; in the input's float dtype (float16 and
+        ``loss``, then ``lse`` if ``return_lse``, ``entropy`` if ``return_entropy``, ``argmax``
+        if ``return_argmax``, then ``grad_input`` if ``return_grad``, as a tuple when there is
+        more than the loss; in the input's float dtype (float16 and
         ``ml_dtypes.bfloat16`` are read in 16 bits, computed in float32 and rounded to nearest
         even once; integer logits are promoted to float64).
 
@@ -140,17 +170,26 @@ def cross_entropy(
         [[ 0.0307  0.0756 -0.1063]
          [-0.1137  0.0808  0.0329]
          [ 0.0165 -0.033   0.0165]]
+        >>> nll, ent, top = xent.cross_entropy(logits, [2, 0, 1], reduction="none",
+        ...                                    temperature=2.0, return_entropy=True,
+        ...                                    return_argmax=True)
+        >>> print(nll.round(4), ent.round(4), top)
+        [0.6652 0.6898 0.3847] [1.0175 1.0262 0.8477] [2 0 1]
 
     Reference: ``torch.nn.functional.cross_entropy``; Szegedy et al. 2016 (label smoothing).
     """
     x, rdt = as_storage(input, "input")
-    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
+    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse, temperature,
+                            return_entropy, return_argmax)
     problem = cross_entropy_problem(x.shape, x.dtype, target, weight, ignore_index, reduction,
                                     options)
+    if grad_entropy is not None and not return_entropy:
+        raise ValueError("grad_entropy is the entropy's upstream gradient: it needs "
+                         "return_entropy=True")
     if inplace:
         _check_inplace(input, x, return_grad)
     out = solve(problem, x, rdt, return_grad=return_grad, grad_output=grad_output,
-                inplace=inplace)
+                inplace=inplace, grad_entropy=grad_entropy)
     return (*out[:-1], input) if inplace else out
 
 
@@ -170,8 +209,9 @@ def _check_inplace(input: Any, x: np.ndarray, return_grad: bool) -> None:
 
 def backend_rows(
     problem: Problem, x: np.ndarray, target: np.ndarray, row_scale: Any = None,
-    z_row_scale: Any = None, grad_out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    z_row_scale: Any = None, grad_out: np.ndarray | None = None, entropy_scale: Any = None,
+    saved: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, ...]:
     """One backend call on rows ``x`` (m, C) of a validated problem, classes last: the
     cross-entropy of each row and its log-sum-exp (after soft-capping), the gradient into
     ``grad_out`` (which may be ``x``) with the rows' scales (see ``docs/ARCHITECTURE.md``).
@@ -179,19 +219,27 @@ def backend_rows(
     ``target``: the rows' int64 class indices (m,), or their probabilities (m, C). ``x`` may
     be a 16-bit float (float16, bfloat16) array; ``grad_out`` then has its dtype and gets the
     gradient rounded to it, and the returned rows are float32.
+
+    With the statistics options (``problem.options.stats``: a temperature, entropy or argmax)
+    it returns ``(ce, lse, entropy, argmax)`` of every row, ignored or not, and
+    ``entropy_scale`` (None, a scalar or (m,)) is the entropy's upstream gradient; ``saved``
+    the rows' (lse, entropy) from an earlier pass over the same logits (a backward pass: the
+    kernels then skip each row's max and sum passes), or None.
     """
     o = problem.options
     m, C = x.shape
     op = "ce_prob" if problem.prob else "ce_index"
     backend = _dispatch.backend_for(op, m, C, x.dtype)
+    kw = (dict(temperature=o.temperature, stats=True, entropy_scale=entropy_scale, saved=saved)
+          if o.stats else {})
     if problem.prob:
         return backend.ce_prob(x, target, problem.weight, o.label_smoothing, o.lse_square_scale,
-                               o.softcap, row_scale, z_row_scale, grad_out)
+                               o.softcap, row_scale, z_row_scale, grad_out, **kw)
     # ignore_index None: no target equals it (validated), so the backend need not look.
     ignore = None if problem.all_valid else problem.ignore_index
     return backend.ce_index(x, target, problem.weight, ignore, o.label_smoothing,
                             o.lse_square_scale, o.softcap, row_scale, z_row_scale, grad_out,
-                            ignored_lse=o.return_lse)
+                            ignored_lse=o.return_lse or o.stats, **kw)
 
 
 def rows_loss(problem: Problem, ce: Any, lse: Any, valid: Any = None) -> Any:
@@ -204,14 +252,20 @@ def rows_loss(problem: Problem, ce: Any, lse: Any, valid: Any = None) -> Any:
 
 def solve(
     problem: Problem, x: np.ndarray, rdt: np.dtype, *, return_grad: bool = False,
-    grad_output: Any = None, inplace: bool = False,
+    grad_output: Any = None, inplace: bool = False, grad_entropy: Any = None,
+    saved: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Array | tuple[Array, ...]:
     """Compute a validated cross-entropy ``problem`` on the logits ``x`` (its shape, in the
-    compute dtype or a 16-bit float, read as it is): the loss, then the lse and the gradient as
-    asked, in ``rdt``."""
+    compute dtype or a 16-bit float, read as it is): the loss, then the lse, entropy, argmax
+    and the gradient as asked, in ``rdt`` (``grad_entropy``: the entropy's upstream gradient,
+    the unreduced loss's shape, or None for 0; ``saved``: the positions' (lse, entropy), flat
+    (M,), from the forward pass, with the statistics options: see `backend_rows`)."""
     p, o = problem, problem.options
     C, M, dt = p.num_classes, p.positions, p.dtype
     g = grad_output_for(grad_output, p.loss_shape, p.reduction, dt) if return_grad else None
+    ge = None
+    if return_grad and grad_entropy is not None:
+        ge = grad_output_for(grad_entropy, p.loss_shape, "none", dt).reshape(M)
     kdim = (None if x.ndim <= 2 or o.extended
             else _kdim_kernel("ce_prob" if p.prob else "ce_index", x))
     if kdim is not None:  # (A, C, B) view, no move of the class axis
@@ -219,7 +273,7 @@ def solve(
     else:
         rows = x.reshape(1, C) if x.ndim == 1 else _rows(x, p.class_axis)
     with np.errstate(**_QUIET):
-        scale = scale_z = grad = None
+        scale = scale_z = grad = ent = top = None
         if return_grad:
             # One scale per row for 'none', one for every row (a scalar) otherwise.
             scale, scale_z = _reduction.row_scales(
@@ -236,7 +290,10 @@ def solve(
                 tgt = p.y.reshape(1, C) if x.ndim == 1 else _rows(p.y, p.class_axis)
             else:
                 tgt = p.target
-            ce, lse = backend_rows(p, rows, tgt, scale, scale_z, grad)
+            if o.stats:
+                ce, lse, ent, top = backend_rows(p, rows, tgt, scale, scale_z, grad, ge, saved)
+            else:
+                ce, lse = backend_rows(p, rows, tgt, scale, scale_z, grad)
         ce = ce.reshape(M)
         loss = rows_loss(p, ce, lse, None if p.all_valid else p.valid)
         loss = as_result(np.asarray(loss).reshape(p.loss_shape) if p.reduction == "none"
@@ -244,6 +301,10 @@ def solve(
     out: list[Array] = [loss]
     if o.return_lse:
         out.append(as_result(lse.reshape(p.loss_shape), rdt))
+    if o.return_entropy:
+        out.append(as_result(ent.reshape(p.loss_shape), rdt))
+    if o.return_argmax:
+        out.append(top.reshape(p.loss_shape))
     if return_grad:
         if inplace:
             grad = grad.reshape(x.shape)

@@ -38,17 +38,30 @@ from ._validation import (
 @dataclass(frozen=True, slots=True)
 class Options:
     """The checked scalar options: ``label_smoothing`` in [0, 1], ``lse_square_scale`` finite,
-    ``softcap`` positive and finite or None, ``return_lse`` a bool."""
+    ``softcap`` positive and finite or None, ``return_lse`` a bool; ``temperature`` positive
+    and finite (the logits are ``z / temperature`` after the cap), ``return_entropy`` and
+    ``return_argmax`` bools (issue 18)."""
 
     label_smoothing: float = 0.0
     lse_square_scale: float = 0.0
     softcap: float | None = None
     return_lse: bool = False
+    temperature: float = 1.0
+    return_entropy: bool = False
+    return_argmax: bool = False
+
+    @property
+    def stats(self) -> bool:
+        """Whether the call needs the statistics path of the backends: a temperature, or the
+        entropy or argmax of each position's distribution."""
+        return self.temperature != 1.0 or self.return_entropy or self.return_argmax
 
     @property
     def extended(self) -> bool:
-        """Whether any option beyond PyTorch's own (z-loss, soft-capping, lse) is on."""
-        return bool(self.lse_square_scale) or self.softcap is not None or self.return_lse
+        """Whether any option beyond PyTorch's own (z-loss, soft-capping, lse, temperature,
+        entropy, argmax) is on."""
+        return (bool(self.lse_square_scale) or self.softcap is not None or self.return_lse
+                or self.stats)
 
 
 def check_options(
@@ -56,18 +69,28 @@ def check_options(
     lse_square_scale: Any = 0.0,
     softcap: Any = None,
     return_lse: Any = False,
+    temperature: Any = 1.0,
+    return_entropy: Any = False,
+    return_argmax: Any = False,
 ) -> Options:
     """:class:`Options` from the user's values, or the error naming the bad one.
 
     >>> check_options(softcap=30)
-    Options(label_smoothing=0.0, lse_square_scale=0.0, softcap=30.0, return_lse=False)
+    Options(label_smoothing=0.0, lse_square_scale=0.0, softcap=30.0, return_lse=False, \
+temperature=1.0, return_entropy=False, return_argmax=False)
     >>> check_options(softcap=float("inf"))
     Traceback (most recent call last):
     ...
     ValueError: softcap must be a positive finite number or None, got inf
+    >>> check_options(temperature=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be a positive finite number, got 0
     """
     if (softcap is None and return_lse is False and type(label_smoothing) is float
-            and type(lse_square_scale) is float and label_smoothing == lse_square_scale == 0.0):
+            and type(lse_square_scale) is float and label_smoothing == lse_square_scale == 0.0
+            and return_entropy is False and return_argmax is False
+            and type(temperature) is float and temperature == 1.0):
         return _DEFAULT_OPTIONS  # the common call, without the checks' cost (µs per call)
     eps = check_label_smoothing(label_smoothing)
     zscale = check_real(lse_square_scale, "lse_square_scale")
@@ -79,7 +102,10 @@ def check_options(
             raise ValueError(
                 f"softcap must be a positive finite number or None, got {softcap!r}"
             ) from None
-    return Options(eps, zscale, cap, check_bool(return_lse, "return_lse"))
+    return Options(eps, zscale, cap, check_bool(return_lse, "return_lse"),
+                   check_real(temperature, "temperature", positive=True),
+                   check_bool(return_entropy, "return_entropy"),
+                   check_bool(return_argmax, "return_argmax"))
 
 
 _DEFAULT_OPTIONS = Options()

@@ -16,7 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from . import _activations, _binary, _cross_entropy, _dispatch, _validation
+from . import (
+    _activations,
+    _binary,
+    _cross_entropy,
+    _dispatch,
+    _divergence,
+    _focal,
+    _sparse,
+    _validation,
+)
 
 __all__ = ["calls", "warmup"]
 
@@ -51,6 +60,11 @@ def calls() -> Iterator[tuple[str, Call]]:
                                               "weight": np.linspace(0.5, 2, rows[1])}),
             (" z-loss, softcap, lse", {"lse_square_scale": 1e-4, "softcap": 30.0,
                                        "return_lse": True}),
+            # the statistics drivers (issue 18: temperature, entropy, argmax), capped or not
+            (" temperature, entropy, argmax", {"temperature": 0.7, "return_entropy": True,
+                                               "return_argmax": True}),
+            (" softcap, temperature, entropy", {"softcap": 30.0, "temperature": 0.7,
+                                                "return_entropy": True}),
         ]
         for label, kw in options:
             for kind, target in (("", t), (" probabilities", y)):
@@ -74,6 +88,30 @@ def calls() -> Iterator[tuple[str, Call]]:
         yield (f"binary_cross_entropy_with_logits {name}",
                _call(_binary.binary_cross_entropy_with_logits, x, (x > 0).astype(np.float32),
                      pos_weight=np.full(rows[1], 2.0), return_grad=True))
+        yield (f"generalized_jsd {name}",  # (beta 0, 1 and in between: one compiled kernel)
+               _call(_divergence.generalized_jsd, x, x[::-1], return_grad=True))
+        yield (f"focal_loss {name}", _call(_focal.focal_loss, x, t, return_grad=True))
+        yield (f"focal_loss {name}, forward only", _call(_focal.focal_loss, x, t))
+        yield (f"poly1_cross_entropy {name} probabilities, smoothing",  # (one dense driver)
+               _call(_focal.poly1_cross_entropy, x, y, label_smoothing=0.1, return_grad=True))
+        for gamma in (2.0, 0.0, 0.5):  # (a compiled loop per exponent kind, alpha on and off)
+            for alpha in (0.25, -1.0):
+                yield (f"sigmoid_focal_loss {name} gamma {gamma} alpha {alpha}",
+                       _call(_focal.sigmoid_focal_loss, x, (x > 0).astype(np.float32), alpha,
+                             gamma, return_grad=True))
+        # sparsemax / entmax (issue 19): each map with its VJP, each loss with and without grad
+        for kind in ("sparsemax", "entmax15", "entmax_bisect"):
+            fwd = getattr(_sparse, kind)
+            bwd = getattr(_sparse, kind + "_backward")
+
+            def sparse_map(fwd=fwd, bwd=bwd, x=x):
+                out = fwd(x)
+                return bwd(np.ones_like(out), out)
+
+            yield f"{kind} {name}", sparse_map
+            loss = getattr(_sparse, kind + "_loss")
+            yield f"{kind}_loss {name}", _call(loss, x, t, return_grad=True)
+            yield f"{kind}_loss {name}, forward only", _call(loss, x, t)
 
 
 def _call(fn: Callable[..., object], *args: Any, **kwargs: Any) -> Call:

@@ -108,7 +108,14 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
         random_state: an int is the torch seed of the weights and the batch order
             (``--seed``; the same int gives the same model); None or a ``RandomState`` draws
             one.
-        loss: 'xent' (xent.torch's losses) or 'torch' (torch.nn's own) (``--loss``).
+        loss: 'xent' (cross-entropy by xent.torch), 'torch' (cross-entropy by torch.nn),
+            'focal' (``xent.torch.focal_loss``; two classes: ``sigmoid_focal_loss`` without
+            alpha, ``class_weight`` being the class balance) or 'poly1'
+            (``xent.torch.poly1_cross_entropy``) (``--loss``).
+        focal_gamma: the focal loss's gamma >= 0, used with ``loss='focal'``
+            (``--focal-gamma``).
+        poly_epsilon: the poly-1 loss's epsilon >= -1, used with ``loss='poly1'``
+            (``--poly-epsilon``).
         task: 'binary', 'multiclass', or None: binary for two classes, else multiclass
             (``--task``).
         scaler: 'standard' (standardise with the mean and scale of the rows given to ``fit``,
@@ -166,8 +173,8 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
                  batch_size: int | str | None = None, val_size: float | None = None,
                  patience: int | None = None, class_weight: str | dict | None = None,
                  label_smoothing: float | None = None, random_state: Any = 0,
-                 loss: str = "xent", task: str | None = None,
-                 scaler: str = "standard") -> None:
+                 loss: str = "xent", focal_gamma: float = 2.0, poly_epsilon: float = 1.0,
+                 task: str | None = None, scaler: str = "standard") -> None:
         self.recipe = recipe
         self.hidden = hidden
         self.epochs = epochs
@@ -181,6 +188,8 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
         self.label_smoothing = label_smoothing
         self.random_state = random_state
         self.loss = loss
+        self.focal_gamma = focal_gamma
+        self.poly_epsilon = poly_epsilon
         self.task = task
         self.scaler = scaler
 
@@ -235,8 +244,14 @@ class XentClassifier(ClassifierMixin, BaseEstimator):
                                  "None")
             bs = int(bs)
         options["batch_size"] = bs
-        if self.loss not in ("xent", "torch"):
-            raise ValueError(f"loss={self.loss!r}; expected 'xent' or 'torch'")
+        if self.loss not in _train.LOSSES:
+            raise ValueError(f"loss={self.loss!r}; expected one of {_train.LOSSES}")
+        for field, least in (("focal_gamma", 0.0), ("poly_epsilon", -1.0)):
+            given: Any = getattr(self, field)
+            if not (isinstance(given, numbers.Real) and not isinstance(given, bool)
+                    and math.isfinite(given) and float(given) >= least):
+                raise ValueError(f"{field}={given!r}; expected a finite number >= {least:g}")
+            options[field] = float(given)
         if self.scaler not in ("standard", "none"):
             raise ValueError(f"scaler={self.scaler!r}; expected 'standard' or 'none'")
         if self.task not in (None, "binary", "multiclass"):

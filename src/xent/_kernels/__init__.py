@@ -127,9 +127,10 @@ def _prepare16(x, grad_out):
     return xt, g, _half.tagged(g), grad_out
 
 
-def _run_ce(M: int, C: int, x, grad_out, targets, options, loss, lse) -> None:
+def _run_ce(M: int, C: int, x, grad_out, targets, options, loss, lse, stats=None) -> None:
     """Run the cross-entropy driver of this call's switches (a gradient, in place, a cap) over
-    the rows; ``targets`` an ``_rows.IndexTargets`` or ``_rows.ProbTargets``."""
+    the rows; ``targets`` an ``_rows.IndexTargets`` or ``_rows.ProbTargets``; ``stats`` an
+    ``_rows.Stats`` for the statistics drivers (temperature, entropy, argmax), or None."""
     capped = options.softcap is not None
     options = options._replace(softcap=float(options.softcap) if capped else 1.0)
     if _half.kind_of(x.dtype) is None:
@@ -139,9 +140,32 @@ def _run_ce(M: int, C: int, x, grad_out, targets, options, loss, lse) -> None:
         xk, g, gk, copy_back = _prepare16(x, grad_out)
         grad, inplace = grad_out is not None, False
     index = isinstance(targets, _rows.IndexTargets)
-    run_rows(_rows.CE_ROWS[index, grad, inplace, capped], M, C,
-             (xk, targets, options, gk, loss, lse))
+    if stats is None:
+        run_rows(_rows.CE_ROWS[index, grad, inplace, capped], M, C,
+                 (xk, targets, options, gk, loss, lse))
+    else:
+        run_rows(_rows.CE_STATS_ROWS[index, grad, inplace, capped], M, C,
+                 (xk, targets, options, stats, gk, loss, lse))
     _finish(g, copy_back)
+
+
+def _stats(M: int, dt, stats: bool, temperature, entropy_scale, saved=None):
+    """The ``_rows.Stats`` of a call with ``stats`` (None otherwise); ``saved``: (lse, entropy)
+    (M,) of each row from an earlier pass, or None."""
+    if not stats:
+        return None
+    none = np.empty(0, dt)
+    return _rows.Stats(temperature=float(temperature),
+                       entropy_scale=_row_vector(entropy_scale, M, dt),
+                       entropy=np.empty(M, dt), argmax=np.empty(M, np.int64),
+                       given=saved is not None,
+                       lse_in=none if saved is None else _contiguous(saved[0], dt),
+                       entropy_in=none if saved is None else _contiguous(saved[1], dt))
+
+
+def _no_stats(M: int, dt):
+    """The entropy and argmax of rows of no class (or no row)."""
+    return np.full(M, np.nan, dt), np.zeros(M, np.int64)
 
 
 def _finish(g, copy_back):
@@ -185,7 +209,8 @@ def _options(M, C, dt, weight, label_smoothing, lse_square_scale, softcap, row_s
 
 
 def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale, softcap,
-             row_scale, z_row_scale, grad_out, *, ignored_lse=True):
+             row_scale, z_row_scale, grad_out, *, ignored_lse=True, temperature=1.0,
+             stats=False, entropy_scale=None, saved=None):
     """Cross-entropy with class-index targets and the options, per row, gradient fused.
 
     z = cap·tanh(x/cap) (no cap: z = x), lse_i = log Σ_c exp(z_ic),
@@ -198,34 +223,42 @@ def ce_index(x, target, weight, ignore_index, label_smoothing, lse_square_scale,
     Returns (loss (M,), lse (M,)) in x's dtype. A row with NaN or +inf, or all -inf (after the
     cap), gets NaN loss and gradient (as PyTorch) and torch.logsumexp's lse; an ignored row
     gets 0 for both, and its lse only with ``ignored_lse`` (NaN otherwise: the row is not read).
+    With ``stats`` (``_rows.CE_STATS_ROWS``): z = cap·tanh(x/cap)/T, every row read, and
+    (loss, lse, entropy, argmax) returned; ``entropy_scale`` (M,) or a scalar or None: the
+    entropy's upstream gradient (``xent._backend_numpy.ce_stats``); ``saved``: (lse, entropy)
+    of each row from the forward pass over the same logits, or None (``_rows.Stats``).
     """
     M, C = x.shape
     dt = _compute(x.dtype)
     if M == 0 or C == 0:
-        return _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
+        out = _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
+        return (*out, *_no_stats(M, dt)) if stats else out
     options = _options(M, C, dt, weight, label_smoothing, lse_square_scale, softcap, row_scale,
                        z_row_scale)
     targets = _rows.IndexTargets(target=_contiguous(target, np.int64),
                                  ignore_index=_ignore_key(ignore_index),
                                  ignored_lse=bool(ignored_lse))
     loss, lse = np.empty(M, dt), np.full(M, np.nan, dt)
-    _run_ce(M, C, x, grad_out, targets, options, loss, lse)
-    return loss, lse
+    st = _stats(M, dt, stats, temperature, entropy_scale, saved)
+    _run_ce(M, C, x, grad_out, targets, options, loss, lse, st)
+    return (loss, lse) if st is None else (loss, lse, st.entropy, st.argmax)
 
 
 def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale, z_row_scale,
-            grad_out):
+            grad_out, *, temperature=1.0, stats=False, entropy_scale=None, saved=None):
     """Cross-entropy with class-probability targets and the options, per row, gradient fused.
 
     z as in :func:`ce_index`, y' = (1-ε)·y + ε/C;  loss_i = -Σ_c w_c·y'_ic·log softmax(z_i)_c;
     grad_i = [s_i·(p_i·Σ_c w_c·y'_ic - w∘y'_i) + 2ζ·s^z_i·lse_i·p_i]·(1 - (z_i/cap)²).
-    ``x``, ``y`` (M, C); the rest as :func:`ce_index`. Returns (loss (M,), lse (M,)).
+    ``x``, ``y`` (M, C); the rest as :func:`ce_index`. Returns (loss (M,), lse (M,)), and the
+    entropy and argmax with ``stats``.
     """
     M, C = x.shape
     kind = _half.kind_of(x.dtype)
     dt = _compute(x.dtype)
     if M == 0 or C == 0:
-        return _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
+        out = _no_elements(M, dt, grad_out), np.full(M, -np.inf, dt)
+        return (*out, *_no_stats(M, dt)) if stats else out
     options = _options(M, C, dt, weight, label_smoothing, lse_square_scale, softcap, row_scale,
                        z_row_scale)
     eps = options.label_smoothing
@@ -236,8 +269,9 @@ def ce_prob(x, y, weight, label_smoothing, lse_square_scale, softcap, row_scale,
         yk = y32 if ykind == _half.F32 else _half.tagged(y16.view(np.asarray(y).dtype))
     targets = _rows.ProbTargets(y=yk, a1=dt.type(1.0 - eps), a0=dt.type(eps / C))
     loss, lse = np.empty(M, dt), np.empty(M, dt)
-    _run_ce(M, C, x, grad_out, targets, options, loss, lse)
-    return loss, lse
+    st = _stats(M, dt, stats, temperature, entropy_scale, saved)
+    _run_ce(M, C, x, grad_out, targets, options, loss, lse, st)
+    return (loss, lse) if st is None else (loss, lse, st.entropy, st.argmax)
 
 
 def _rowwise(log, x, out):
@@ -547,3 +581,18 @@ def bce_logits(x, y, weight, pos_weight, scale, grad_out):
         run_rows(_bce.bce_rows16, M, K, args)
     _finish(g, copy_back)
     return loss
+
+# The other families' host functions (their own modules; the op names of `_dispatch.backend_for`)
+from ._focal import focal_index, focal_prob, sigmoid_focal  # noqa: E402, F401  (xent._focal)
+from ._jsd import jsd  # noqa: E402, F401  (the generalized JSD row kernel: xent._divergence)
+from ._sparse import (  # noqa: E402, F401  (sparsemax / entmax maps, VJPs, losses: xent._sparse)
+    entmax15,
+    entmax15_backward,
+    entmax15_loss,
+    entmax_bisect,
+    entmax_bisect_backward,
+    entmax_bisect_loss,
+    sparsemax,
+    sparsemax_backward,
+    sparsemax_loss,
+)

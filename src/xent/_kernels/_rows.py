@@ -929,3 +929,289 @@ def log_softmax_backward_rows(g, z, out, lo, hi):
     """:func:`_log_softmax_backward_row` over rows [lo, hi) (float rows or 16-bit tag views)."""
     for i in range(lo, hi):
         _log_softmax_backward_row(i, g, z, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The statistics path (issue 18): a temperature T, each row's entropy and argmax. Its own
+# drivers (``CE_STATS_ROWS``), so the drivers above keep their code. One row:
+#   1. er = cap·tanh(x/cap)/T (x/T without a cap): the row read from memory once, written into
+#      the compute-dtype work row (the gradient row itself for float rows, x's own in place);
+#   2. m = max_c er_c (the integer-key max), then in one vectorised pass over er (from L2):
+#      s = Σ e_c, Σ e_c·(er_c - m) and the first c with er_c = m (the argmax), e_c = exp(er_c - m);
+#   3. with a gradient, one pass writing d loss/dz - u·p ⊙ (z - Σ p z) times dz/dx (the
+#      temperature's 1/T and the cap's 1 - tanh²), the exps recomputed.
+# lse = m + log s, entropy = log s - Σ e·(z - m)/s. Every row, ignored or not, gets its lse,
+# entropy and argmax; an ignored row's gradient is the entropy's alone.
+# ---------------------------------------------------------------------------------------------
+class Stats(NamedTuple):
+    """The statistics path's arguments: ``temperature`` T, ``entropy_scale`` u (M,) (the
+    entropy's upstream gradient; zeros without), and the outputs ``entropy`` (M,) and
+    ``argmax`` (M,) int64. With ``given``, ``lse_in`` and ``entropy_in`` (M,) are each row's
+    lse and entropy from an earlier pass over the same logits (a backward pass after the
+    forward): a row with both finite then skips its max and sum passes (m = lse, s = 1,
+    Σ e·(z - m) = -H), and its argmax output is not computed."""
+
+    temperature: float
+    entropy_scale: np.ndarray
+    entropy: np.ndarray
+    argmax: np.ndarray
+    given: bool
+    lse_in: np.ndarray
+    entropy_in: np.ndarray
+
+
+def _make_temper(inplace, capped):
+    @_jit_vec
+    def temper(r, out, cap, temp):
+        """out_c = cap·tanh(r_c/cap)/T (r_c/T without ``capped``; over r itself in place)."""
+        wide()
+        dst = r if inplace else out
+        c = compute(r, cap)
+        t = compute(r, temp)
+        for j in range(r.shape[0]):
+            if capped:
+                put(dst, j, (c * vtanh(load(r, j) / c)) / t)
+            else:
+                put(dst, j, load(r, j) / t)
+
+    return temper
+
+
+_TEMPER = {(inplace, capped): _make_temper(inplace, capped)
+           for inplace in (False, True) for capped in (False, True)}
+_temper_to, _temper_inplace = _TEMPER[False, False], _TEMPER[True, False]
+_temper_cap_to, _temper_cap_inplace = _TEMPER[False, True], _TEMPER[True, True]
+
+
+@_jit_fast
+def _stats_sum(r, m):
+    """(Σ_c e_c, Σ_c e_c·(r_c - m)) for e_c = exp(r_c - m) of a row with a finite maximum m (an
+    entry of -inf adds 0 to both: its shift is clamped at -1e30, not selected, which keeps the
+    loop vectorised: a select there made it 5x slower)."""
+    wide()
+    s = compute(r, 0)
+    sd = compute(r, 0)
+    low = compute(r, -1e30)
+    for j in range(r.shape[0]):
+        d = r[j] - m
+        e = exp_shifted(r, d)
+        s += e
+        sd += e * max(d, low)
+    return s, sd
+
+
+@_jit
+def _first_equal(r, m):
+    """The first c with r_c = m (the argmax, first on ties, of a row whose maximum is m): blocks
+    of 256 counted with a vectorised comparison, the block holding it scanned."""
+    n = r.shape[0]
+    for k in range(0, n, 256):
+        blk = r[k:min(k + 256, n)]
+        c = 0
+        for j in range(blk.shape[0]):
+            c += blk[j] == m
+        if c:
+            for j in range(blk.shape[0]):
+                if blk[j] == m:
+                    return k + j
+    return 0
+
+
+@_jit
+def _nonfinite_argmax(r):
+    """torch.argmax of a row without a finite maximum: the first NaN, else the first +inf,
+    else 0 (every entry -inf)."""
+    inf_at = -1
+    for j in range(r.shape[0]):
+        v = r[j]
+        if v != v:
+            return j
+        if v == np.inf and inf_at < 0:
+            inf_at = j
+    return max(inf_at, 0)
+
+
+def _make_grad_stats(prob, capped):
+    @_jit_fast
+    def grad_stats(r, w, y, m, a1, a0, c0, k, b, q_scale, inv_t):
+        """r_c ← (e_c·(c0 + k·d_c) - b·w_c·y'_c)·chain_c over the tempered row r (d = r - m,
+        e = exp(d); y' = a1·y + a0 with ``prob``, else 1; chain = (1 - (r_c·q_scale)²)/T with
+        ``capped``, else 1/T). Returns Σ_c w_c·y'_c·d_c of the values read."""
+        wide()
+        acc = r.dtype.type(0)
+        one = r.dtype.type(1)
+        low = r.dtype.type(-1e30)  # (a clamp, not a select: see _stats_sum)
+        for j in range(r.shape[0]):
+            z = r[j]
+            d = z - m
+            if prob:
+                wy = w[j] * (a1 * load(y, j) + a0)
+            else:
+                wy = w[j]
+            acc += wy * d
+            g = exp_shifted(r, d) * (c0 + k * max(d, low))
+            if capped:
+                q = z * q_scale
+                r[j] = (g - b * wy) * ((one - q * q) * inv_t)
+            else:
+                r[j] = (g - b * wy) * inv_t
+        return acc
+
+    return grad_stats
+
+
+#: The statistics path's gradient loop, by (probability targets, capped): constants of each.
+_GRAD_STATS = {(prob, capped): _make_grad_stats(prob, capped)
+               for prob in (False, True) for capped in (False, True)}
+_grad_stats_index, _grad_stats_index_cap = _GRAD_STATS[False, False], _GRAD_STATS[False, True]
+_grad_stats_prob, _grad_stats_prob_cap = _GRAD_STATS[True, False], _GRAD_STATS[True, True]
+
+
+def _make_ce_stats_row(index):
+    """The statistics path's row function for class-index targets (``index``, a constant of
+    the compiled code: the other kind's branches are pruned before typing) or probabilities."""
+
+    @_jit_inline
+    def ce_stats_row(i, x, targets, options, st, g, loss, lse_out, work, grad, inplace, capped):
+        """Cross-entropy of row i (class index ``targets.target[i]`` with ``index``, else the
+        probabilities ``targets.y[i]``) at the temperature, with its entropy and argmax; see the
+        section's comment."""
+        o = options
+        w = o.weight
+        eps = o.label_smoothing
+        C = x.shape[1]
+        dt = w.dtype.type
+        half = is_tagged(x)
+        temp = st.temperature
+        r = x[i]
+        er = work
+        if capped and inplace:
+            _temper_cap_inplace(er, er, o.softcap, temp)
+        elif capped:
+            _temper_cap_to(r, er, o.softcap, temp)
+        elif inplace:
+            _temper_inplace(er, er, 1.0, temp)
+        else:
+            _temper_to(r, er, 1.0, temp)
+        valid = True
+        t = 0
+        if index:
+            t = targets.target[i]
+            valid = t != targets.ignore_index
+            if valid and (t < 0 or t >= C):  # impossible after validation
+                _fill_row(i, g, grad, loss, np.nan)
+                lse_out[i] = np.nan
+                st.entropy[i] = np.nan
+                st.argmax[i] = 0
+                return
+        tt = t if valid else 0
+        u = np.float64(st.entropy_scale[i])
+        s = compute(er, 1)
+        sd = compute(er, 0)
+        first = 0
+        if st.given and math.isfinite(st.lse_in[i]) and math.isfinite(st.entropy_in[i]):
+            m = compute(er, st.lse_in[i])  # p = exp(z - lse): s = 1, Σ p·(z - lse) = -H
+            sd = compute(er, -st.entropy_in[i])
+            finite = True
+        else:
+            m = _max(er)
+            finite = m == m and math.isfinite(m)
+            if finite:
+                s, sd = _stats_sum(er, m)
+                finite = math.isfinite(s)
+                first = _first_equal(er, m)
+        if not finite:
+            lse_out[i] = _nonfinite_lse(er)
+            st.entropy[i] = np.nan
+            st.argmax[i] = _nonfinite_argmax(er)
+            _fill_row(i, g, grad, loss, np.nan if valid or (grad and u != 0) else 0.0)
+            if not valid:
+                loss[i] = 0.0
+            return
+        log_s = math.log(np.float64(s))
+        mu = np.float64(sd) / np.float64(s)  # Σ p (z - m)
+        lse = np.float64(m) + log_s
+        lse_out[i] = lse
+        st.entropy[i] = log_s - mu
+        st.argmax[i] = first
+        z_t = np.float64(er[tt])
+        if index:
+            w_t = np.float64(w[tt]) if valid else 0.0
+            tot = 1.0
+        else:
+            yr = targets.y[i]
+            tot = (np.float64(targets.a1) * np.float64(_dot(yr, w))
+                   + np.float64(targets.a0) * o.weight_sum)
+        acc = 0.0
+        if grad:
+            sc = np.float64(o.row_scale[i]) if valid else 0.0
+            if index:
+                a = (1.0 - eps) * w_t * sc  # coefficient of (p - onehot)
+                b = (eps / C) * sc  # coefficient of (W·p - w)
+                coef = a + b * o.weight_sum
+            else:
+                a = 0.0
+                b = sc
+                coef = sc * tot
+            if o.lse_square_scale and valid:
+                coef += np.float64(o.z_row_scale[i]) * (2.0 * o.lse_square_scale) * lse
+            c0 = (coef + u * mu) / np.float64(s)
+            k = -u / np.float64(s)
+            q_scale = temp / o.softcap if capped else 1.0
+            if index and capped:
+                acc = np.float64(_grad_stats_index_cap(er, w, w, m, dt(0.0), dt(1.0), dt(c0),
+                                                       dt(k), dt(b), dt(q_scale), dt(1.0 / temp)))
+            elif index:
+                acc = np.float64(_grad_stats_index(er, w, w, m, dt(0.0), dt(1.0), dt(c0), dt(k),
+                                                   dt(b), dt(q_scale), dt(1.0 / temp)))
+            elif capped:
+                acc = np.float64(_grad_stats_prob_cap(er, w, targets.y[i], m, targets.a1,
+                                                      targets.a0, dt(c0), dt(k), dt(b),
+                                                      dt(q_scale), dt(1.0 / temp)))
+            else:
+                acc = np.float64(_grad_stats_prob(er, w, targets.y[i], m, targets.a1, targets.a0,
+                                                  dt(c0), dt(k), dt(b), dt(q_scale),
+                                                  dt(1.0 / temp)))
+            if index and valid:  # the one-hot term, through the chain rule at the target
+                q = z_t * q_scale
+                ch = (1.0 - q * q) / temp if capped else 1.0 / temp
+                er[t] -= dt(a * ch)
+            if half:
+                _copy(er, g[i])  # rounded into the 16-bit gradient
+        elif index and eps > 0 and valid:
+            acc = np.float64(_dot_shift(er, w, m))
+        elif not index:
+            acc = np.float64(_prob_loss(er, targets.y[i], w, m, targets.a1, targets.a0))
+        if not index:
+            loss[i] = tot * log_s - acc
+        elif not valid:
+            loss[i] = 0.0
+        else:
+            li = w_t * (log_s - (z_t - np.float64(m)))
+            if eps > 0:
+                li = (1.0 - eps) * li + (eps / C) * (o.weight_sum * log_s - acc)
+            loss[i] = li
+
+    return ce_stats_row
+
+
+_CE_STATS_ROW = {index: _make_ce_stats_row(index) for index in (True, False)}
+
+
+def _make_ce_stats_rows(index, grad, inplace, capped):
+    row = _CE_STATS_ROW[index]
+
+    @_jit_rows
+    def ce_stats_rows(x, targets, options, st, g, loss, lse, lo, hi):
+        """The statistics path over rows [lo, hi) (float rows or 16-bit tag views)."""
+        half = is_tagged(x)
+        work = _scratch(x, x.shape[1] if half or not grad else 0)
+        for i in range(lo, hi):
+            er = _work_row(g, i, work) if grad else work[0]
+            row(i, x, targets, options, st, g, loss, lse, er, grad, inplace, capped)
+
+    return ce_stats_rows
+
+
+#: The statistics drivers, by (index targets, grad, inplace, capped).
+CE_STATS_ROWS = _variants(_make_ce_stats_rows)

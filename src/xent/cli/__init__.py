@@ -93,6 +93,10 @@ def _label_smoothing(s: str) -> float:
     return _float(s, 0.0, 1.0, "a number in [0, 1)", low_open=False)
 
 
+def _poly_epsilon(s: str) -> float:
+    return _float(s, -1.0, math.inf, "a number >= -1", low_open=False)
+
+
 def _nonnegative_int(s: str) -> int:
     try:
         v = int(s)
@@ -216,8 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "net the target y (1 - EPS) + EPS / 2")
     t.add_argument("--seed", type=_int, default=0, help="torch seed for the weight "
                    "initialisation and the batch order (default: 0)")
-    t.add_argument("--loss", choices=["xent", "torch"], default="xent",
-                   help="xent: xent.torch's losses (default); torch: torch.nn's own, to compare")
+    t.add_argument("--loss", choices=["xent", "torch", "focal", "poly1"], default="xent",
+                   help="xent: cross-entropy by xent.torch (default); torch: cross-entropy by "
+                   "torch.nn, to compare; focal: focal loss (Lin et al. 2017; binary: "
+                   "sigmoid_focal_loss without alpha, --class-weight balances the classes); "
+                   "poly1: poly-1 cross-entropy (Leng et al. 2022); focal and poly1 by xent.torch")
+    t.add_argument("--focal-gamma", type=_nonnegative_float, metavar="G",
+                   help="--loss focal: the focusing exponent gamma of (1 - p_t)^gamma, >= 0 "
+                   "(default 2; 0 is cross-entropy)")
+    t.add_argument("--poly-epsilon", type=_poly_epsilon, metavar="E",
+                   help="--loss poly1: epsilon of cross-entropy + epsilon (1 - p_t), >= -1 "
+                   "(default 1; 0 is cross-entropy)")
     t.add_argument("--out", metavar="DIR", help="output directory (default: runs/<task>; with "
                    "two tasks, DIR/binary and DIR/multiclass)")
     t.add_argument("--quiet", action="store_true", help="no progress bar; one line per network")
@@ -271,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also show the loss and gradient with label smoothing EPS in [0, 1]")
     ex.add_argument("--weight", nargs="+", metavar="W", help="also show them with weights: one "
                     "per class (one per logit with --binary)")
+    ex.add_argument("--focal", type=_nonnegative_float, metavar="GAMMA",
+                    help="also show how the focal loss's factor (1 - p_t)^GAMMA rescales the "
+                    "loss and gradient of a few examples, beside cross-entropy")
+    ex.add_argument("--sparsemax", action="store_true",
+                    help="also show sparsemax of the logits step by step: the sorted logits, "
+                    "the threshold tau, the support, and its probabilities (exact zeros) beside "
+                    "softmax's; without --target, only that")
     # Negative numbers in any float spelling (-1e3, -.5, -inf) are logits, not options (argparse
     # only knows -1 and -1.5); explain checks and refuses what is not a finite number.
     ex._negative_number_matcher = re.compile(r"^-(?:\d|\.\d|inf|nan)", re.IGNORECASE)

@@ -467,6 +467,140 @@ def explain_binary(z: np.ndarray, y: np.ndarray, eps: float | None = None,
     return "\n".join(L)
 
 
+FOCAL_P_T = (0.1, 0.5, 0.9, 0.99)  # the extra examples of `explain_focal`: these p_t
+
+
+def explain_focal(z: np.ndarray, target: Any, gamma: float, binary: bool = False) -> str:
+    r"""How the focal factor ``(1 - p_t)^gamma`` rescales each example's loss and gradient,
+    beside cross-entropy's: a table of examples (``--focal GAMMA``).
+
+    .. math:: FL = (1 - p_t)^\gamma\, CE,\quad CE = -\log p_t,\quad
+              \frac{\partial FL}{\partial z} = \Bigl[(1 - p_t)^\gamma
+              - \gamma\, p_t (1 - p_t)^{\gamma - 1} \log p_t\Bigr]
+              \frac{\partial CE}{\partial z}
+
+    Multi-class (``z`` ``(C,)``, class ``target``): the row as given, then the same logits
+    with ``z[t]`` moved so that ``p_t`` is each of `FOCAL_P_T`; values from
+    ``xent.cross_entropy`` and ``xent.focal_loss`` (``return_grad=True``), the gradient's
+    ``z[t]`` entry shown (every entry scales by the same factor). Binary (``z`` ``(N,)``,
+    labels ``target`` ``(N,)``): one example per logit, from
+    ``xent.binary_cross_entropy_with_logits`` and ``xent.sigmoid_focal_loss(alpha=-1)``.
+
+    Example:
+        >>> text = explain_focal(np.array([2.0, 1.0, 0.1]), 0, 2.0)
+        >>> print(text.splitlines()[8])  # example, p_t, CE, focal, focal/CE, grads, ratio
+        ... # doctest: +NORMALIZE_WHITESPACE
+        your logits  0.659  0.417  0.04849  0.1163  -0.341  -0.1036  0.3037
+    """
+    if binary:
+        y = np.asarray(target, np.float64)
+        ce, g_ce = xent.binary_cross_entropy_with_logits(z, y, reduction="none",
+                                                         return_grad=True,
+                                                         grad_output=np.ones_like(z))
+        fl, g_fl = xent.sigmoid_focal_loss(z, y, alpha=-1.0, gamma=gamma, reduction="none",
+                                           return_grad=True, grad_output=np.ones_like(z))
+        p = xent.sigmoid(z)
+        p_t = np.where(y == 1, p, 1 - p)
+        names = [f"z={num(v)} y={int(lab)}" for v, lab in zip(z, y, strict=True)]
+        rows = list(zip(names, p_t, ce, fl, g_ce, g_fl, strict=True))
+        what = ("torchvision's sigmoid focal loss (no alpha) beside BCE", "one per logit",
+                "d/dz")
+    else:
+        t = int(target)
+        others = float(xent.logsumexp(np.delete(z, t)))
+        examples = [("your logits", z)]
+        for want in FOCAL_P_T:  # z[t] = logit(p_t) + log sum_{j != t} e^z_j gives that p_t
+            zz = z.copy()
+            zz[t] = math.log(want / (1 - want)) + others
+            examples.append((f"z[t]={num(zz[t])}", zz))
+        rows = []
+        for name, zz in examples:
+            ce, g_ce = xent.cross_entropy(zz, t, return_grad=True)
+            fl, g_fl = xent.focal_loss(zz, t, gamma=gamma, return_grad=True)
+            rows.append((name, float(xent.softmax(zz)[t]), float(ce), float(fl), g_ce[t],
+                         g_fl[t]))
+        what = ("softmax focal loss beside cross-entropy", "your logits, then z[t] moved so "
+                f"that p_t = {', '.join(f'{v:g}' for v in FOCAL_P_T)}", "d/dz[t]")
+    width = max(11, *(len(r[0]) for r in rows))
+    L = [f"Focal loss (Lin et al. 2017), gamma = {gamma:g}: {what[0]}",
+         f"   examples: {what[1]}",
+         "   FL = (1 - p_t)^gamma * CE, CE = -log p_t: the loss of an example the model "
+         "already gets right",
+         "   (p_t near 1) shrinks by the factor (1 - p_t)^gamma, a hard one (p_t small) keeps "
+         "most of it;",
+         "   the gradient scales by (1 - p_t)^gamma - gamma p_t (1 - p_t)^(gamma-1) log p_t "
+         "(gamma = 0: CE)",
+         "",
+         "   " + " ".join([f"{'example':<{width}}", *(f"{h:>10}" for h in (
+             "p_t", "CE", "focal", "focal/CE", "grad CE", "grad focal", "grad ratio"))]),
+         "   " + " ".join([" " * width, *[" " * 10] * 4, f"{what[2]:>10}", f"{what[2]:>10}"])]
+    for name, p_t, ce, fl, g_ce, g_fl in rows:
+        ratio = fl / ce if ce else math.nan
+        g_ratio = g_fl / g_ce if g_ce else math.nan
+        L.append(f"   {name:<{width}} " + " ".join(  # 4 significant digits: 7 columns
+            f"{v:>10.4g}" for v in (p_t, ce, fl, ratio, g_ce, g_fl, g_ratio)))
+    L += ["", "   values: xent." + (
+        "binary_cross_entropy_with_logits, xent.sigmoid_focal_loss" if binary
+        else "cross_entropy, xent.focal_loss") + " (return_grad=True); ratios: quotients",
+          f"   train with it: xent train --loss focal --focal-gamma {gamma:g}"]
+    return "\n".join(line.rstrip() for line in L)
+
+
+def explain_sparsemax(z: np.ndarray, t: int | None = None) -> str:
+    r"""Sparsemax of one row step by step, beside softmax (``--sparsemax``): the sorted logits,
+    the test that finds the support, the threshold τ, and the probabilities with their exact
+    zeros; with a target, the sparsemax loss and its gradient ``p - one_hot``.
+
+    τ is found as in Martins & Astudillo (2016), Algorithm 1: sort the logits decreasing,
+    z_(1) >= z_(2) >= ...; the support is the largest k with ``1 + k z_(k) > Σ_{j<=k} z_(j)``;
+    ``τ = (Σ_{j<=K} z_(j) - 1) / K``; ``p_i = max(z_i - τ, 0)``. The probabilities, loss and
+    gradient shown are xent's (``xent.sparsemax``, ``xent.sparsemax_loss``).
+
+    Example:
+        >>> text = explain_sparsemax(np.array([1.0, 0.8, 0.1]))
+        >>> "τ = (1.000000 + 0.800000 - 1) / 2 = 0.400000" in text
+        True
+    """
+    order = np.argsort(-z, kind="stable")
+    s = z[order]
+    cs = np.cumsum(s)
+    k = np.arange(1, len(z) + 1)
+    inside = 1 + k * s > cs
+    K = int(inside.sum())
+    tau = (cs[K - 1] - 1) / K
+    p = xent.sparsemax(z)
+    soft = xent.softmax(z)
+    w = max(8, *(len(num(v)) for v in s))
+    lines = ["sparsemax (Martins & Astudillo 2016): the probabilities nearest to z, "
+             "p = max(z - τ, 0) with τ chosen so that Σ p = 1",
+             "  1. sort the logits, largest first, and find the support: the largest k with "
+             "1 + k·z_(k) > z_(1) + ... + z_(k)",
+             f"     {'k':>3}  {'class':>5}  {'z_(k)':>{w}}  {'1 + k·z_(k)':>{w + 3}}  "
+             f"{'sum to k':>{w}}  in support"]
+    for i in range(len(z)):
+        lines.append(f"     {i + 1:>3}  {int(order[i]):>5}  {num(s[i]):>{w}}  "
+                     f"{num(1 + (i + 1) * s[i]):>{w + 3}}  {num(cs[i]):>{w}}  "
+                     f"{'yes' if inside[i] else 'no'}")
+    terms = " + ".join(num(v) for v in s[:K])
+    lines += [f"  2. support size K = {K}; threshold τ = ({terms} - 1) / {K} = {num(tau)}",
+              "  3. p_i = max(z_i - τ, 0): every logit at or below τ gets exactly 0; softmax "
+              "never does",
+              f"     {'class':>5}  {'z':>{w}}  {'softmax':>{w}}  {'sparsemax':>{w}}"]
+    for c in range(len(z)):
+        lines.append(f"     {c:>5}  {num(z[c]):>{w}}  {num(soft[c]):>{w}}  {num(p[c]):>{w}}")
+    zeros = [c for c in range(len(z)) if p[c] == 0]
+    lines.append(f"     sums: softmax {num(soft.sum())}, sparsemax {num(p.sum())}; exact zeros "
+                 f"for {len(zeros)} of {len(z)} classes" + (f" {zeros}" if zeros else ""))
+    if t is not None:
+        loss, grad = xent.sparsemax_loss(z[None], [t], return_grad=True)
+        lines += [f"  4. sparsemax loss for target {t}: (1 - Σ p²)/2 + Σ p·z - z[t] = "
+                  f"{num(loss)} (0 once z[t] leads every other logit by 1 or more)",
+                  f"     gradient p - one_hot = {vec(grad[0])}"]
+    lines.append("   computed by xent.sparsemax and xent.sparsemax_loss; 1.5-entmax "
+                 "(xent.entmax15) is the smooth middle ground")
+    return "\n".join(lines)
+
+
 def _unswallow(args) -> None:
     """``--target 0 2.0 1.0 0.1``: argparse gives every number to ``--target`` (it takes one
     or more values) and none to the logits. Take them back: the first value is the class (with
@@ -499,9 +633,16 @@ def run(args) -> int:
         y = _binary_labels(args.target, len(z))
         w = _weights(args.weight, len(z), "logit")
         text = explain_binary(z, y, eps, w)
+    elif getattr(args, "sparsemax", False) and args.target is None:
+        print(explain_sparsemax(z), flush=True)  # (no target: the map alone)
+        return 0
     else:
         t = _class_target(args.target, len(z))
         w = _weights(args.weight, len(z), "class")
         text = explain_softmax(z, t, eps, w)
+    if getattr(args, "focal", None) is not None:
+        text += "\n\n" + explain_focal(z, y if args.binary else t, args.focal, args.binary)
+    if getattr(args, "sparsemax", False) and not args.binary:
+        text += "\n\n" + explain_sparsemax(z, t)
     print(text, flush=True)
     return 0

@@ -51,7 +51,9 @@ class Recipe:
     weights each class by ``n_rows / (n_classes * rows_of_class)`` (scikit-learn's
     ``compute_class_weight``); ``label_smoothing`` is PyTorch's ``label_smoothing`` (for the
     binary net: the target ``y (1 - eps) + eps / 2``, the same loss as two-class
-    cross-entropy with that smoothing).
+    cross-entropy with that smoothing). ``focal_gamma`` is the focal loss's gamma (used by the
+    loss 'focal' only), ``poly_epsilon`` the poly-1 loss's epsilon (the loss 'poly1' only); see
+    `loss_module`.
     """
 
     name: str
@@ -68,6 +70,8 @@ class Recipe:
     class_weight: str | None = None
     label_smoothing: float = 0.0
     selection: str = "val_loss"  # the best epoch: lowest 'val_loss', or 'calibrated' (after T)
+    focal_gamma: float = 2.0  # Lin et al. (2017)'s gamma, torchvision's default
+    poly_epsilon: float = 1.0  # Leng et al. (2022)'s Poly-1 epsilon
 
 
 # Chosen from measurements over seeds 0-9 (benchmarks/recipe_seeds.py; docs/cli.md has the
@@ -90,6 +94,11 @@ DEFAULT_LARGE = Recipe(name="default-large", hidden=128, epochs=200, lr=0.003,
 TUTORIAL = Recipe(name="tutorial", hidden=5, epochs=100, lr=0.1, optimizer="sgd",
                   batch_size=None, weight_decay=0.0, scaler="all", binary_loss="sigmoid")
 RECIPES = {"default": DEFAULT, "default-large": DEFAULT_LARGE, "tutorial": TUTORIAL}
+# `--loss`: the objective and who computes it ('xent' and 'torch' are cross-entropy, by
+# xent.torch or by torch.nn; 'focal' and 'poly1' by xent.torch), and the Recipe field of each
+# loss's own option.
+LOSSES = ("xent", "torch", "focal", "poly1")
+LOSS_OPTIONS = {"focal_gamma": "focal", "poly_epsilon": "poly1"}
 
 
 def recipe_for(name: str, train_rows: int, **changes) -> Recipe:
@@ -190,26 +199,51 @@ def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
                       dtype=np.float64)
 
 
+def check_loss(loss: str, given: dict | None = None) -> None:
+    """`CLIError` for a ``loss`` not in `LOSSES`, or for an option of another loss among the
+    Recipe fields ``given`` (``--focal-gamma`` without ``--loss focal``)."""
+    if loss not in LOSSES:
+        raise CLIError(f"--loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    for field, owner in LOSS_OPTIONS.items():
+        if (given or {}).get(field) is not None and loss != owner:
+            raise CLIError(f"--{field.replace('_', '-')} is an option of --loss {owner}; "
+                           f"this run's loss is --loss {loss}")
+
+
 def loss_module(task: str, recipe: Recipe, backend: str, weights: np.ndarray | None = None):
-    """The criterion: xent's (``backend='xent'``, through xent.torch) or PyTorch's (``'torch'``).
+    """The criterion of ``backend`` (a `LOSSES` name): cross-entropy by xent.torch ('xent') or
+    by torch.nn.functional ('torch'); the focal loss ('focal') or the poly-1 cross-entropy
+    ('poly1'), by xent.torch.
 
     ``weights`` are per-class weights (``recipe.class_weight``), and ``recipe.label_smoothing``
     is applied. Returns ``(name, apply)`` where ``apply(net, X, y)`` is the loss of a batch:
     multi-class ``cross_entropy(logits, y, weight, label_smoothing)`` (the weighted mean is
-    divided by the sum of the rows' weights, as PyTorch's); binary the BCE of the logit (or of
-    its sigmoid) against ``y (1 - eps) + eps / 2`` with the per-row weight ``w[y]`` (a mean over
-    the rows; balanced weights average 1 over the training rows, so it is the same scale).
+    divided by the sum of the rows' weights, as PyTorch's), or ``focal_loss(..., gamma)`` or
+    ``poly1_cross_entropy(..., epsilon)`` with the same conventions; binary the BCE of the logit
+    (or of its sigmoid) against ``y (1 - eps) + eps / 2`` with the per-row weight ``w[y]`` (a
+    mean over the rows; balanced weights average 1 over the training rows, so it is the same
+    scale). Binary focal is ``sigmoid_focal_loss(logit, y (1 - eps) + eps / 2, alpha=-1,
+    gamma)`` times ``w[y]``, averaged over the rows: no alpha of its own (torchvision's 0.25
+    down-weights the positives, the rare class of most binary tables), ``--class-weight
+    balanced`` being the alpha-balancing, ``alpha_t ∝ w[y]``. Binary poly-1 is
+    ``poly1_cross_entropy`` of the two logits ``[0, z]`` (``sigmoid(z) = softmax([0, z])_1``, so
+    it is BCE + epsilon (1 - p_t)), per row times ``w[y]``, averaged over the rows. Focal and
+    poly-1 work on the logit in every recipe (the tutorial recipe's BCE of the sigmoid is a
+    cross-entropy choice).
     """
     import importlib
 
     import torch
 
-    F: Any = importlib.import_module("xent.torch" if backend == "xent"
-                                     else "torch.nn.functional")
+    F: Any = importlib.import_module("torch.nn.functional" if backend == "torch"
+                                     else "xent.torch")
     eps = recipe.label_smoothing
+    gamma, poly = recipe.focal_gamma, recipe.poly_epsilon
     w = None if weights is None else torch.tensor(weights, dtype=torch.float32)
-    options = ([f"class weights {', '.join(f'{v:.4g}' for v in weights)}"]
-               if weights is not None else [])
+    options = {"focal": [f"gamma {gamma:g}"] + (["alpha none"] if task == "binary" else []),
+               "poly1": [f"epsilon {poly:g}"]}.get(backend, [])
+    options += ([f"class weights {', '.join(f'{v:.4g}' for v in weights)}"]
+                if weights is not None else [])
     options += [f"label smoothing {eps:g}"] if eps else []
     suffix = f" ({'; '.join(options)})" if options else ""
 
@@ -230,6 +264,31 @@ def loss_module(task: str, recipe: Recipe, backend: str, weights: np.ndarray | N
         return F.binary_cross_entropy_with_logits(net.logits(X), target(y),
                                                   weight=row_weights(y))
 
+    def focal(net, X, y):
+        return F.focal_loss(net.logits(X), y, weight=w, gamma=gamma, label_smoothing=eps)
+
+    def poly1(net, X, y):
+        return F.poly1_cross_entropy(net.logits(X), y, weight=w, label_smoothing=eps,
+                                     epsilon=poly)
+
+    def sigmoid_focal(net, X, y):
+        rows = F.sigmoid_focal_loss(net.logits(X), target(y), alpha=-1.0, gamma=gamma,
+                                    reduction="none")
+        rw = row_weights(y)
+        return (rows if rw is None else rows * rw).mean()
+
+    def poly1_of_two_logits(net, X, y):
+        z = net.logits(X)
+        return F.poly1_cross_entropy(torch.cat([torch.zeros_like(z), z], dim=1),
+                                     y[:, 0].long(), weight=w, reduction="none",
+                                     label_smoothing=eps, epsilon=poly).mean()
+
+    if backend == "focal":
+        return ("focal_loss" + suffix, focal) if task == "multiclass" else (
+            "sigmoid_focal_loss" + suffix, sigmoid_focal)
+    if backend == "poly1":
+        return ("poly1_cross_entropy" + suffix, poly1) if task == "multiclass" else (
+            "poly1_cross_entropy of [0, z]" + suffix, poly1_of_two_logits)
     if task == "multiclass":
         return "cross_entropy" + suffix, cross_entropy
     if recipe.binary_loss == "sigmoid":
@@ -245,7 +304,7 @@ def every_batch_through_xent(backend: str):
     than the loss; these networks' batches are all that small, and `xent train` exists to
     exercise xent's losses, so the cut-off is 0 while it trains.
     """
-    if backend != "xent":
+    if backend == "torch":
         yield
         return
     import xent.torch
@@ -287,7 +346,7 @@ def train(table: _data.Table, task: str, recipe: Recipe, *, seed: int = 0,
     """Train one network on ``table`` and evaluate it on the test rows; nothing is written.
 
     ``task`` is 'binary' (NeuralNet1; the table must have 2 classes) or 'multiclass'
-    (NeuralNet2, one output per class). ``loss`` picks xent's criterion or PyTorch's. The
+    (NeuralNet2, one output per class). ``loss`` picks the criterion (`loss_module`). The
     validation split, early stopping, class weights, label smoothing and the temperature follow
     ``recipe`` (see `fit_network`). Raises `Diverged` (a `CLIError`) at a non-finite loss.
     """
@@ -365,7 +424,9 @@ def fit_network(X: np.ndarray, y: np.ndarray, task: str, recipe: Recipe, num_cla
         recipe: width, optimiser, schedule and loss options (``recipe.scaler`` is the
             caller's business).
         seed: torch seed of the weight initialisation and of the batch order.
-        loss: 'xent' (xent.torch's criterion) or 'torch' (torch.nn's).
+        loss: a `LOSSES` name: 'xent' (cross-entropy by xent.torch), 'torch' (by torch.nn),
+            'focal' or 'poly1' (by xent.torch; options ``recipe.focal_gamma``,
+            ``recipe.poly_epsilon``), see `loss_module`.
         eval_sets: name -> ``(X, y)`` also evaluated after every epoch into ``history``
             (names other than 'train' and 'val').
         class_weight_values: ``(num_classes,)`` weights given by the caller (scikit-learn's dict
@@ -611,7 +672,9 @@ def metadata(result: Result, weights_sha256: str) -> dict:
             "split_random_state": SPLIT_RANDOM_STATE,
         },
         "training": {
-            **{k: v for k, v in asdict(r).items() if k != "name"},
+            # a loss's own option only where that loss ran (a file without them: cross-entropy)
+            **{k: v for k, v in asdict(r).items()
+               if k != "name" and LOSS_OPTIONS.get(k, result.loss) == result.loss},
             "recipe": r.name,
             "seed": result.seed,
             "loss": result.loss,
@@ -675,7 +738,8 @@ def save(result: Result, out: Path) -> dict[str, Path]:
 def recipe_changes(args) -> dict:
     """The Recipe fields set by the options given on the command line (only those)."""
     changes = {k: getattr(args, k) for k in ("hidden", "epochs", "lr", "optimizer",
-                                              "weight_decay", "val_size", "label_smoothing")
+                                              "weight_decay", "val_size", "label_smoothing",
+                                              *LOSS_OPTIONS)
                if getattr(args, k, None) is not None}
     if args.batch_size is not None:
         changes["batch_size"] = None if args.batch_size == 0 else args.batch_size
@@ -697,6 +761,7 @@ def run(args) -> int:
 
     require("torch", "sklearn", "safetensors", "matplotlib", "tqdm")
     resolve_recipe(args)  # an option that no recipe takes fails before any data is read
+    check_loss(args.loss, recipe_changes(args))
     if args.data is None:
         if args.target is not None:
             raise CLIError("--target names a column of --data CSV, but no --data was given")

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from xent import _binary
 from xent._problem import check_options
@@ -53,7 +55,10 @@ def cross_entropy(
     lse_square_scale: float = 0.0,
     softcap: float | None = None,
     return_lse: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    return_argmax: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     r"""Cross-entropy between logits and targets: `torch.nn.functional.cross_entropy` on xent's
     fused CPU kernel, plus the options large-vocabulary training uses.
 
@@ -82,10 +87,18 @@ def cross_entropy(
         softcap: logit soft-capping value (Gemma 2 uses 30), None for none (keyword only).
         return_lse: also return ``lse`` (after soft-capping), shape of the unreduced loss,
             not differentiable (keyword only).
+        temperature: ``T``, positive and finite: the logits are ``z / T`` after the cap and
+            before everything else (lse, loss, z-loss, entropy, argmax) (keyword only).
+        return_entropy: also return each position's entropy ``H = lse(z) - Σ_c p_c z_c``
+            (``p = softmax(z)``), every position, ignored or not, in the unreduced loss's
+            shape; differentiable (``dH/dz = -p ⊙ (z - Σ_c p_c z_c)``) (keyword only).
+        return_argmax: also return each position's argmax class (int64, the first on ties as
+            ``torch.argmax``), not differentiable (keyword only).
 
     Returns:
         The loss (0-d for ``'mean'``/``'sum'``, the target's shape for ``'none'``), in the
-        input's dtype; with ``return_lse`` a pair ``(loss, lse)``.
+        input's dtype; then ``lse``, ``entropy``, ``argmax`` as asked, a tuple when more than
+        the loss.
 
     Edge cases: everything ignored gives a NaN mean and a zero gradient, as in PyTorch; ``-inf``
     logits are fine as long as a row has one finite entry. The route (`_route.plan`):
@@ -108,12 +121,18 @@ def cross_entropy(
         ...                           return_lse=True, reduction="none")
         >>> lse.numpy().round(4)
         array([2.2413, 3.1096], dtype=float32)
+        >>> nll, ent = cross_entropy(x, torch.tensor([0, 2]), reduction="none", temperature=2.0,
+        ...                          return_entropy=True)
+        >>> ent.detach().numpy().round(4)
+        array([0.9343, 0.8555], dtype=float32)
 
     References: PyTorch ``torch.nn.functional.cross_entropy``; z-loss: Chowdhery et al., PaLM
     (2022), §5; soft-capping: Gemma 2 (2024).
     """
     if (weight is None and size_average is None and reduce is None and softcap is None
-            and return_lse is False and type(lse_square_scale) is float and lse_square_scale == 0
+            and return_lse is False and return_entropy is False and return_argmax is False
+            and type(temperature) is float and temperature == 1.0
+            and type(lse_square_scale) is float and lse_square_scale == 0
             and type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0
             and _plain_small_call(input, target)):
         # The usual small call: its arguments are normalised already (float32/float64 logits,
@@ -127,13 +146,17 @@ def cross_entropy(
             pass
     _tensor(input, "input")
     reduction = _bridge.legacy_reduction(size_average, reduce, reduction)
-    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
+    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse, temperature,
+                            return_entropy, return_argmax)
     target, weight = _bridge.normalise_class_operands(input, target, weight)
 
     def validate():
         return _bridge.problem_for(input, target, weight, ignore_index, reduction, options)
 
     route = plan(input, target, weight, rows=True, extended=options.extended)
+    if options.stats:
+        return _stats_route(route, input, target, weight, ignore_index, reduction, options,
+                            validate)
     if route is Route.TORCH:
         if ignore_index != -100 and isinstance(target, torch.Tensor) and (
                 target.is_floating_point()):
@@ -169,6 +192,58 @@ def cross_entropy(
     loss = _bridge.run_core(input, compute, _bridge.class_dim_for_none(input, reduction),
                             differentiable)
     return (loss, lse[0]) if options.return_lse else loss
+
+
+def _stats_route(route: Route, input: torch.Tensor, target: torch.Tensor,
+                 weight: torch.Tensor | None, ignore_index: int, reduction: str, options: Any,
+                 validate: Any) -> Any:
+    """`cross_entropy` with the statistics options (temperature, entropy, argmax): the custom
+    operator, the composition, or the core through `_StatsCE` (PyTorch has no such op)."""
+    o = options
+    if route is Route.CUSTOM_OP:
+        return _ops.cross_entropy_stats(input, target, weight, ignore_index, reduction, o)
+    problem = validate()
+    if route is not Route.CORE:
+        return _reference.cross_entropy(input, target, weight, ignore_index, reduction,
+                                        o.label_smoothing, o.lse_square_scale, o.softcap,
+                                        o.return_lse, o.temperature, o.return_entropy,
+                                        o.return_argmax)
+    x = _bridge.as_numpy(input)
+    loss, lse, ent, top, saved = _ops.ce_stats_forward(problem, x)
+
+    def t(a: Any) -> Any:
+        return None if a is None else _bridge.from_numpy(a)
+
+    loss_t, lse_t, ent_t, top_t = t(loss), t(lse), t(ent), t(top)
+    if _bridge.wants_grad(input):
+        loss_t, ent_t = _StatsCE.apply(input, (problem, saved), loss_t, ent_t)
+    return _reference.stats_outputs(o, loss_t, lse_t, ent_t, top_t)
+
+
+class _StatsCE(torch.autograd.Function):
+    """The autograd of `cross_entropy` with the statistics options on the core: the forward's
+    loss and entropy passed through; backward recomputes the rows with both upstream gradients
+    (`_ops.ce_stats_backward`: the logits read again, the gradient written once, the rows' max
+    and sums taken from the forward's lse and entropy)."""
+
+    @staticmethod
+    def forward(ctx, input, state, loss, ent):  # noqa: D102
+        ctx.save_for_backward(input)
+        ctx.problem, ctx.saved = state  # (the rows' lse and entropy: O(N))
+        ctx.has_entropy = ent is not None
+        return loss, (ent if ent is not None else loss.new_empty(0))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, grad_entropy):  # noqa: D102
+        (input,) = ctx.saved_tensors
+        p = ctx.problem
+        tdt = torch.float64 if p.dtype == np.float64 else torch.float32
+        g = _bridge.as_numpy(grad_loss.to(tdt).contiguous())
+        ge = (_bridge.as_numpy(grad_entropy.to(tdt).contiguous()) if ctx.has_entropy
+              else None)
+        grad = _ops.ce_stats_backward(p, _bridge.as_numpy(input.detach()), g, ge, ctx.saved)
+        return _bridge.from_numpy(grad), None, None, None
 
 
 def nll_loss(

@@ -69,24 +69,48 @@ class _Spec:
                 "whose precomputed gradients were already consumed; pass "
                 "allow_retain_graph=True to keep them (one more copy of each gradient)")
 
-    def forward(self, x, W, b, need):
-        """`ChunkedLinear`'s pass: (loss, lse, [gx, gW, gb] or None, state)."""
-        scales = _row_scales(self.problem, None) if need else (None, None)
-        ce, lse, *grads = _run_chunks(x, W, b, self, *scales, need or (False,) * 3)
-        dt = self.loss_dtype or x.dtype
-        return _loss(self, ce, lse, dt), _lse(self, lse, dt), grads if need else None, None
+    @property
+    def deferred(self) -> bool:
+        """Whether the gradients wait for backward (the entropy's upstream gradient)."""
+        return self.problem.options.return_entropy
 
-    def backward(self, x, W, b, need, grad_output, state):
-        """`ChunkedLinear`'s recomputed gradients for ``reduction='none'``."""
-        g = _bridge.as_numpy(grad_output.to(_TORCH[self.problem.dtype]).contiguous())
-        return _run_chunks(x, W, b, self, *_row_scales(self.problem, g), need)[2:]
+    def forward(self, x, W, b, need):
+        """`ChunkedLinear`'s pass: (loss, lse, [gx, gW, gb] or None, state), and with the
+        statistics options a fifth item, (entropy, argmax) (empty tensors where not asked)."""
+        scales = _row_scales(self.problem, None) if need else (None, None)
+        ce, lse, ent, top, *grads = _run_chunks(x, W, b, self, *scales, need or (False,) * 3)
+        dt = self.loss_dtype or x.dtype
+        # (the statistics options: each position's lse and entropy, O(N), for backward)
+        state = (lse, ent) if self.problem.options.stats else None
+        out = _loss(self, ce, lse, dt), _lse(self, lse, dt), grads if need else None, state
+        if not self.problem.options.stats:
+            return out
+        o, shape = self.problem.options, self.problem.loss_shape
+        ent_t = (torch.from_numpy(ent).reshape(shape).to(dt) if o.return_entropy
+                 else torch.empty(0, dtype=dt))
+        top_t = (torch.from_numpy(top).reshape(shape) if o.return_argmax
+                 else torch.empty(0, dtype=torch.int64))
+        return (*out, (ent_t, top_t))
+
+    def backward(self, x, W, b, need, grad_output, state, grad_extra=None):
+        """`ChunkedLinear`'s recomputed gradients (``reduction='none'``, or the entropy's
+        upstream gradient ``grad_extra[0]``)."""
+        cdt = _TORCH[self.problem.dtype]
+        g = _bridge.as_numpy(grad_output.to(cdt).contiguous())
+        ge = None
+        if grad_extra is not None and self.problem.options.return_entropy:
+            ge = _bridge.as_numpy(grad_extra[0].to(cdt).contiguous()).reshape(-1)
+        return _run_chunks(x, W, b, self, *_row_scales(self.problem, g), need, ge, state)[4:]
 
 
 def _chunk_ce(spec: _Spec, z: np.ndarray, tgt: np.ndarray, rs, rz, grad: np.ndarray | None,
-              spare: np.ndarray | None):
+              spare: np.ndarray | None, ge: np.ndarray | None = None, saved: Any = None):
     """The cross-entropy of one chunk ``z`` (m, C·D) of logits: (ce (m·D,), lse (m·D,) or None,
-    the array holding d loss / d z or None). ``grad``: where the gradient may go (``z`` itself
-    or ``spare``); ``spare``: a second (m, C·D) buffer, needed when D > 1.
+    the array holding d loss / d z or None), and with the statistics options (temperature,
+    entropy, argmax) two more, the entropy and argmax (m·D,); ``ge``: the entropy's upstream
+    gradient (m·D,) or None; ``saved``: the positions' (lse, entropy) from the forward pass.
+    ``grad``: where the gradient may go (``z`` itself or ``spare``); ``spare``: a second
+    (m, C·D) buffer, needed when D > 1.
 
     D == 1: the row kernel in place (``backend_rows``). D > 1: the (m, C, D) view goes to the
     core's K-dimensional kernel where the dispatcher picks one and no option needs the rows
@@ -95,7 +119,11 @@ def _chunk_ce(spec: _Spec, z: np.ndarray, tgt: np.ndarray, rs, rz, grad: np.ndar
     """
     p = spec.problem
     d = spec.positions
+    stats = p.options.stats
     if d == 1:
+        if stats:
+            ce, lse, ent, top = _cross_entropy.backend_rows(p, z, tgt, rs, rz, grad, ge, saved)
+            return ce, lse, grad, ent, top
         ce, lse = _cross_entropy.backend_rows(p, z, tgt, rs, rz, grad)
         return ce, lse, grad
     m, C = z.shape[0], p.num_classes
@@ -114,11 +142,12 @@ def _chunk_ce(spec: _Spec, z: np.ndarray, tgt: np.ndarray, rs, rz, grad: np.ndar
     np.copyto(r3, z3.transpose(0, 2, 1))
     rows = r3.reshape(m * d, C)
     t = np.ascontiguousarray(tgt.transpose(0, 2, 1)).reshape(m * d, C) if p.prob else tgt
-    ce, lse = _cross_entropy.backend_rows(p, rows, t, rs, rz, None if grad is None else rows)
+    out = _cross_entropy.backend_rows(p, rows, t, rs, rz, None if grad is None else rows,
+                                      *((ge, saved) if stats else ()))
     if grad is None:
-        return ce, lse, None
+        return (out[0], out[1], None, *out[2:])
     np.copyto(z3, r3.transpose(0, 2, 1))
-    return ce, lse, z
+    return (out[0], out[1], z, *out[2:])
 
 
 def chunk_logits(out: torch.Tensor, x: torch.Tensor, W: torch.Tensor,
@@ -169,12 +198,15 @@ def chunk_loop(
     return gx, None if gW is None else gW.result(), None if gb is None else gb.to(x.dtype)
 
 
-def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
+def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need, entropy_scale=None, saved=None):
     """One pass of `chunk_loop` with the core's kernels on each chunk (`_chunk_ce`). ``W``
     (C·D, H), ``b`` (C·D,) or None; ``row_scale``, ``z_row_scale``: (N·D,) per-position scales
     of the cross-entropy and of the z-loss, or None for forward only. ``need``: which of
-    (gx, gW, gb) to compute. Returns (ce, lse, gx, gW, gb); ce and lse are (N·D,) NumPy arrays
-    in the compute dtype; ``grad_b`` accumulates in the compute dtype.
+    (gx, gW, gb) to compute; ``entropy_scale``: the entropy's (N·D,) upstream gradient, or None;
+    ``saved``: the positions' (lse, entropy) (N·D,) from the forward pass, or None.
+    Returns (ce, lse, entropy, argmax, gx, gW, gb); ce, lse, entropy are (N·D,) NumPy arrays in
+    the compute dtype (entropy and argmax filled with the statistics options only); ``grad_b``
+    accumulates in the compute dtype.
     """
     n, v = x.shape[0], W.shape[0]
     d = spec.positions
@@ -187,6 +219,9 @@ def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
     spare_t = torch.empty(chunk, v, dtype=dt) if d > 1 else None
     spare = None if spare_t is None else _bridge.as_numpy(spare_t)
     ce, lse = np.empty(n * d, cdt), np.full(n * d, np.nan, cdt)
+    stats = spec.problem.options.stats
+    ent = np.empty(n * d if stats else 0, cdt)
+    top = np.empty(n * d if stats else 0, np.int64)
 
     def on_chunk(s: int, e: int, z: torch.Tensor) -> torch.Tensor | None:
         zn = bufn[: e - s]
@@ -195,7 +230,12 @@ def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
         rs = row_scale[pos] if want_grad else None
         rz = z_row_scale[pos] if (want_grad and z_row_scale is not None) else None
         sp = None if spare is None else spare[: e - s]
-        ce[pos], lse_c, gn = _chunk_ce(spec, zn, tgt, rs, rz, zn if want_grad else None, sp)
+        ge = None if entropy_scale is None or not want_grad else entropy_scale[pos]
+        sv = None if saved is None else (saved[0][pos], saved[1][pos])
+        ce[pos], lse_c, gn, *st = _chunk_ce(spec, zn, tgt, rs, rz, zn if want_grad else None,
+                                            sp, ge, sv)
+        if st:
+            ent[pos], top[pos] = st
         if lse_c is not None:
             lse[pos] = lse_c
         if not want_grad:
@@ -204,7 +244,7 @@ def _run_chunks(x, W, b, spec, row_scale, z_row_scale, need):
 
     gx, gW, gb = chunk_loop(x, W, b, buf, on_chunk, need if want_grad else (False,) * 3,
                             compact=spec.compact, gb_dtype=_TORCH[cdt])
-    return ce, lse, gx, gW, gb
+    return ce, lse, ent, top, gx, gW, gb
 
 
 _GW_BLOCK_BYTES = GW_BLOCK_BYTES  # (one vocabulary block of a chunk's gradient: `_GradW`)
@@ -304,21 +344,27 @@ class ChunkedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W, b, spec):  # noqa: D102
         need = tuple(ctx.needs_input_grad[:3])
-        eager = any(need) and spec.problem.reduction != "none"
-        loss, lse, ctx.grads, ctx.state = spec.forward(x, W, b, need if eager else None)
-        ctx.spec, ctx.need = spec, need
+        deferred = spec.problem.reduction == "none" or getattr(spec, "deferred", False)
+        eager = any(need) and not deferred
+        loss, lse, ctx.grads, ctx.state, *extra = spec.forward(x, W, b, need if eager else None)
+        ctx.spec, ctx.need, ctx.deferred = spec, need, deferred
         if any(need) and not eager:
             ctx.save_for_backward(x, W, b)
         ctx.mark_non_differentiable(lse)
-        return loss, lse
+        if not extra:
+            return loss, lse
+        ent, top = extra[0]  # (the statistics options: the entropy differentiable)
+        ctx.mark_non_differentiable(top)
+        return loss, lse, ent, top
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss, grad_lse):  # noqa: D102
+    def backward(ctx, grad_loss, grad_lse, *grad_extra):  # noqa: D102
         spec = ctx.spec
-        if spec.problem.reduction == "none":
+        if ctx.deferred:
             x, W, b = ctx.saved_tensors
-            gx, gW, gb = spec.backward(x, W, b, ctx.need, grad_loss, ctx.state)
+            more = {"grad_extra": grad_extra} if grad_extra else {}
+            gx, gW, gb = spec.backward(x, W, b, ctx.need, grad_loss, ctx.state, **more)
             return gx, gW, gb, None
         grads = ctx.grads
         if grads is None:
@@ -361,7 +407,8 @@ def _fallback(input, linear_weight, target, linear_bias, weight, reduction, igno
     return _reference.cross_entropy(
         _flat_linear(input, linear_weight, linear_bias), target, weight,
         -100 if ignore_index is None else ignore_index, reduction,
-        options.label_smoothing, options.lse_square_scale, options.softcap, options.return_lse)
+        options.label_smoothing, options.lse_square_scale, options.softcap, options.return_lse,
+        options.temperature, options.return_entropy, options.return_argmax)
 
 
 def linear_cross_entropy(
@@ -380,8 +427,11 @@ def linear_cross_entropy(
     softcap: float | None = None,
     return_lse: bool = False,
     allow_retain_graph: bool = False,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    return_argmax: bool = False,
     _loss_dtype: torch.dtype | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     r"""Cross-entropy of a linear layer's output, chunked: a drop-in for
     `torch.nn.functional.linear_cross_entropy` that never holds the ``(N, V)`` logits.
 
@@ -429,12 +479,22 @@ def linear_cross_entropy(
         allow_retain_graph: keep the precomputed gradients after ``backward`` so that it can
             run again (``retain_graph=True``, gradcheck); by default they are handed to autograd
             without a copy and a second backward raises.
+        temperature: ``T`` (positive, finite): the logits are ``z / T`` after the cap, before
+            the lse, loss, z-loss, entropy and argmax.
+        return_entropy: also return each position's entropy ``lse(z) - Σ_c softmax(z)_c z_c``
+            (every position, ignored or not), differentiable: its gradient reaches ``input``,
+            ``linear_weight`` and ``linear_bias`` through the same chunks (computed in
+            ``backward``, where its upstream gradient is known: the chunks' logits are formed
+            twice).
+        return_argmax: also return each position's argmax class (int64, first on ties).
         _loss_dtype: private, for CPU autocast: the loss and lse reduced in this dtype
             (float32) rather than the input's.
 
     Returns:
-        The loss (0-d, or the target's shape for ``'none'``) in the input's dtype, and the lse
-        of that shape with ``return_lse``.
+        The loss (0-d, or the target's shape for ``'none'``) in the input's dtype, then the lse,
+        entropy and argmax of that shape as asked (a tuple when more than the loss). The RL
+        call: ``nll, entropy = linear_cross_entropy(h, W, tokens, reduction="none",
+        temperature=T, return_entropy=True)``, the log-probabilities being ``-nll``.
 
     Edge cases: everything ignored gives a NaN mean with zero gradients. bfloat16 runs the
     three products in bfloat16 (oneDNN) and the cross-entropy on xent's kernels on the
@@ -462,7 +522,8 @@ def linear_cross_entropy(
     linear cross-entropy; Wijmans et al., Cut Your Losses in Large-Vocabulary Language Models
     (2024).
     """
-    opts = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
+    opts = check_options(label_smoothing, lse_square_scale, softcap, return_lse, temperature,
+                         return_entropy, return_argmax)
     if options is not None:
         allow_retain_graph = allow_retain_graph or bool(
             getattr(options, "allow_retain_graph", False))
@@ -486,7 +547,8 @@ def linear_cross_entropy(
             weight=weight, reduction=reduction, ignore_index=ignore_index,
             label_smoothing=label_smoothing, options=options, chunk_size=chunk_size,
             lse_square_scale=lse_square_scale, softcap=softcap, return_lse=return_lse,
-            allow_retain_graph=allow_retain_graph))
+            allow_retain_graph=allow_retain_graph, temperature=temperature,
+            return_entropy=return_entropy, return_argmax=return_argmax))
     if route is not _route.Route.CORE:
         return _fallback(*fallback)
     single = input.dim() == 1
@@ -525,13 +587,21 @@ def linear_cross_entropy(
     grad_on = torch.is_grad_enabled() and (
         input.requires_grad or linear_weight.requires_grad
         or (linear_bias is not None and linear_bias.requires_grad))
+    ent = top = None
     if grad_on:
-        loss, lse = ChunkedLinear.apply(xc, Wc, bc, spec)
+        out = ChunkedLinear.apply(xc, Wc, bc, spec)
+        loss, lse = out[:2]
+        if opts.stats:
+            ent, top = out[2:]
     else:
         with torch.no_grad():
-            loss, lse, *_ = spec.forward(xc.detach(), Wc.detach(), None if bc is None
-                                         else bc.detach(), None)
-    return (loss, lse) if return_lse else loss
+            loss, lse, _, _, *extra = spec.forward(xc.detach(), Wc.detach(), None if bc is None
+                                                   else bc.detach(), None)
+            if extra:
+                ent, top = extra[0]
+    if not opts.stats:
+        return (loss, lse) if return_lse else loss
+    return _reference.stats_outputs(opts, loss, lse, ent, top)
 
 
 def _autocast_bf16(input, linear_weight, target, linear_bias, kwargs):

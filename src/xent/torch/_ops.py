@@ -9,6 +9,12 @@ program holds them:
 ``xent::cross_entropy``                   ``(input, target, weight?, ignore_index, reduction,
                                           label_smoothing, lse_square_scale, softcap?,
                                           return_lse, need_grad) -> (loss, lse, grad)``
+``xent::cross_entropy_stats``             ``(input, target, weight?, ignore_index, reduction,
+                                          label_smoothing, lse_square_scale, softcap?,
+                                          temperature, return_lse, return_entropy,
+                                          return_argmax) -> (loss, lse, entropy, argmax)``;
+                                          backward ``xent::cross_entropy_stats_backward``
+                                          ``(grad_loss, grad_entropy?, input, target, ...)``
 ``xent::nll_loss``                        ``(input, target, weight?, ignore_index, reduction,
                                           need_grad) -> (loss, grad)``
 ``xent::binary_cross_entropy``            ``(input, target, weight?, reduction, need_grad)
@@ -61,6 +67,7 @@ Example (an operator called directly; the drop-ins do this under graph capture):
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -73,8 +80,10 @@ from xent import _binary, _cross_entropy
 from xent._problem import Problem, check_options, cross_entropy_problem
 
 from . import _bridge
+from ._reference import stats_outputs
 
-__all__ = ["KERNELS", "bce_arrays", "bce_logits_arrays", "ce_arrays", "nll_arrays"]
+__all__ = ["KERNELS", "bce_arrays", "bce_logits_arrays", "ce_arrays", "ce_stats_backward",
+           "ce_stats_forward", "nll_arrays"]
 
 
 # -- the computations, shared with the eager path (`_functional`, `_activations`) ---------------
@@ -265,6 +274,127 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_i
         input, target, weight, ignore_index, reduction, options.label_smoothing,
         options.lse_square_scale, options.softcap, options.return_lse, _bridge.wants_grad(input))
     return (loss, lse) if options.return_lse else loss
+
+
+# -- xent::cross_entropy_stats (temperature, entropy, argmax) -----------------------------------
+# The gradient of the entropy needs its upstream gradient, known only in backward: the forward
+# operator computes the outputs, and the backward operator recomputes the row statistics with
+# both upstream gradients in one pass (the logits read twice, the gradient written once).
+
+def ce_stats_forward(problem: Problem, x: np.ndarray) -> tuple[Any, ...]:
+    """``(loss, lse, entropy, argmax, saved)`` of a validated problem with the statistics
+    options, on the logits' NumPy view ``x`` (None where not asked): one `_cross_entropy.solve`
+    call; ``saved`` the positions' (lse, entropy), flat, for `ce_stats_backward`."""
+    o = problem.options
+    every = replace(problem, options=replace(o, return_lse=True, return_entropy=True))
+    out: list[Any] = list(_cross_entropy.solve(every, x, x.dtype))
+    loss, lse, ent = out[:3]
+    top = out[3] if o.return_argmax else None
+    saved = (np.asarray(lse, every.dtype).reshape(-1), np.asarray(ent, every.dtype).reshape(-1))
+    return (loss, lse if o.return_lse else None, ent if o.return_entropy else None, top, saved)
+
+
+def ce_stats_backward(problem: Problem, x: np.ndarray, grad_loss: np.ndarray,
+                      grad_entropy: np.ndarray | None, saved: Any = None) -> np.ndarray:
+    """d(Σ grad_loss·loss + Σ grad_entropy·entropy)/d x by one `_cross_entropy.solve` call
+    (``saved``: `ce_stats_forward`'s, the kernels then skip each row's max and sum passes)."""
+    out = _cross_entropy.solve(problem, x, x.dtype, return_grad=True, grad_output=grad_loss,
+                               grad_entropy=grad_entropy, saved=saved)
+    return out[-1]
+
+
+_TORCH_DT = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def _stats_options(label_smoothing, lse_square_scale, softcap, temperature, return_lse,
+                   return_entropy, return_argmax):
+    return check_options(label_smoothing, lse_square_scale, softcap, return_lse, temperature,
+                         return_entropy, return_argmax)
+
+
+@torch.library.custom_op("xent::cross_entropy_stats", mutates_args=())
+def _ce_stats_op(
+    input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, reduction: str,
+    label_smoothing: float, lse_square_scale: float, softcap: float | None, temperature: float,
+    return_lse: bool, return_entropy: bool, return_argmax: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    options = _stats_options(label_smoothing, lse_square_scale, softcap, temperature,
+                             return_lse, return_entropy, return_argmax)
+    problem = _bridge.problem_for(input, target, weight, ignore_index, reduction, options)
+    loss, lse, ent, top, _ = ce_stats_forward(problem, _bridge.as_numpy(input))
+
+    def tensor(a: Any, dtype: torch.dtype) -> Tensor:
+        return _bridge.from_numpy(a) if a is not None else torch.empty(0, dtype=dtype)
+
+    return (_bridge.from_numpy(loss), tensor(lse, input.dtype), tensor(ent, input.dtype),
+            tensor(top, torch.int64))
+
+
+@_ce_stats_op.register_fake
+def _(input, target, weight, ignore_index, reduction, label_smoothing, lse_square_scale,
+      softcap, temperature, return_lse, return_entropy, return_argmax):
+    options = _stats_options(label_smoothing, lse_square_scale, softcap, temperature,
+                             return_lse, return_entropy, return_argmax)
+    _check_shapes(input, target, weight, ignore_index, reduction, options, "cross_entropy", True)
+    rows = _loss_shape(input, "none")
+    return (input.new_empty(_loss_shape(input, reduction)),
+            input.new_empty(rows if return_lse else (0,)),
+            input.new_empty(rows if return_entropy else (0,)),
+            input.new_empty(rows if return_argmax else (0,), dtype=torch.int64))
+
+
+@torch.library.custom_op("xent::cross_entropy_stats_backward", mutates_args=())
+def _ce_stats_backward_op(
+    grad_loss: Tensor, grad_entropy: Tensor | None, input: Tensor, target: Tensor,
+    weight: Tensor | None, ignore_index: int, reduction: str, label_smoothing: float,
+    lse_square_scale: float, softcap: float | None, temperature: float,
+) -> Tensor:
+    options = _stats_options(label_smoothing, lse_square_scale, softcap, temperature, False,
+                             grad_entropy is not None, False)
+    problem = _bridge.problem_for(input, target, weight, ignore_index, reduction, options)
+    dt = problem.dtype
+    g = _bridge.as_numpy(grad_loss.detach().to(_TORCH_DT[dt]).contiguous())
+    ge = (None if grad_entropy is None else
+          _bridge.as_numpy(grad_entropy.detach().to(_TORCH_DT[dt]).contiguous()))
+    grad = ce_stats_backward(problem, _bridge.as_numpy(input), g, ge)
+    return _bridge.from_numpy(grad).contiguous()
+
+
+@_ce_stats_backward_op.register_fake
+def _(grad_loss, grad_entropy, input, target, weight, ignore_index, reduction,
+      label_smoothing, lse_square_scale, softcap, temperature):
+    return input.new_empty(input.shape)
+
+
+def _ce_stats_setup(ctx, inputs, output):
+    input, target, weight = inputs[:3]
+    ctx.save_for_backward(input, target, weight)
+    ctx.args = inputs[3:9]  # ignore_index .. temperature
+    ctx.entropy = inputs[10]
+    ctx.mark_non_differentiable(output[1], output[3])
+
+
+def _ce_stats_autograd(ctx, grad_loss, grad_lse, grad_entropy, grad_argmax):
+    input, target, weight = ctx.saved_tensors
+    ge = grad_entropy if ctx.entropy else None
+    grad = torch.ops.xent.cross_entropy_stats_backward(grad_loss, ge, input, target, weight,
+                                                       *ctx.args)
+    return (grad.to(input.dtype),) + (None,) * 11
+
+
+_ce_stats_op.register_autocast("cpu", torch.float32)  # as PyTorch's autocast
+_ce_stats_op.register_autograd(_ce_stats_autograd, setup_context=_ce_stats_setup)
+
+
+def cross_entropy_stats(input: Tensor, target: Tensor, weight: Tensor | None,
+                        ignore_index: int, reduction: str, options: Any) -> Any:
+    """`xent.torch.cross_entropy` with the statistics options on ``xent::cross_entropy_stats``:
+    the loss, then the lse, entropy and argmax asked for (a tuple when more than the loss)."""
+    o = options
+    loss, lse, ent, top = torch.ops.xent.cross_entropy_stats(
+        input, target, weight, ignore_index, reduction, o.label_smoothing, o.lse_square_scale,
+        o.softcap, o.temperature, o.return_lse, o.return_entropy, o.return_argmax)
+    return stats_outputs(o, loss, lse, ent, top)
 
 
 # -- xent::nll_loss ----------------------------------------------------------------------------

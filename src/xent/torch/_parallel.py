@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.autograd.function import once_differentiable
 
 from xent import _cross_entropy, _reduction
 from xent._problem import Problem, check_options, class_weight, cross_entropy_problem
 
-from . import _bridge, _linear
+from . import _bridge, _linear, _reference
 from ._reference import index_grad_, index_loss, soft_cap
 
 
@@ -49,7 +50,8 @@ def _vocab_range(local: int, vocab_start, vocab_size, group) -> tuple[int, int]:
 class _Stats:
     """Per-row statistics of this rank's slice, accumulated chunk by chunk, then combined."""
 
-    def __init__(self, n, dt, target, weight, ignore_index, start, local, eps):
+    def __init__(self, n, dt, target, weight, ignore_index, start, local, eps, entropy=False,
+                 argmax=False):
         self.valid = target != ignore_index
         self.owned = self.valid & (target >= start) & (target < start + local)
         self.tt = torch.where(self.valid, target, torch.zeros((), dtype=target.dtype))
@@ -61,10 +63,24 @@ class _Stats:
         of = self.owned.to(dt)
         self.wt = of if weight is None else weight[self.local_t] * of
         self.wsum = torch.tensor(float(local), dtype=dt) if weight is None else weight.sum()
+        # The statistics options: this slice's Σ_c p^r_c z_c (p^r its own softmax), its max and
+        # the max's first column; after `combine`, the rows' mean_logit Σ_c p_c z_c, entropy
+        # and global argmax.
+        self.mu_local = torch.empty(n, dtype=dt) if entropy else None
+        self.zmax = torch.empty(n, dtype=dt) if argmax else None
+        self.amax = torch.empty(n, dtype=torch.int64) if argmax else None
 
     def add_chunk(self, s, e, z):
-        """``z``: the (soft-capped) logits of rows ``s:e`` of this slice."""
-        self.lse_local[s:e] = torch.logsumexp(z, 1)
+        """``z``: the (soft-capped, tempered) logits of rows ``s:e`` of this slice."""
+        lse = torch.logsumexp(z, 1)
+        self.lse_local[s:e] = lse
+        if self.mu_local is not None:
+            p = torch.exp(z - lse[:, None])
+            self.mu_local[s:e] = torch.where(p > 0, p * z, torch.zeros((), dtype=z.dtype)).sum(1)
+        if self.amax is not None:
+            idx = z.argmax(1)
+            self.amax[s:e] = idx + self.start
+            self.zmax[s:e] = z.gather(1, idx[:, None])[:, 0]
         zt = z.gather(1, self.local_t[s:e, None])[:, 0]
         self.zt[s:e] = zt * self.owned[s:e]
         if self.wz is not None:
@@ -79,33 +95,54 @@ class _Stats:
                        denom_z=count_z)
 
     def combine(self, group):
-        """The two collectives; afterwards lse, zt, wt, wz, wsum are global."""
-        m = self.lse_local.clone()
+        """The two collectives (a third, MIN, with the argmax); afterwards lse, zt, wt, wz, wsum
+        (and mean_logit, entropy, argmax) are global."""
+        n = self.lse_local.shape[0]
+        m = self.lse_local.clone() if self.zmax is None else torch.cat([self.lse_local,
+                                                                        self.zmax])
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+        if self.zmax is not None:
+            m, gmax = m[:n], m[n:]
+            big = torch.iinfo(torch.int64).max
+            cand = torch.where(self.zmax == gmax, self.amax, torch.full_like(self.amax, big))
+            dist.all_reduce(cand, op=dist.ReduceOp.MIN, group=group)  # the lowest global index
+            self.argmax = torch.where(cand == big, torch.zeros_like(cand), cand)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        parts = [torch.exp(self.lse_local - m_safe), self.zt, self.wt]
+        share = torch.exp(self.lse_local - m_safe)
+        parts = [share, self.zt, self.wt]
         if self.wz is not None:
             parts.append(self.wz)
+        if self.mu_local is not None:  # Σ_r exp(l_r - M)·μ_r = exp(lse - M)·Σ_c p_c z_c
+            parts.append(torch.where(share > 0, share * self.mu_local,
+                                     torch.zeros((), dtype=share.dtype)))
         packed = torch.cat([torch.stack(parts).reshape(-1), self.wsum.reshape(1)])
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
-        n = m.shape[0]
         rows = packed[:-1].view(len(parts), n)
         self.lse = m_safe + torch.log(rows[0])
         self.zt, self.wt = rows[1], rows[2]
         if self.wz is not None:
             self.wz = rows[3]
+        if self.mu_local is not None:
+            self.mean_logit = rows[-1] / rows[0]
+            self.entropy = self.lse - self.mean_logit
         self.wsum = packed[-1]
 
-    def grad_(self, s, e, z, problem: Problem, scales, aux):
+    def grad_(self, s, e, z, problem: Problem, scales, aux, entropy_scale=None):
         """Overwrite this slice's logits ``z`` of rows ``s:e`` with the gradient; ``scales``:
-        the (N,) row scales of the cross-entropy and of the z-loss (`_scales`)."""
+        the (N,) row scales of the cross-entropy and of the z-loss (`_scales`);
+        ``entropy_scale``: the entropy's (N,) upstream gradient, or None; ``aux``: dz/dx of
+        the cap and temperature (None: 1/T)."""
         sce, sz = scales
+        ent = None if entropy_scale is None else entropy_scale[s:e]
         index_grad_(z, self.lse[s:e], self.tt[s:e], self.wt[s:e], self.valid[s:e],
                     self.weight, self.wsum, problem.num_classes, self.eps,
                     problem.options.lse_square_scale, sce[s:e], None if sz is None else sz[s:e],
-                    owned=self.owned[s:e], col_offset=self.start)
+                    owned=self.owned[s:e], col_offset=self.start, entropy_scale=ent,
+                    mean_logit=None if ent is None else self.mean_logit[s:e])
         if aux is not None:
             z.mul_(aux)
+        elif problem.options.temperature != 1.0:
+            z.div_(problem.options.temperature)
 
 
 def _scales(problem: Problem, n, dt, grad_output=None):
@@ -127,10 +164,51 @@ def _loss(problem: Problem, st: _Stats) -> torch.Tensor:
     return _cross_entropy.rows_loss(problem, ce, st.lse, st.valid)
 
 
-def _soft_cap(z: torch.Tensor, cap: float | None, aux: torch.Tensor | None) -> None:
-    """The cap in place on ``z`` (nothing without one), its derivative into ``aux``."""
+def _soft_cap(z: torch.Tensor, cap: float | None, aux: torch.Tensor | None,
+              temperature: float = 1.0) -> None:
+    """The cap (nothing without one) and the temperature in place on ``z``: ``z ←
+    cap·tanh(z/cap)/T``, the derivative ``(1 - tanh²)/T`` into ``aux`` (with a cap)."""
     if cap is not None:
         soft_cap(z, cap, out=z, deriv=aux)
+    if temperature != 1.0:
+        z.div_(temperature)
+        if cap is not None and aux is not None:
+            aux.div_(temperature)
+
+
+def _new_stats(n, dt, target, weight, problem: Problem, start, local) -> _Stats:
+    o = problem.options
+    return _Stats(n, dt, target, weight, problem.ignore_index, start, local,
+                  o.label_smoothing, o.return_entropy, o.return_argmax)
+
+
+def _extras(problem: Problem, st: _Stats, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entropy, argmax) after `_Stats.combine` (empty tensors where not asked)."""
+    o = problem.options
+    ent = st.entropy.to(dt) if o.return_entropy else torch.empty(0, dtype=dt)
+    top = st.argmax if o.return_argmax else torch.empty(0, dtype=torch.int64)
+    return ent, top
+
+
+class _Deferred(torch.autograd.Function):
+    """`vocab_parallel_cross_entropy` with the statistics options: the loss and entropy from
+    the combined statistics; backward turns the kept (tempered) shard into its gradient with
+    both upstream gradients (no collective: the statistics are global already)."""
+
+    @staticmethod
+    def forward(ctx, logits, loss, ent, state):  # noqa: D102
+        ctx.state, ctx.dtype = state, logits.dtype
+        return loss, ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, grad_ent):  # noqa: D102
+        st, z, aux, counted = ctx.state
+        ctx.state = None
+        n, dt = z.shape[0], z.dtype
+        ge = grad_ent.to(dt) if counted.options.return_entropy else None
+        st.grad_(0, n, z, counted, _scales(counted, n, dt, grad_loss), aux, ge)
+        return z.to(ctx.dtype), None, None, None
 
 
 def _problem(logits_shape, target, weight, ignore_index, reduction, options, dt, start, local):
@@ -164,7 +242,10 @@ def vocab_parallel_cross_entropy(
     lse_square_scale: float = 0.0,
     softcap: float | None = None,
     return_lse: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    return_argmax: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     r"""Cross-entropy of logits sharded along the vocabulary across the ranks of ``group``.
 
     The loss (and, on each rank, the gradient of its shard) equals
@@ -181,12 +262,16 @@ def vocab_parallel_cross_entropy(
             all_gather of the shard sizes (shards in rank order) when None.
         group: the process group (default: the world).
         weight: this rank's slice ``(V_r,)`` of the class weights, or None.
-        ignore_index, reduction, label_smoothing, lse_square_scale, softcap, return_lse: as in
-            `xent.torch.cross_entropy` (index targets only).
+        ignore_index, reduction, label_smoothing, lse_square_scale, softcap, return_lse,
+            temperature, return_entropy, return_argmax: as in `xent.torch.cross_entropy`
+            (index targets only). The entropy over the whole vocabulary needs the rows'
+            ``Σ_c p_c z_c``: each rank adds ``exp(l_r - M)·Σ_{c∈r} p^r_c z_c`` to the second
+            collective; the argmax, the max value (in the first) then the lowest global index
+            holding it (a third, MIN, collective of O(N)).
 
     Returns:
-        The loss, identical on every rank (0-d, or ``(N,)`` for ``'none'``), and the global
-        ``(N,)`` lse with ``return_lse``.
+        The loss, identical on every rank (0-d, or ``(N,)`` for ``'none'``), then the global
+        ``(N,)`` lse, entropy and argmax as asked.
 
     Edge cases: a rank may hold no target of a row (its one-hot term is then 0); ranks must
     call this collectively with the same ``target`` and options.
@@ -202,7 +287,8 @@ def vocab_parallel_cross_entropy(
         0.1755
         >>> dist.destroy_process_group()
     """
-    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
+    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse, temperature,
+                            return_entropy, return_argmax)
     n, local = logits.shape
     start, vocab = _vocab_range(local, vocab_start, vocab_size, group)
     dt = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
@@ -213,6 +299,18 @@ def vocab_parallel_cross_entropy(
     cap = options.softcap
     aux = torch.empty_like(z) if (want_grad and cap is not None) else None
     holder = {}
+    if options.stats:
+        _soft_cap(z, cap, aux, options.temperature)
+        st = _new_stats(n, dt, target, w, problem, start, local)
+        st.add_chunk(0, n, z)
+        st.combine(group)
+        counted = st.counts(problem, dt)
+        loss = _loss(counted, st).to(logits.dtype)
+        ent, top = _extras(problem, st, logits.dtype)
+        if want_grad:
+            loss, ent = _Deferred.apply(logits, loss, ent, (st, z, aux, counted))
+        lse = st.lse.to(logits.dtype)
+        return _reference.stats_outputs(options, loss, lse, ent, top)
 
     def compute():
         _soft_cap(z, cap, aux)
@@ -251,19 +349,23 @@ class _ParallelSpec:
     consumed = ("vocab_parallel_linear_cross_entropy: backward ran twice through a graph whose "
                 "precomputed gradients were already consumed")
 
+    @property
+    def deferred(self) -> bool:
+        """Whether the gradients wait for backward (the entropy's upstream gradient)."""
+        return self.problem.options.return_entropy
+
     def forward(self, x, W, b, need):
         """Pass 1 (statistics), the collectives, and with ``need`` pass 2 (the gradients).
         Returns (loss, lse or an empty tensor, grads, (statistics, counted problem))."""
         p = self.problem
         n, dt, local = x.shape[0], x.dtype, W.shape[0]
         buf = torch.empty(max(1, min(self.chunk, n)), local, dtype=dt)
-        cap = p.options.softcap
+        cap, temp = p.options.softcap, p.options.temperature
         aux = torch.empty_like(buf) if (need and cap is not None) else None
-        st = _Stats(n, dt, self.target, self.weight, p.ignore_index, self.start, local,
-                    p.options.label_smoothing)
+        st = _new_stats(n, dt, self.target, self.weight, p, self.start, local)
 
         def statistics(s: int, e: int, z: torch.Tensor) -> None:
-            _soft_cap(z, cap, None if aux is None else aux[: e - s])
+            _soft_cap(z, cap, None if aux is None else aux[: e - s], temp)
             st.add_chunk(s, e, z)
 
         _linear.chunk_loop(x, W, b, buf, statistics)
@@ -274,27 +376,33 @@ class _ParallelSpec:
             grads = self._grads(x, W, b, st, counted, need, buf, aux, None,
                                 recompute=buf.shape[0] < n)
         lse = st.lse.clone() if p.options.return_lse else torch.empty(0, dtype=dt)
-        return _loss(counted, st), lse, grads, (st, counted)
+        out = _loss(counted, st), lse, grads, (st, counted)
+        return (*out, _extras(p, st, dt)) if p.options.stats else out
 
-    def backward(self, x, W, b, need, grad_output, state):
-        """Pass 2 with each row's ``grad_output`` (``reduction='none'``)."""
+    def backward(self, x, W, b, need, grad_output, state, grad_extra=None):
+        """Pass 2 with each row's ``grad_output`` (``reduction='none'``) and the entropy's
+        upstream gradient ``grad_extra[0]``."""
         buf = torch.empty(max(1, min(self.chunk, x.shape[0])), W.shape[0], dtype=x.dtype)
         aux = torch.empty_like(buf) if self.problem.options.softcap is not None else None
-        return self._grads(x, W, b, *state, need, buf, aux, grad_output, recompute=True)
+        ge = None
+        if grad_extra is not None and self.problem.options.return_entropy:
+            ge = grad_extra[0].to(x.dtype)
+        return self._grads(x, W, b, *state, need, buf, aux, grad_output, recompute=True,
+                           entropy_scale=ge)
 
     def _grads(self, x, W, b, st: _Stats, counted: Problem, need, buf, aux, grad_output,
-               recompute: bool):
+               recompute: bool, entropy_scale=None):
         """Pass 2 (`_linear.chunk_loop`): each chunk's logits (recomputed unless ``buf`` holds
         them) turned into the gradient in place, and the three products; ``grad_W`` and
         ``grad_b`` accumulate in the input's dtype."""
         scales = _scales(counted, x.shape[0], x.dtype, grad_output)
-        cap = self.problem.options.softcap
+        cap, temp = self.problem.options.softcap, self.problem.options.temperature
 
         def gradient(s: int, e: int, z: torch.Tensor) -> torch.Tensor:
             a = None if aux is None else aux[: e - s]
             if recompute:
-                _soft_cap(z, cap, a)
-            st.grad_(s, e, z, counted, scales, a)
+                _soft_cap(z, cap, a, temp)
+            st.grad_(s, e, z, counted, scales, a, entropy_scale)
             return z
 
         gx, gW, gb = _linear.chunk_loop(x, W, b, buf, gradient, need, compact=True,
@@ -322,7 +430,10 @@ def vocab_parallel_linear_cross_entropy(
     return_lse: bool = False,
     chunk_size: int | None = None,
     reduce_input_grad: bool = True,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    return_argmax: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     r"""Linear cross-entropy with the classifier sharded along the vocabulary across ranks.
 
     Equals ``xent.torch.linear_cross_entropy(input, full_W, target, linear_bias=full_b, ...)``
@@ -340,12 +451,15 @@ def vocab_parallel_linear_cross_entropy(
         target: ``(N,)`` int64 global class indices.
         linear_bias: ``(V_r,)`` this rank's slice of the bias, or None.
         vocab_start, vocab_size, group, weight, ignore_index, reduction, label_smoothing,
-            lse_square_scale, softcap, return_lse: as in `vocab_parallel_cross_entropy`.
+            lse_square_scale, softcap, return_lse, temperature, return_entropy,
+            return_argmax: as in `vocab_parallel_cross_entropy` (the entropy's gradient is
+            computed in backward, its second pass).
         chunk_size: rows per chunk.
         reduce_input_grad: all-reduce the input's gradient over ``group``.
 
     Returns:
-        The loss, identical on every rank, and the ``(N,)`` lse with ``return_lse``.
+        The loss, identical on every rank, then the ``(N,)`` lse, entropy and argmax as
+        asked.
 
     Example (one process holding the whole vocabulary):
         >>> import torch, torch.distributed as dist
@@ -364,7 +478,8 @@ def vocab_parallel_linear_cross_entropy(
     if linear_weight.shape[1] != h:
         raise ValueError(f"input has {h} features but linear_weight has shape "
                          f"{tuple(linear_weight.shape)}: expected (V_r, {h})")
-    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse)
+    options = check_options(label_smoothing, lse_square_scale, softcap, return_lse, temperature,
+                            return_entropy, return_argmax)
     start, vocab = _vocab_range(local, vocab_start, vocab_size, group)
     dt = input.dtype
     problem, w = _problem((n, vocab), target, weight, ignore_index, reduction, options, dt, start,
@@ -377,11 +492,20 @@ def vocab_parallel_linear_cross_entropy(
             local, input.element_size()),
         reduce_input_grad=reduce_input_grad)
     x, W = input.contiguous(), linear_weight.contiguous()
+    ent = top = None
     if torch.is_grad_enabled() and (input.requires_grad or linear_weight.requires_grad or (
             linear_bias is not None and linear_bias.requires_grad)):
-        loss, lse = _linear.ChunkedLinear.apply(x, W, linear_bias, spec)
+        out = _linear.ChunkedLinear.apply(x, W, linear_bias, spec)
+        loss, lse = out[:2]
+        if options.stats:
+            ent, top = out[2:]
     else:
         with torch.no_grad():
-            loss, lse, *_ = spec.forward(x.detach(), W.detach(), None if linear_bias is None
-                                         else linear_bias.detach(), None)
-    return (loss, lse) if return_lse else loss
+            loss, lse, _, _, *extra = spec.forward(
+                x.detach(), W.detach(), None if linear_bias is None else linear_bias.detach(),
+                None)
+            if extra:
+                ent, top = extra[0]
+    if not options.stats:
+        return (loss, lse) if return_lse else loss
+    return _reference.stats_outputs(options, loss, lse, ent, top)

@@ -28,6 +28,8 @@ reduction are ``xent._reduction``'s.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -48,22 +50,51 @@ def soft_cap(x: torch.Tensor, cap: float, *, out: torch.Tensor | None = None,
 def cross_entropy(
     input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
     reduction: str, label_smoothing: float, lse_square_scale: float, softcap: float | None,
-    return_lse: bool,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The loss (and the detached lse with ``return_lse``) in PyTorch ops; see the module."""
+    return_lse: bool, temperature: float = 1.0, return_entropy: bool = False,
+    return_argmax: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The loss, then (as asked) the detached lse, the differentiable entropy
+    ``lse(z) - Σ_c softmax(z)_c z_c`` and the argmax of ``z = softcap·tanh(x/softcap) /
+    temperature`` at every position, in PyTorch ops; see the module."""
     z = input if softcap is None else soft_cap(input, softcap)
+    if temperature != 1.0:
+        z = z / temperature
     loss = F.cross_entropy(z, target, weight, ignore_index=ignore_index, reduction=reduction,
                            label_smoothing=label_smoothing)
-    if not (lse_square_scale or return_lse):
+    if not (lse_square_scale or return_lse or return_entropy or return_argmax):
         return loss
-    lse = torch.logsumexp(z, dim=1 if input.dim() >= 2 else 0)
+    dim = 1 if input.dim() >= 2 else 0
+    lse = torch.logsumexp(z, dim=dim)
     if lse_square_scale:
         prob = target.shape == input.shape
         valid = None if prob else target != ignore_index
         count = lse.numel() if prob else valid.sum()
         zl = _reduction.z_loss_rows(lse, lse_square_scale, valid)
         loss = loss + _reduction.reduce(zl, reduction, count)
-    return (loss, lse.detach()) if return_lse else loss
+    out = [loss]
+    if return_lse:
+        out.append(lse.detach())
+    if return_entropy:
+        out.append(entropy(z, dim))
+    if return_argmax:
+        out.append(z.detach().argmax(dim))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def stats_outputs(o: Any, loss: Any, lse: Any, ent: Any, top: Any) -> Any:
+    """The loss and the outputs the options ask for, in the order loss, lse, entropy, argmax
+    (the loss alone when nothing else is asked)."""
+    out = [loss] + [t for t, on in ((lse, o.return_lse), (ent, o.return_entropy),
+                                    (top, o.return_argmax)) if on]
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def entropy(z: torch.Tensor, dim: int) -> torch.Tensor:
+    """``lse(z) - Σ_c softmax(z)_c z_c`` along ``dim`` (differentiable; a class of
+    probability 0 adds 0, also at ``z_c = -inf``)."""
+    logp = torch.log_softmax(z, dim)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype)).sum(dim)
 
 
 def index_loss(
@@ -84,16 +115,24 @@ def index_grad_(
     weight: torch.Tensor | None, wsum: float | torch.Tensor, num_classes: int, eps: float,
     zscale: float, scale_ce: torch.Tensor, scale_z: torch.Tensor | None,
     owned: torch.Tensor | None = None, col_offset: int = 0,
+    entropy_scale: torch.Tensor | None = None, mean_logit: torch.Tensor | None = None,
 ) -> None:
     """Overwrite the (soft-capped) logits ``z`` with d(Σ_i s_i·loss_i + s_z,i·ζ·lse_i²)/dz
-    (`index_loss`'s gradient and the z-loss's), before the cap's chain rule. ``owned`` /
-    ``col_offset`` restrict the one-hot term to the targets that fall in this block's columns
-    (vocabulary shards); ``lse`` is the row's log-sum-exp over every class."""
+    (`index_loss`'s gradient and the z-loss's; with ``entropy_scale`` u (N,) also that of
+    ``Σ_i u_i·H_i``, ``mean_logit`` the rows' ``Σ_c p_c z_c``), before the cap's chain rule.
+    ``owned`` / ``col_offset`` restrict the one-hot term to the targets that fall in this
+    block's columns (vocabulary shards); ``lse`` is the row's log-sum-exp over every class."""
     vf = valid.to(z.dtype)
     coef = scale_ce * ((1.0 - eps) * wt + (eps / num_classes) * wsum * vf)
     if zscale:
         coef = coef + scale_z * (2.0 * zscale) * lse * vf
-    z.sub_(lse[:, None]).exp_().mul_(coef[:, None])
+    if entropy_scale is None:
+        z.sub_(lse[:, None]).exp_().mul_(coef[:, None])
+    else:  # + the entropy's -u·p ⊙ (z - μ), μ = mean_logit = Σ_c p_c z_c over every class
+        u = entropy_scale[:, None]
+        f = (coef[:, None] + u * mean_logit[:, None]) - u * z
+        z.sub_(lse[:, None]).exp_()
+        z.mul_(torch.where(z > 0, f, torch.zeros((), dtype=z.dtype)))
     onehot = -(scale_ce * (1.0 - eps) * wt)
     if owned is None:
         z.scatter_add_(1, tt[:, None], onehot[:, None])
