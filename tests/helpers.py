@@ -270,3 +270,22 @@ def spy_core(monkeypatch) -> list[str]:
                       (xent, "binary_cross_entropy_with_logits", "bce_with_logits")],
         calls.append)
     return calls
+
+
+def run_on_gloo(worker: Callable[..., None], world: int) -> None:
+    """Run ``worker(rank, world, port, errors)`` on ``world`` spawned processes that meet on a
+    free local TCP port (gloo); a rank that fails puts its traceback on ``errors``, and the
+    test fails with it."""
+    import socket
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    errors = mp.get_context("spawn").SimpleQueue()
+    try:
+        mp.spawn(worker, args=(world, port, errors), nprocs=world, join=True)
+    except mp.ProcessRaisedException as exc:
+        pytest.fail(errors.get() if not errors.empty() else str(exc))

@@ -12,7 +12,6 @@ bfloat16 composition. The gloo runs (2 and 3 processes) compare each rank with o
 from __future__ import annotations
 
 import math
-import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -20,10 +19,10 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import xent.torch as xt
+from helpers import run_on_gloo
 from xent.torch import _distill, _linear
 
 N, H, HT, V = 13, 6, 5, 29
@@ -477,12 +476,6 @@ def test_vocab_parallel_in_one_process_equals_the_whole_vocabulary(monkeypatch):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, errors) -> None:
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -500,13 +493,7 @@ def _worker(rank: int, world: int, port: int, errors) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_vocab_parallel_on_gloo_equals_one_process(world):
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    try:
-        mp.spawn(_worker, args=(world, _free_port(), errors), nprocs=world, join=True)
-    except mp.ProcessRaisedException as exc:
-        details = errors.get() if not errors.empty() else str(exc)
-        pytest.fail(details)
+    run_on_gloo(_worker, world)
 
 
 def test_vocab_parallel_errors():

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import xent
 import xent.torch as xt
-from test_torch_parallel import _free_port
+from helpers import run_on_gloo
 
 DTYPES = {"float64": np.float64, "float32": np.float32, "bfloat16": ml_dtypes.bfloat16,
           "float16": np.float16}
@@ -356,12 +355,7 @@ def _pworker(rank: int, world: int, port: int, errors) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_vocab_parallel_entropy_matches_single_process(world):
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    try:
-        mp.spawn(_pworker, args=(world, _free_port(), errors), nprocs=world, join=True)
-    except mp.ProcessRaisedException as exc:
-        pytest.fail(errors.get() if not errors.empty() else str(exc))
+    run_on_gloo(_pworker, world)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])

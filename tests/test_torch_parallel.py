@@ -5,15 +5,14 @@ PyTorch), and counts the collectives."""
 
 from __future__ import annotations
 
-import socket
 import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import xent.torch as xt
+from helpers import run_on_gloo
 
 N, H, V = 13, 6, 29
 CASES = [
@@ -23,12 +22,6 @@ CASES = [
     dict(weighted=True, label_smoothing=0.2, lse_square_scale=1e-2, softcap=3.0),
     dict(ignore_index=5, lse_square_scale=1e-3),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _shards(world: int) -> list[tuple[int, int]]:
@@ -122,13 +115,7 @@ def _worker(rank: int, world: int, port: int, errors) -> None:
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_vocab_parallel_matches_single_process(world):
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    try:
-        mp.spawn(_worker, args=(world, _free_port(), errors), nprocs=world, join=True)
-    except mp.ProcessRaisedException as exc:
-        details = errors.get() if not errors.empty() else str(exc)
-        pytest.fail(details)
+    run_on_gloo(_worker, world)
 
 
 def test_vocab_parallel_validates():
