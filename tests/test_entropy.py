@@ -176,6 +176,26 @@ def test_torch_cross_entropy(dtype, shape, red):
         torch.testing.assert_close(a1, a0)
 
 
+@pytest.mark.parametrize("shape", [(8, 5), (512, 2048)])
+@pytest.mark.parametrize("red", ["none", "mean"])
+def test_batched_gradients_of_loss_and_entropy(shape, red):
+    """``is_grads_batched=True`` (legacy vmap over the backward, as PyTorch's batched gradcheck)
+    gives the float64 composition's VJPs, at the small and the kernels' sizes alike."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, shape[1], (shape[0],), generator=g)
+    t[0] = -100
+    vl = torch.randn((2, shape[0]) if red == "none" else (2,), generator=g, dtype=torch.float64)
+    ve = torch.randn(2, shape[0], generator=g, dtype=torch.float64)
+    loss, ent = xt.cross_entropy(x, t, reduction=red, temperature=0.7, softcap=5.0,
+                                 return_entropy=True)
+    (got,) = torch.autograd.grad((loss, ent), x, (vl, ve), is_grads_batched=True)
+    for i in range(2):
+        l0, h0, _ = _torch_ref(x, t, 0.7, red, cap=5.0)
+        (want,) = torch.autograd.grad((l0, h0), x, (vl[i], ve[i]))
+        torch.testing.assert_close(got[i], want)
+
+
 def test_torch_composed_route_matches_core():
     """The composition (`_reference`, what CUDA and tracing without the custom operator run)
     and the core give the same outputs and gradients."""

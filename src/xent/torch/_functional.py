@@ -21,7 +21,7 @@ from xent import _binary
 from xent._problem import check_options
 
 from . import _bridge, _ops, _reference
-from ._route import Route, plan, torch_by_size
+from ._route import Route, batched, plan, torch_by_size
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "nll_loss"]
@@ -216,7 +216,12 @@ def _stats_route(route: Route, input: torch.Tensor, target: torch.Tensor,
 
     loss_t, lse_t, ent_t, top_t = t(loss), t(lse), t(ent), t(top)
     if _bridge.wants_grad(input):
-        loss_t, ent_t = _StatsCE.apply(input, (problem, saved), loss_t, ent_t)
+        def reference(xr: torch.Tensor) -> Any:  # (batched gradients: `_StatsCE.backward`)
+            return _reference.cross_entropy(xr, target, weight, ignore_index, reduction,
+                                            o.label_smoothing, o.lse_square_scale, o.softcap,
+                                            False, o.temperature, True, False)
+
+        loss_t, ent_t = _StatsCE.apply(input, (problem, saved, reference), loss_t, ent_t)
     return _reference.stats_outputs(o, loss_t, lse_t, ent_t, top_t)
 
 
@@ -229,7 +234,7 @@ class _StatsCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, state, loss, ent):  # noqa: D102
         ctx.save_for_backward(input)
-        ctx.problem, ctx.saved = state  # (the rows' lse and entropy: O(N))
+        ctx.problem, ctx.saved, ctx.reference = state  # (saved: the rows' lse and entropy)
         ctx.has_entropy = ent is not None
         return loss, (ent if ent is not None else loss.new_empty(0))
 
@@ -237,6 +242,16 @@ class _StatsCE(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss, grad_entropy):  # noqa: D102
         (input,) = ctx.saved_tensors
+        if batched(grad_loss) or (ctx.has_entropy and batched(grad_entropy)):
+            # Batched gradients (legacy vmap over this backward: ``is_grads_batched=True``,
+            # ``jacobian(vectorize=True)``): torch ops only, the VJP of the composition.
+            with torch.enable_grad():
+                xr = input.detach().requires_grad_(True)
+                loss, ent = ctx.reference(xr)
+                outs, gos = ((loss, ent), (grad_loss, grad_entropy)) if ctx.has_entropy \
+                    else ((loss,), (grad_loss,))
+                (g,) = torch.autograd.grad(outs, xr, gos)
+            return g, None, None, None
         p = ctx.problem
         tdt = torch.float64 if p.dtype == np.float64 else torch.float32
         g = _bridge.as_numpy(grad_loss.to(tdt).contiguous())
